@@ -1,0 +1,4 @@
+"""shardq: a sharded, durable task-queue broker."""
+
+__version__ = "0.1.0"
+

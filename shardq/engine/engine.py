@@ -1,0 +1,875 @@
+"""One shard's queue logic.
+
+Rules:
+1. Everything that changes a task's status lives here, and goes through
+   ``states.check`` (the transition table) and ``Store.update``.
+2. The engine knows no sockets, no event loop and no wall clock: every call
+   takes ``now`` (epoch ms), and ``tick(now)`` does what is due and returns the
+   time it next needs to run (or None). The store is injected; the engine
+   stages changes into it, and the shard commits them before it answers.
+3. Memory holds only what ordering needs: ready heaps (one per task type, so a
+   CLAIM with ``types`` never looks at other types), the schedule heap, the
+   lease table and dependency waiters. Records are read from the store.
+
+Heap entries are lazy: a cancelled or re-scheduled task leaves its old entry
+behind, and the entry is checked against the record when it comes to the top.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardq.engine import states
+from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
+from shardq.protocol.frames import MAX_FRAME, MAX_PAYLOAD
+from shardq.store.partitioned import PartitionedStore
+from shardq.task import (CANCELLED, COMPLETED, DEAD_LETTER, FAILED, IN_PROGRESS, PENDING,
+                         STATUS_CODES, STATUS_NAMES, Task, id_to_str, new_ids, owner_of,
+                         tier_of)
+
+# A CLAIM answer carries fewer tasks rather than exceed a frame; this much of
+# the frame is kept for the header (each task's JSON is well under 1 KiB).
+_CLAIM_HEADER_RESERVE = 1024 * 1024
+_TASK_JSON_RESERVE = 1024
+# Bounded scans: LIST_TASKS and REQUEUE look at most this many keys per call.
+SCAN_SLICE = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    shard: int = 0
+    shards: int = 1
+    lease_ms: int = 30_000
+    heartbeat_ms: int = 15_000
+    depth_threshold: int = 100_000
+    backoff_base_ms: int = 1_000
+    backoff_max_ms: int = 3_600_000
+    jitter: float = 0.2
+    default_priority: int = 100
+    default_max_retries: int = 3
+    default_timeout_seconds: int = 300
+    max_payload: int = MAX_PAYLOAD
+    retention_ms: int = 7 * 24 * 3600 * 1000
+
+
+@dataclass(slots=True)
+class TaskSpec:
+    """One task of a SUBMIT, validated by protocol.requests."""
+
+    type: str
+    payload: bytes
+    priority: int | None = None
+    delay_ms: int | None = None
+    scheduled_ms: int | None = None
+    max_retries: int | None = None
+    timeout_seconds: int | None = None
+    depends_on: tuple[bytes, ...] = ()
+    id: bytes | None = None
+
+
+@dataclass(slots=True)
+class ResultItem:
+    id: bytes
+    attempt: int
+    status: str  # completed | failed | released
+    result: bytes = b""
+    error: str | None = None
+    retry: bool = True
+
+
+@dataclass(slots=True)
+class Lease:
+    worker_id: str
+    attempt: int
+    expires_ms: int
+    deadline_ms: int  # started + timeout_seconds
+
+
+@dataclass(slots=True)
+class Worker:
+    worker_id: str
+    first_seen_ms: int
+    last_seen_ms: int
+    hostname: str | None = None
+    pid: int | None = None
+    types: list[str] | None = None
+    concurrency: int | None = None
+    cpu_percent: float | None = None
+    memory_rss: int | None = None
+    memory_percent: float | None = None
+    state: str = "running"
+    leases: set[bytes] = field(default_factory=set)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "hostname": self.hostname, "pid": self.pid,
+                "types": self.types, "concurrency": self.concurrency,
+                "first_seen_ms": self.first_seen_ms, "last_seen_ms": self.last_seen_ms,
+                "cpu_percent": self.cpu_percent, "memory_rss": self.memory_rss,
+                "memory_percent": self.memory_percent, "state": self.state,
+                "active": len(self.leases)}
+
+
+Deliver = Callable[[list[tuple[Task, bytes]]], None]
+
+
+@dataclass(slots=True)
+class ClaimWaiter:
+    """A long-poll CLAIM: answered by ``deliver`` exactly once."""
+
+    worker_id: str
+    max: int
+    types: frozenset[str] | None
+    deadline_ms: int
+    deliver: Deliver
+    done: bool = False
+
+    def cancel(self) -> None:
+        self.done = True
+
+
+class Engine:
+    def __init__(self, store: PartitionedStore, settings: EngineSettings, rng: random.Random | None = None) -> None:
+        self.store = store
+        self.s = settings
+        self.rng = rng or random.Random()
+        self._ready: dict[str, list[tuple[int, int, bytes]]] = {}
+        self._schedule: list[tuple[int, int, bytes]] = []
+        self._scheduled_ids: set[bytes] = set()  # pending tasks not yet due
+        self._leases: dict[bytes, Lease] = {}
+        self._lease_heap: list[tuple[int, bytes, int]] = []
+        self._timeout_heap: list[tuple[int, bytes, int]] = []
+        self._workers: dict[str, Worker] = {}
+        self._worker_heap: list[tuple[int, str]] = []
+        self._waiting_on: dict[bytes, list[bytes]] = {}  # dependency -> dependents
+        self._unmet: dict[bytes, int] = {}  # dependent -> dependencies not completed yet
+        self._waiters: deque[ClaimWaiter] = deque()
+        self._waiter_heap: list[tuple[int, int, ClaimWaiter]] = []
+        self._waiter_seq = 0
+        self._ready_dirty = False
+        self._seq = 0
+        self.pending_by_tier = {"high": 0, "normal": 0, "low": 0}
+        self.remote_depth = 0  # other shards' depth as last reported
+        self._completions = deque([0] * 10, maxlen=10)  # per second, for retry_after
+        self._completion_second = 0
+        self.counters: dict[str, int] = {}
+        self.processing_ms: list[int] = []  # drained by metrics; bounded below
+
+    # -- helpers -----------------------------------------------------------
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def depth(self) -> int:
+        """pending + failed of the whole broker, as this shard knows it."""
+        c = self.store.counts
+        return c[PENDING] + c[FAILED] + self.remote_depth
+
+    def backoff_ms(self, retry_count: int) -> int:
+        base = min(self.s.backoff_base_ms * (2 ** min(retry_count, 62)), self.s.backoff_max_ms)
+        j = self.s.jitter
+        return max(0, int(base * self.rng.uniform(1 - j, 1 + j)))
+
+    def _set_status(self, task: Task, event: str, now: int, **changes: Any) -> None:
+        """Apply a transition of the table (and ``changes`` to fields) and stage the write.
+
+        The old index keys are read before anything changes, and the record is
+        encoded after everything changed: so all field edits go through here."""
+        old = task.status
+        new = states.check(event, old)
+        old_sk, old_fk = self.store.index_keys(task)
+        for name, value in changes.items():
+            setattr(task, name, value)
+        if old == PENDING:
+            self.pending_by_tier[tier_of(task.priority)] -= 1
+            self._scheduled_ids.discard(task.id)
+            self._unmet.pop(task.id, None)
+        if new == PENDING:
+            self.pending_by_tier[tier_of(task.priority)] += 1
+        task.status = new
+        task.updated_ms = now
+        if new != IN_PROGRESS:
+            task.worker_id = None
+            task.lease_expires_ms = None
+        self.store.update(task, old, old_sk, old_fk)
+
+    def _enqueue(self, task: Task, now: int) -> None:
+        """A pending task whose dependencies are met: ready now, or scheduled."""
+        if task.scheduled_ms > now:
+            self._scheduled_ids.add(task.id)
+            heapq.heappush(self._schedule, (task.scheduled_ms, task.seq, task.id))
+        else:
+            heap = self._ready.get(task.type)
+            if heap is None:
+                heap = self._ready[task.type] = []
+            heapq.heappush(heap, (-task.priority, task.seq, task.id))
+            self._ready_dirty = True
+
+    def _touch_worker(self, worker_id: str, now: int) -> Worker:
+        w = self._workers.get(worker_id)
+        if w is None:
+            w = self._workers[worker_id] = Worker(worker_id, now, now)
+            heapq.heappush(self._worker_heap, (now + 2 * self.s.heartbeat_ms, worker_id))
+        else:
+            w.last_seen_ms = now
+        return w
+
+    # -- SUBMIT ------------------------------------------------------------
+
+    def submit(self, specs: list[TaskSpec], now: int, home: int | None = None) -> list[bytes]:
+        """Store a batch, all or nothing. Returns the ids in the batch's order.
+
+        New ids are made in the partition of shard ``home`` (default: this shard),
+        so a batch without client ids lands in one shard's store."""
+        batch_ids: dict[bytes, int] = {}
+        existing: dict[int, bytes] = {}
+        for i, spec in enumerate(specs):
+            if spec.id is not None:
+                if spec.id in batch_ids:
+                    raise BadRequest(f"tasks[{i}].id: {id_to_str(spec.id)} appears twice in the batch")
+                if self.store.status_of(spec.id) is not None:
+                    existing[i] = spec.id
+                batch_ids[spec.id] = i
+        new_count = len(specs) - len(existing)
+        if new_count and self.depth() + new_count > self.s.depth_threshold:
+            self._count("queue_full")
+            raise QueueFull(
+                f"queue depth {self.depth()} + {new_count} would exceed the threshold "
+                f"{self.s.depth_threshold}", retry_after_ms=self._retry_after_ms(new_count))
+        dep_status: dict[bytes, int] = {}
+        for i, spec in enumerate(specs):
+            if i in existing:
+                continue
+            for dep in spec.depends_on:
+                if dep == spec.id:
+                    raise BadRequest(f"tasks[{i}].depends_on: a task cannot depend on itself")
+                if dep in batch_ids and batch_ids[dep] not in existing:
+                    continue
+                st = self.store.status_of(dep)
+                if st is None:
+                    raise NotFound(f"tasks[{i}].depends_on: no task {id_to_str(dep)}")
+                dep_status[dep] = st
+        order = self._batch_order(specs, batch_ids, existing)
+        ids: list[bytes | None] = [existing.get(i) for i in range(len(specs))]
+        fresh = iter(new_ids(new_count, self.s.shard if home is None else home, self.s.shards))
+        base_seq = self._seq
+        self._seq += len(specs)
+        for i in order:
+            spec = specs[i]
+            raw_id = spec.id if spec.id is not None else next(fresh)
+            ids[i] = raw_id
+            scheduled = (spec.scheduled_ms if spec.scheduled_ms is not None
+                         else now + (spec.delay_ms or 0))
+            task = Task(raw_id, spec.type,
+                        self.s.default_priority if spec.priority is None else spec.priority,
+                        PENDING, now, scheduled, base_seq + i,
+                        self.s.default_max_retries if spec.max_retries is None else spec.max_retries,
+                        self.s.default_timeout_seconds if spec.timeout_seconds is None else spec.timeout_seconds,
+                        len(spec.payload), spec.depends_on)
+            failed_dep = next((d for d in spec.depends_on
+                               if dep_status.get(d) in (DEAD_LETTER, CANCELLED)), None)
+            if failed_dep is not None:
+                task.status = states.check("submit_dependency_failed", states.NEW)
+                task.error = f"dependency failed: {id_to_str(failed_dep)}"
+                self.store.insert(task, spec.payload)
+                dep_status[raw_id] = DEAD_LETTER
+                self._count("dead_lettered")
+                continue
+            states.check("submit", states.NEW)
+            self.store.insert(task, spec.payload)
+            self.pending_by_tier[tier_of(task.priority)] += 1
+            dep_status[raw_id] = PENDING
+            unmet = [d for d in spec.depends_on if dep_status.get(d) != COMPLETED]
+            if unmet:
+                self._unmet[raw_id] = len(unmet)
+                for d in unmet:
+                    self._waiting_on.setdefault(d, []).append(raw_id)
+            else:
+                self._enqueue(task, now)
+        self._count("submitted", new_count)
+        self._serve_waiters(now)
+        return ids  # type: ignore[return-value]
+
+    @staticmethod
+    def _batch_order(specs: list[TaskSpec], batch_ids: dict[bytes, int],
+                     existing: dict[int, bytes]) -> list[int]:
+        """Positions of the new tasks, dependencies first; a cycle is a BadRequest."""
+        order: list[int] = []
+        state = [0] * len(specs)  # 0 new, 1 visiting, 2 done
+        for start in range(len(specs)):
+            if start in existing or state[start]:
+                continue
+            stack = [(start, iter(specs[start].depends_on))]
+            state[start] = 1
+            while stack:
+                node, deps = stack[-1]
+                for dep in deps:
+                    j = batch_ids.get(dep)
+                    if j is None or j in existing or state[j] == 2:
+                        continue
+                    if state[j] == 1:
+                        raise BadRequest(f"tasks[{node}].depends_on: dependency cycle inside the batch "
+                                         f"through {id_to_str(dep)}")
+                    state[j] = 1
+                    stack.append((j, iter(specs[j].depends_on)))
+                    break
+                else:
+                    state[node] = 2
+                    order.append(node)
+                    stack.pop()
+        return order
+
+    def _retry_after_ms(self, overflow: int) -> int:
+        rate = sum(self._completions) / len(self._completions)
+        if rate <= 0:
+            return 1000
+        return int(min(60_000, max(100, overflow / rate * 1000)))
+
+    # -- CLAIM -------------------------------------------------------------
+
+    def claim(self, worker_id: str, max_tasks: int, types: Iterable[str] | None,
+              now: int) -> list[tuple[Task, bytes]]:
+        """Lease up to ``max_tasks`` ready tasks (highest priority, then FIFO)."""
+        self._touch_worker(worker_id, now)
+        return self._take(worker_id, max_tasks, frozenset(types) if types is not None else None, now)
+
+    def _take(self, worker_id: str, max_tasks: int, types: frozenset[str] | None,
+              now: int) -> list[tuple[Task, bytes]]:
+        out: list[tuple[Task, bytes]] = []
+        budget = MAX_FRAME - _CLAIM_HEADER_RESERVE
+        ready = self._ready
+        while len(out) < max_tasks:
+            best_heap: list[tuple[int, int, bytes]] | None = None
+            best_type = None
+            if types is None:
+                candidates: Iterable[str] = list(ready)
+            else:
+                candidates = [t for t in types if t in ready]
+            for t in candidates:
+                heap = ready[t]
+                if best_heap is None or heap[0] < best_heap[0]:
+                    best_heap, best_type = heap, t
+            if best_heap is None:
+                break
+            entry = heapq.heappop(best_heap)
+            if not best_heap:
+                del ready[best_type]  # type: ignore[arg-type]
+            task = self.store.get(entry[2])
+            if task is None or task.status != PENDING:
+                continue  # stale entry: cancelled or already moved
+            cost = task.payload_len + _TASK_JSON_RESERVE
+            if out and cost > budget:
+                heapq.heappush(ready.setdefault(task.type, []), entry)
+                break
+            budget -= cost
+            self._lease(task, worker_id, now)
+            out.append((task, self.store.get_payload(task.id) if task.payload_len else b""))
+        if out:
+            self._count("claimed", len(out))
+        return out
+
+    def _lease(self, task: Task, worker_id: str, now: int) -> None:
+        self._set_status(task, "claim", now, attempt=task.attempt + 1, worker_id=worker_id,
+                         started_ms=now, lease_expires_ms=now + self.s.lease_ms)
+        lease = Lease(worker_id, task.attempt, task.lease_expires_ms,
+                      now + task.timeout_seconds * 1000)
+        self._leases[task.id] = lease
+        heapq.heappush(self._lease_heap, (lease.expires_ms, task.id, task.attempt))
+        heapq.heappush(self._timeout_heap, (lease.deadline_ms, task.id, task.attempt))
+        self._workers[worker_id].leases.add(task.id)
+
+    def wait_for_claim(self, worker_id: str, max_tasks: int, types: Iterable[str] | None,
+                       wait_ms: int, now: int, deliver: Deliver) -> ClaimWaiter | None:
+        """CLAIM with ``wait_ms``: deliver at once if anything is ready, else on the
+        first ready task or at the deadline (with an empty list). Returns the waiter
+        so that a closed connection can cancel it."""
+        got = self.claim(worker_id, max_tasks, types, now)
+        if got or wait_ms <= 0:
+            deliver(got)
+            return None
+        waiter = ClaimWaiter(worker_id, max_tasks, frozenset(types) if types is not None else None,
+                             now + wait_ms, deliver)
+        self._waiters.append(waiter)
+        self._waiter_seq += 1
+        heapq.heappush(self._waiter_heap, (waiter.deadline_ms, self._waiter_seq, waiter))
+        return waiter
+
+    def _serve_waiters(self, now: int) -> None:
+        if not self._ready_dirty:
+            return
+        self._ready_dirty = False
+        if not self._waiters:
+            return
+        keep: deque[ClaimWaiter] = deque()
+        while self._waiters and self._ready:
+            w = self._waiters.popleft()
+            if w.done:
+                continue
+            got = self._take(w.worker_id, w.max, w.types, now)
+            if got:
+                self._touch_worker(w.worker_id, now)
+                w.done = True
+                w.deliver(got)
+            else:
+                keep.append(w)
+        keep.extend(self._waiters)
+        self._waiters = keep
+
+    @property
+    def waiting_claims(self) -> int:
+        return sum(1 for w in self._waiters if not w.done)
+
+    # -- RESULT ------------------------------------------------------------
+
+    def result(self, worker_id: str, items: list[ResultItem], now: int) -> list[dict[str, Any]]:
+        self._touch_worker(worker_id, now)
+        out: list[dict[str, Any]] = []
+        for item in items:
+            sid = id_to_str(item.id)
+            task = self.store.get(item.id)
+            if task is None:
+                out.append({"id": sid, "error": {"code": "NotFound", "message": f"no task {sid}"}})
+                continue
+            lease = self._leases.get(item.id)
+            if (task.status != IN_PROGRESS or lease is None or lease.worker_id != worker_id
+                    or lease.attempt != item.attempt):
+                out.append({"id": sid, "error": {"code": "LeaseLost", "message": (
+                    f"{worker_id} does not hold attempt {item.attempt} of {sid} "
+                    f"(task is {STATUS_NAMES[task.status]}, attempt {task.attempt})")}})
+                continue
+            if item.status == "completed" and len(item.result) > self.s.max_payload:
+                out.append({"id": sid, "error": {"code": "TooLarge", "message": (
+                    f"result of {sid} is {len(item.result)} bytes; the limit is {self.s.max_payload}")}})
+                continue
+            self._drop_lease(task)
+            self.processing_ms.append(now - task.started_ms)
+            if len(self.processing_ms) > 100_000:
+                del self.processing_ms[:50_000]
+            if item.status == "completed":
+                self._set_status(task, "complete", now, result_len=len(item.result), error=None)
+                if item.result:
+                    self.store.put_result(task.id, item.result)
+                self._count("completed")
+                self._note_completion(now)
+                self._dependency_done(task.id, now)
+            elif item.status == "failed":
+                self._fail(task, item.error or "", now, backoff=True, retry=item.retry,
+                           reason="failed")
+            else:
+                self._set_status(task, "release", now)
+                self._enqueue(task, now)
+                self._count("released")
+            out.append({"id": sid, "status": STATUS_NAMES[task.status]})
+        self._serve_waiters(now)
+        return out
+
+    def _note_completion(self, now: int) -> None:
+        second = now // 1000
+        if second != self._completion_second:
+            gap = min(second - self._completion_second, 10)
+            for _ in range(gap):
+                self._completions.append(0)
+            self._completion_second = second
+        self._completions[-1] += 1
+
+    def _drop_lease(self, task: Task) -> None:
+        lease = self._leases.pop(task.id, None)
+        if lease is not None:
+            w = self._workers.get(lease.worker_id)
+            if w is not None:
+                w.leases.discard(task.id)
+
+    def _fail(self, task: Task, error: str, now: int, *, backoff: bool, retry: bool = True,
+              reason: str) -> None:
+        """A failed execution: retry (with backoff, or at once for a reclaim) or dead-letter."""
+        if retry and task.retry_count < task.max_retries:
+            if backoff:
+                self._set_status(task, "fail_retry", now, error=error,
+                                 scheduled_ms=now + self.backoff_ms(task.retry_count),
+                                 retry_count=task.retry_count + 1)
+                heapq.heappush(self._schedule, (task.scheduled_ms, task.seq, task.id))
+            else:
+                self._set_status(task, "reclaim_retry", now, error=error, scheduled_ms=now,
+                                 retry_count=task.retry_count + 1)
+                self._enqueue(task, now)
+            self._count("retried")
+        else:
+            self._set_status(task, "fail_final" if backoff else "reclaim_final", now, error=error)
+            self._count("dead_lettered")
+            self._dependency_failed(task.id, now)
+        self._count(f"failures_{reason}")
+
+    # -- dependencies --------------------------------------------------------
+
+    def _dependency_done(self, dep: bytes, now: int) -> None:
+        for child in self._waiting_on.pop(dep, ()):
+            left = self._unmet.get(child)
+            if left is None:
+                continue
+            if left > 1:
+                self._unmet[child] = left - 1
+                continue
+            del self._unmet[child]
+            task = self.store.get(child)
+            if task is not None and task.status == PENDING:
+                self._enqueue(task, now)
+
+    def _dependency_failed(self, dep: bytes, now: int) -> None:
+        """Cascade: everything waiting on ``dep`` (transitively) goes to dead_letter."""
+        stack = [dep]
+        while stack:
+            parent = stack.pop()
+            for child in self._waiting_on.pop(parent, ()):
+                if child not in self._unmet:
+                    continue
+                task = self.store.get(child)
+                if task is None or task.status != PENDING:
+                    continue
+                self._set_status(task, "dependency_failed", now,
+                                 error=f"dependency failed: {id_to_str(parent)}")
+                self._count("dead_lettered")
+                stack.append(child)
+
+    # -- HEARTBEAT / workers ---------------------------------------------------
+
+    def register_worker(self, worker_id: str, info: dict[str, Any], now: int) -> None:
+        w = self._touch_worker(worker_id, now)
+        for key in ("hostname", "pid", "types", "concurrency"):
+            if info.get(key) is not None:
+                setattr(w, key, info[key])
+
+    def heartbeat(self, worker_id: str, info: dict[str, Any], active: list[bytes] | None,
+                  now: int) -> tuple[int, list[str]]:
+        w = self._touch_worker(worker_id, now)
+        for key in ("cpu_percent", "memory_rss", "memory_percent", "state"):
+            if info.get(key) is not None:
+                setattr(w, key, info[key])
+        expires = now + self.s.lease_ms
+        for tid in w.leases:
+            self._leases[tid].expires_ms = expires
+        lost = [id_to_str(t) for t in (active or ()) if t not in w.leases]
+        return expires, lost
+
+    def deregister_worker(self, worker_id: str, now: int) -> int:
+        w = self._workers.pop(worker_id, None)
+        if w is None:
+            return 0
+        released = 0
+        for tid in list(w.leases):
+            task = self.store.get(tid)
+            self._leases.pop(tid, None)
+            if task is not None and task.status == IN_PROGRESS:
+                self._set_status(task, "release", now)
+                self._enqueue(task, now)
+                released += 1
+        self._count("released", released)
+        self._serve_waiters(now)
+        return released
+
+    def workers(self) -> list[Worker]:
+        return list(self._workers.values())
+
+    def _reclaim(self, task: Task, reason: str, now: int) -> None:
+        self._drop_lease(task)
+        self._count(f"reclaimed_{reason.replace(' ', '_')}")
+        self._fail(task, reason, now, backoff=False, reason=reason.replace(" ", "_"))
+
+    # -- QUERY_STATUS / CANCEL / REQUEUE ---------------------------------------
+
+    def query(self, ids: list[bytes]) -> list[Task | None]:
+        out = []
+        for raw in ids:
+            task = self.store.get(raw)
+            if task is not None and task.status == IN_PROGRESS:
+                lease = self._leases.get(raw)
+                if lease is not None:
+                    task.lease_expires_ms = lease.expires_ms
+            out.append(task)
+        return out
+
+    def cancel(self, raw_id: bytes, now: int) -> Task:
+        task = self.store.get(raw_id)
+        if task is None:
+            raise NotFound(f"no task {id_to_str(raw_id)}")
+        self._set_status(task, "cancel", now)
+        self._count("cancelled")
+        self._dependency_failed(raw_id, now)
+        return task
+
+    def requeue(self, raw_id: bytes, now: int) -> Task:
+        task = self.store.get(raw_id)
+        if task is None:
+            raise NotFound(f"no task {id_to_str(raw_id)}")
+        if task.status not in (DEAD_LETTER, FAILED):
+            raise InvalidState(f"cannot requeue a task that is {STATUS_NAMES[task.status]}")
+        unmet = []
+        for dep in task.depends_on:
+            st = self.store.status_of(dep)
+            if st in (DEAD_LETTER, CANCELLED) or st is None:
+                raise InvalidState(f"task {id_to_str(raw_id)} depends on {id_to_str(dep)}, which is "
+                                   f"{'gone' if st is None else STATUS_NAMES[st]}; requeue that first")
+            if st != COMPLETED:
+                unmet.append(dep)
+        self._set_status(task, "requeue", now, retry_count=0, scheduled_ms=now, error=None)
+        if unmet:
+            self._unmet[raw_id] = len(unmet)
+            for d in unmet:
+                self._waiting_on.setdefault(d, []).append(raw_id)
+        else:
+            self._enqueue(task, now)
+        self._count("requeued")
+        self._serve_waiters(now)
+        return task
+
+    def requeue_slice(self, status: int, task_type: str | None, limit: int, after: bytes | None,
+                      now: int) -> tuple[int, bytes | None]:
+        """Requeue up to ``limit`` tasks of ``status`` after ``after`` (one bounded slice).
+
+        Returns (how many were requeued, where to resume or None at the end)."""
+        done = 0
+        last = None
+        scanned = 0
+        for task in self.store.scan_status(status, after, SCAN_SLICE):
+            scanned += 1
+            last = task.id
+            if task_type is not None and task.type != task_type:
+                continue
+            try:
+                self.requeue(task.id, now)
+            except InvalidState:
+                continue
+            done += 1
+            if done >= limit:
+                return done, last
+        return done, (last if scanned >= SCAN_SLICE else None)
+
+    # -- LIST_TASKS ------------------------------------------------------------
+
+    def list_tasks(self, status: int, task_type: str | None, min_priority: int, max_priority: int,
+                   limit: int, cursor: str | None) -> tuple[list[Task], str | None]:
+        """One page; the order is by task id (see docs/protocol.md). Bounded: looks at
+        most SCAN_SLICE keys, so a page may be short with a non-null cursor."""
+        after = _decode_cursor(cursor)
+        out: list[Task] = []
+        last: bytes | None = None
+        scanned = 0
+        full_range = min_priority == 0 and max_priority == 255
+        if task_type is None:
+            for task in self.store.scan_status(status, after, SCAN_SLICE):
+                scanned += 1
+                last = task.id
+                if full_range or min_priority <= task.priority <= max_priority:
+                    out.append(task)
+                    if len(out) >= limit:
+                        break
+        else:
+            prefix = task_type.encode() + b"\x00"
+            after_key = prefix + after if after is not None else None
+            for key in self.store.scan_index("idx_type", prefix, after_key, SCAN_SLICE):
+                scanned += 1
+                raw = key[len(prefix):]
+                last = raw
+                task = self.store.get(raw)
+                if task is None or task.status != status:
+                    continue
+                if full_range or min_priority <= task.priority <= max_priority:
+                    out.append(task)
+                    if len(out) >= limit:
+                        break
+        exhausted = len(out) < limit and scanned < SCAN_SLICE
+        for task in out:
+            if task.status == IN_PROGRESS and task.id in self._leases:
+                task.lease_expires_ms = self._leases[task.id].expires_ms
+        return out, (None if exhausted or last is None else last.hex())
+
+    # -- GET_STATS --------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        c = self.store.counts
+        return {
+            "shard": self.s.shard,
+            **{STATUS_NAMES[i]: c[i] for i in range(6)},
+            "scheduled": len(self._scheduled_ids),
+            "by_tier": dict(self.pending_by_tier),
+            "workers": len(self._workers),
+            "waiting_claims": self.waiting_claims,
+        }
+
+    # -- time ----------------------------------------------------------------
+
+    def tick(self, now: int) -> int | None:
+        """Do what is due at ``now``; return when the next thing falls due."""
+        sched = self._schedule
+        while sched and sched[0][0] <= now:
+            due, _, raw = heapq.heappop(sched)
+            task = self.store.get(raw)
+            if task is None or task.scheduled_ms != due:
+                continue
+            if task.status == FAILED:
+                self._set_status(task, "retry_due", now)
+                self._enqueue(task, now)
+            elif task.status == PENDING and raw in self._scheduled_ids:
+                self._scheduled_ids.discard(raw)
+                self._enqueue(task, now)
+        self._expire_leases(now)
+        self._expire_workers(now)
+        self._serve_waiters(now)
+        self._expire_waiters(now)
+        heads = [h[0][0] for h in (self._schedule, self._lease_heap, self._timeout_heap,
+                                   self._worker_heap, self._waiter_heap) if h]
+        return min(heads) if heads else None
+
+    def _expire_leases(self, now: int) -> None:
+        lh = self._lease_heap
+        while lh and lh[0][0] <= now:
+            _, raw, attempt = heapq.heappop(lh)
+            lease = self._leases.get(raw)
+            if lease is None or lease.attempt != attempt:
+                continue
+            if lease.expires_ms > now:  # extended by a heartbeat since this entry
+                heapq.heappush(lh, (lease.expires_ms, raw, attempt))
+                continue
+            task = self.store.get(raw)
+            if task is not None and task.status == IN_PROGRESS:
+                self._reclaim(task, "lease expired", now)
+        th = self._timeout_heap
+        while th and th[0][0] <= now:
+            _, raw, attempt = heapq.heappop(th)
+            lease = self._leases.get(raw)
+            if lease is None or lease.attempt != attempt:
+                continue
+            task = self.store.get(raw)
+            if task is not None and task.status == IN_PROGRESS:
+                self._drop_lease(task)
+                self._count("reclaimed_timeout")
+                self._fail(task, "timeout", now, backoff=True, reason="timeout")
+
+    def _expire_workers(self, now: int) -> None:
+        wh = self._worker_heap
+        limit = 2 * self.s.heartbeat_ms
+        while wh and wh[0][0] <= now:
+            _, wid = heapq.heappop(wh)
+            w = self._workers.get(wid)
+            if w is None:
+                continue
+            if w.last_seen_ms + limit > now:
+                heapq.heappush(wh, (w.last_seen_ms + limit, wid))
+                continue
+            del self._workers[wid]
+            self._count("workers_lost")
+            for raw in list(w.leases):
+                task = self.store.get(raw)
+                if task is not None and task.status == IN_PROGRESS:
+                    self._reclaim(task, "worker lost", now)
+
+    def _expire_waiters(self, now: int) -> None:
+        wh = self._waiter_heap
+        while wh and wh[0][0] <= now:
+            _, _, w = heapq.heappop(wh)
+            if not w.done:
+                w.done = True
+                w.deliver([])
+
+    # -- retention / recovery ------------------------------------------------------
+
+    def retention_slice(self, now: int, max_keys: int = 1000) -> int:
+        """Delete completed/cancelled tasks older than the retention; one bounded slice."""
+        cutoff = (now - self.s.retention_ms).to_bytes(8, "big")
+        removed = 0
+        for key in self.store.scan_index("idx_finished", b"", None, max_keys, upper=cutoff):
+            task = self.store.get(key[8:])
+            if task is not None and task.status in (COMPLETED, CANCELLED):
+                self.store.delete(task)
+                removed += 1
+        self._count("retention_deleted", removed)
+        return removed
+
+    def recover(self, now: int, commit_every: int = 10_000) -> dict[str, int]:
+        """Rebuild memory from the store after a start: leases did not survive."""
+        store = self.store
+        moved = 0
+        for raw, data in list(store.iter_records(IN_PROGRESS)):
+            task = Task.decode(raw, data)
+            self._set_status(task, "recover", now)
+            moved += 1
+            if store.staged >= commit_every:
+                store.commit()
+        store.commit()
+        seq = 0
+        shards = self.s.shards
+        counted = {PENDING: [0] * shards, FAILED: [0] * shards}
+        ready: dict[str, list[tuple[int, int, bytes]]] = {}
+        with_deps: list[Task] = []
+        decode = Task.decode
+        for raw, data in store.iter_records(PENDING):
+            task = decode(raw, data)
+            counted[PENDING][owner_of(raw, shards)] += 1
+            if task.seq > seq:
+                seq = task.seq
+            self.pending_by_tier[tier_of(task.priority)] += 1
+            if task.depends_on:
+                with_deps.append(task)
+            elif task.scheduled_ms > now:
+                self._scheduled_ids.add(raw)
+                self._schedule.append((task.scheduled_ms, task.seq, raw))
+            else:
+                heap = ready.get(task.type)
+                if heap is None:
+                    heap = ready[task.type] = []
+                heap.append((-task.priority, task.seq, raw))
+        for raw, data in store.iter_records(FAILED):
+            task = decode(raw, data)
+            counted[FAILED][owner_of(raw, shards)] += 1
+            seq = max(seq, task.seq)
+            self._schedule.append((task.scheduled_ms, task.seq, raw))
+        for heap in ready.values():
+            heapq.heapify(heap)
+        self._ready = ready
+        heapq.heapify(self._schedule)
+        self._seq = seq + 1
+        for task in with_deps:
+            unmet = []
+            failed_dep = None
+            for dep in task.depends_on:
+                st = store.status_of(dep)
+                if st in (DEAD_LETTER, CANCELLED, None):
+                    failed_dep = dep
+                    break
+                if st != COMPLETED:
+                    unmet.append(dep)
+            if failed_dep is not None:
+                self._set_status(task, "dependency_failed", now,
+                                 error=f"dependency failed: {id_to_str(failed_dep)}")
+                self._dependency_failed(task.id, now)
+            elif unmet:
+                self._unmet[task.id] = len(unmet)
+                for d in unmet:
+                    self._waiting_on.setdefault(d, []).append(task.id)
+            else:
+                self._enqueue(task, now)
+        corrected = [STATUS_NAMES[st] for st, per_part in counted.items()
+                     if store.recount(st, per_part)]
+        store.commit()
+        self._ready_dirty = bool(self._ready)
+        return {"reclaimed_in_progress": moved, "pending": sum(counted[PENDING]),
+                "failed": sum(counted[FAILED]), "counts_corrected": len(corrected)}
+
+
+def _decode_cursor(cursor: str | None) -> bytes | None:
+    if cursor is None:
+        return None
+    try:
+        raw = bytes.fromhex(cursor)
+    except ValueError:
+        raw = b""
+    if len(raw) != 16:
+        raise BadRequest(f"cursor: {cursor!r} is not a cursor this server returned")
+    return raw
+
+
+__all__ = ["Engine", "EngineSettings", "TaskSpec", "ResultItem", "ClaimWaiter", "Worker",
+           "STATUS_CODES"]

@@ -1,0 +1,182 @@
+"""N shard stores behind the one interface the engine uses.
+
+Rule: a task lives in the store of its owner shard, ``owner_of(id, N)``, and
+nowhere else. This is the data-dir layout the multi-process server uses (one
+process per shard, each opening only its own store); while shards run inside
+one process, this facade routes every call by id and commits every store that
+has staged writes before the shard answers.
+
+Data dir layout:
+
+    <data_dir>/shardq.json          {"shards": N, "layout": 1}  (written once)
+    <data_dir>/shard-<i>/           RocksDB of shard i (store/rocks.py)
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+from collections.abc import Iterator
+
+from shardq.store.rocks import Store, StoreError, StoreSettings
+from shardq.task import Task, owner_of
+
+LAYOUT_VERSION = 1
+LAYOUT_FILE = "shardq.json"
+
+
+def recorded_shards(data_dir: str) -> int | None:
+    """The shard count recorded in a data dir, or None for a new one."""
+    path = os.path.join(data_dir, LAYOUT_FILE)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: cannot be read ({exc})") from exc
+    shards = meta.get("shards")
+    if type(shards) is not int or shards < 1:
+        raise StoreError(f"{path}: 'shards' is {shards!r}, expected a positive integer")
+    return shards
+
+
+def resolve_shards(data_dir: str, requested: int | str) -> int:
+    """``auto`` -> the recorded count, or the usable CPUs for a new data dir.
+
+    An explicit count that differs from the recorded one is refused: tasks are
+    placed by ``id mod shards``, so changing it would orphan them."""
+    recorded = recorded_shards(data_dir)
+    if requested == "auto":
+        if recorded is not None:
+            return recorded
+        return max(1, len(os.sched_getaffinity(0)))
+    count = int(requested)
+    if recorded is not None and recorded != count:
+        raise StoreError(
+            f"{data_dir} was created with {recorded} shards; --shards {count} would orphan its "
+            f"tasks. Start with --shards auto (or {recorded}), or reshard offline into a new data dir.")
+    return count
+
+
+def record_shards(data_dir: str, shards: int) -> None:
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, LAYOUT_FILE)
+    if os.path.exists(path):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"shards": shards, "layout": LAYOUT_VERSION}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class PartitionedStore:
+    """Routes by owner; looks like one ``Store`` to the engine."""
+
+    def __init__(self, data_dir: str, shards: int, settings: StoreSettings | None = None) -> None:
+        record_shards(data_dir, shards)
+        self.shards = shards
+        self.parts = []
+        try:
+            for i in range(shards):
+                store = Store(os.path.join(data_dir, f"shard-{i}"), settings)
+                self.parts.append(store)
+                store.init_layout(i, shards)
+        except Exception:
+            for store in self.parts:
+                store.close()
+            raise
+
+    def part(self, raw_id: bytes) -> Store:
+        return self.parts[owner_of(raw_id, self.shards)] if self.shards > 1 else self.parts[0]
+
+    # -- the Store interface ---------------------------------------------------
+
+    @property
+    def counts(self) -> list[int]:
+        if self.shards == 1:
+            return self.parts[0].counts
+        return [sum(p.counts[i] for p in self.parts) for i in range(6)]
+
+    @property
+    def staged(self) -> int:
+        return sum(p.staged for p in self.parts)
+
+    def status_of(self, raw_id: bytes) -> int | None:
+        return self.part(raw_id).status_of(raw_id)
+
+    def get(self, raw_id: bytes) -> Task | None:
+        return self.part(raw_id).get(raw_id)
+
+    def get_payload(self, raw_id: bytes) -> bytes:
+        return self.part(raw_id).get_payload(raw_id)
+
+    def get_result(self, raw_id: bytes) -> bytes:
+        return self.part(raw_id).get_result(raw_id)
+
+    def insert(self, task: Task, payload: bytes) -> None:
+        self.part(task.id).insert(task, payload)
+
+    def update(self, task: Task, old_status: int, old_scheduled_key: bytes | None = None,
+               old_finished_key: bytes | None = None) -> None:
+        self.part(task.id).update(task, old_status, old_scheduled_key, old_finished_key)
+
+    index_keys = staticmethod(Store.index_keys)
+
+    def put_result(self, raw_id: bytes, result: bytes) -> None:
+        self.part(raw_id).put_result(raw_id, result)
+
+    def delete(self, task: Task) -> None:
+        self.part(task.id).delete(task)
+
+    def meta_put(self, key: bytes, value: bytes) -> None:
+        self.parts[0].meta_put(key, value)
+
+    def commit(self) -> int:
+        return sum(p.commit() for p in self.parts if p.staged)
+
+    def sync_wal(self) -> None:
+        for p in self.parts:
+            p.sync_wal()
+
+    def scan_status(self, status: int, after: bytes | None, max_keys: int) -> Iterator[Task]:
+        if self.shards == 1:
+            return self.parts[0].scan_status(status, after, max_keys)
+        merged = heapq.merge(*(p.scan_status(status, after, max_keys) for p in self.parts),
+                             key=lambda t: t.id)
+        return (t for _, t in zip(range(max_keys), merged))
+
+    def scan_index(self, index: str, prefix: bytes, after: bytes | None, max_keys: int,
+                   upper: bytes | None = None) -> Iterator[bytes]:
+        if self.shards == 1:
+            return self.parts[0].scan_index(index, prefix, after, max_keys, upper)
+        merged = heapq.merge(*(p.scan_index(index, prefix, after, max_keys, upper) for p in self.parts))
+        return (k for _, k in zip(range(max_keys), merged))
+
+    def iter_records(self, status: int) -> Iterator[tuple[bytes, bytes]]:
+        for p in self.parts:
+            yield from p.iter_records(status)
+
+    def recount(self, status: int, actual_by_part: list[int]) -> bool:
+        """Correct persisted counts found wrong at recovery; True if any was."""
+        wrong = False
+        for p, n in zip(self.parts, actual_by_part):
+            if p.counts[status] != n:
+                p.counts[status] = n
+                p.staged += 1
+                wrong = True
+        return wrong
+
+    def compact(self) -> None:
+        for p in self.parts:
+            p.compact()
+
+    def property_int(self, name: str) -> int:
+        return sum(p.property_int(name) for p in self.parts)
+
+    def close(self) -> None:
+        for p in self.parts:
+            p.close()

@@ -1,0 +1,355 @@
+"""One shard's RocksDB: key layout, staged (group-committed) writes, scans.
+
+Rules:
+1. Every change is staged into the current WriteBatch and made visible to
+   ``get`` at once through an overlay; nothing reaches disk until ``commit``,
+   which writes the whole batch in one call. The shard acks only after it.
+2. A status change is a record move between status column families plus the
+   ``idx_status`` update, in the same batch: never a partial update.
+3. The store counts tasks per status as it moves them and persists the counts
+   with every commit, so start-up need not scan terminal tasks to count them.
+
+Key layout (SCHEMA_VERSION 1). ``id`` is the 16-byte UUID, integers are big-endian:
+
+    pending, in_progress, completed,      id -> task record (task.py)
+    failed, dead_letter, cancelled
+    payloads                              id -> payload bytes (written once)
+    results                               id -> result bytes
+    idx_status                            id -> status u8
+    idx_type                              type utf-8 | 0x00 | id -> b""
+    idx_priority                          priority u8 | id -> b""
+    idx_scheduled                         scheduled_ms u64 | id -> b""   (delayed and retrying tasks)
+    idx_finished                          updated_ms u64 | id -> b""     (completed and cancelled: retention)
+    metadata                              b"schema_version", b"shards", b"shard", b"counts", b"created_ms"
+
+Bump SCHEMA_VERSION when a key or record layout changes, and add a migration
+in ``_check_schema`` (a data dir with a newer version is refused).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import rocksdict as rd
+
+from shardq.task import (CANCELLED, COMPLETED, DEAD_LETTER, FAILED, IN_PROGRESS, PENDING,
+                         STATUS_NAMES, Task)
+
+SCHEMA_VERSION = 1
+STATUS_CFS = STATUS_NAMES  # one column family per status, in status-code order
+INDEX_CFS = ("idx_status", "idx_type", "idx_priority", "idx_scheduled", "idx_finished")
+BLOB_CFS = ("payloads", "results")
+ALL_CFS = (*STATUS_CFS, *BLOB_CFS, *INDEX_CFS, "metadata")
+
+_U64 = struct.Struct(">Q")
+_COUNTS = struct.Struct(">6Q")
+_STATUS_BYTES = tuple(bytes([s]) for s in range(6))
+_FINISHED = (COMPLETED, CANCELLED)
+
+
+class StoreError(Exception):
+    """The data dir cannot be used as it is (schema, shard count, corruption)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    sync: str = "interval"  # always | interval | none
+    enable_wal: bool = True
+    compression: str = "lz4"
+    compaction_style: str = "level"
+    write_buffer_size: int = 64 * 1024 * 1024
+    max_write_buffer_number: int = 3
+    level0_file_num_compaction_trigger: int = 4
+    periodic_compaction_seconds: int = 86400
+
+
+def _scheduled_key(task: Task) -> bytes | None:
+    """idx_scheduled holds waiting tasks that were delayed or are retrying."""
+    if task.status == FAILED or (task.status == PENDING and task.scheduled_ms > task.created_ms):
+        return _U64.pack(task.scheduled_ms) + task.id
+    return None
+
+
+def _finished_key(task: Task) -> bytes | None:
+    if task.status in _FINISHED:
+        return _U64.pack(task.updated_ms) + task.id
+    return None
+
+
+class Store:
+    """A shard's tasks in RocksDB. Not thread-safe: one event loop owns it."""
+
+    def __init__(self, path: str, settings: StoreSettings | None = None) -> None:
+        self.path = path
+        self.settings = settings or StoreSettings()
+        os.makedirs(path, exist_ok=True)
+        opts = self._options()
+        cf_opts = {name: self._options() for name in ALL_CFS}
+        self.db = rd.Rdict(path, options=opts, column_families=cf_opts)
+        self._cf = {name: self.db.get_column_family_handle(name) for name in ALL_CFS}
+        self._views = {name: self.db.get_column_family(name) for name in ALL_CFS}
+        self._status_cf = [self._cf[name] for name in STATUS_CFS]
+        self._status_view = [self._views[name] for name in STATUS_CFS]
+        self._write_opts = rd.WriteOptions()
+        self._write_opts.sync = self.settings.sync == "always"
+        self._write_opts.disable_wal = not self.settings.enable_wal
+        self._batch = rd.WriteBatch(raw_mode=True)
+        self._overlay: dict[bytes, Task | None] = {}
+        self._overlay_payloads: dict[bytes, bytes] = {}
+        self._overlay_results: dict[bytes, bytes] = {}
+        self.staged = 0  # mutations waiting for commit
+        self.counts = self._load_counts()
+        self.last_commit_bytes = 0
+        if self.settings.periodic_compaction_seconds:
+            for name in ALL_CFS:
+                self._views[name].set_options(
+                    {"periodic_compaction_seconds": str(self.settings.periodic_compaction_seconds)})
+
+    def _options(self) -> rd.Options:
+        s = self.settings
+        o = rd.Options(raw_mode=True)
+        o.create_if_missing(True)
+        o.create_missing_column_families(True)
+        o.set_compression_type(getattr(rd.DBCompressionType, s.compression)())
+        o.set_compaction_style(getattr(rd.DBCompactionStyle, s.compaction_style)())
+        o.set_write_buffer_size(s.write_buffer_size)
+        o.set_max_write_buffer_number(s.max_write_buffer_number)
+        o.set_level_zero_file_num_compaction_trigger(s.level0_file_num_compaction_trigger)
+        return o
+
+    # -- metadata ---------------------------------------------------------
+
+    def meta_get(self, key: bytes) -> bytes | None:
+        return self._views["metadata"].get(key)
+
+    def meta_put(self, key: bytes, value: bytes) -> None:
+        self._batch.put(key, value, self._cf["metadata"])
+        self.staged += 1
+
+    def init_layout(self, shard: int, shards: int) -> None:
+        """Record (new dir) or check (existing dir) the schema and shard identity."""
+        version = self.meta_get(b"schema_version")
+        if version is None:
+            self.meta_put(b"schema_version", str(SCHEMA_VERSION).encode())
+            self.meta_put(b"shard", str(shard).encode())
+            self.meta_put(b"shards", str(shards).encode())
+            self.meta_put(b"created_ms", str(int(time.time() * 1000)).encode())
+            self.commit()
+            return
+        if int(version) > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {int(version)} is newer than this "
+                             f"shardq understands ({SCHEMA_VERSION}); upgrade shardq")
+        recorded = (int(self.meta_get(b"shard") or b"-1"), int(self.meta_get(b"shards") or b"-1"))
+        if recorded != (shard, shards):
+            raise StoreError(f"{self.path}: holds shard {recorded[0]} of {recorded[1]}, "
+                             f"opened as shard {shard} of {shards}")
+
+    def _load_counts(self) -> list[int]:
+        raw = self._views["metadata"].get(b"counts")
+        return list(_COUNTS.unpack(raw)) if raw else [0] * 6
+
+    # -- reads (overlay first) ----------------------------------------------
+
+    def status_of(self, raw_id: bytes) -> int | None:
+        if raw_id in self._overlay:
+            t = self._overlay[raw_id]
+            return None if t is None else t.status
+        s = self._views["idx_status"].get(raw_id)
+        return None if s is None else s[0]
+
+    def get(self, raw_id: bytes) -> Task | None:
+        if raw_id in self._overlay:
+            return self._overlay[raw_id]
+        s = self._views["idx_status"].get(raw_id)
+        if s is None:
+            return None
+        data = self._status_view[s[0]].get(raw_id)
+        if data is None:
+            raise StoreError(f"index says {raw_id.hex()} is {STATUS_NAMES[s[0]]} but no record is there")
+        return Task.decode(raw_id, data)
+
+    def get_payload(self, raw_id: bytes) -> bytes:
+        p = self._overlay_payloads.get(raw_id)
+        if p is not None:
+            return p
+        return self._views["payloads"].get(raw_id) or b""
+
+    def get_result(self, raw_id: bytes) -> bytes:
+        r = self._overlay_results.get(raw_id)
+        if r is not None:
+            return r
+        return self._views["results"].get(raw_id) or b""
+
+    # -- staged writes -------------------------------------------------------
+
+    def insert(self, task: Task, payload: bytes) -> None:
+        """A new task: record, payload and every index, in the current batch."""
+        b, cf, rid = self._batch, self._cf, task.id
+        b.put(rid, task.encode(), self._status_cf[task.status])
+        b.put(rid, _STATUS_BYTES[task.status], cf["idx_status"])
+        b.put(task.type.encode() + b"\x00" + rid, b"", cf["idx_type"])
+        b.put(bytes((task.priority,)) + rid, b"", cf["idx_priority"])
+        if payload:
+            b.put(rid, payload, cf["payloads"])
+            self._overlay_payloads[rid] = payload
+        sk = _scheduled_key(task)
+        if sk is not None:
+            b.put(sk, b"", cf["idx_scheduled"])
+        fk = _finished_key(task)
+        if fk is not None:
+            b.put(fk, b"", cf["idx_finished"])
+        self._overlay[rid] = task
+        self.counts[task.status] += 1
+        self.staged += 1
+
+    def update(self, task: Task, old_status: int, old_scheduled_key: bytes | None = None,
+               old_finished_key: bytes | None = None) -> None:
+        """Rewrite a task's record, moving it between status families if it changed.
+
+        ``old_*_key`` are the task's index keys before the change (from
+        ``index_keys``), so that moved entries are deleted in the same batch.
+        """
+        b, rid = self._batch, task.id
+        if old_status != task.status:
+            b.delete(rid, self._status_cf[old_status])
+            b.put(rid, _STATUS_BYTES[task.status], self._cf["idx_status"])
+            self.counts[old_status] -= 1
+            self.counts[task.status] += 1
+        b.put(rid, task.encode(), self._status_cf[task.status])
+        new_sk = _scheduled_key(task)
+        if new_sk != old_scheduled_key:
+            if old_scheduled_key is not None:
+                b.delete(old_scheduled_key, self._cf["idx_scheduled"])
+            if new_sk is not None:
+                b.put(new_sk, b"", self._cf["idx_scheduled"])
+        new_fk = _finished_key(task)
+        if new_fk != old_finished_key:
+            if old_finished_key is not None:
+                b.delete(old_finished_key, self._cf["idx_finished"])
+            if new_fk is not None:
+                b.put(new_fk, b"", self._cf["idx_finished"])
+        self._overlay[rid] = task
+        self.staged += 1
+
+    @staticmethod
+    def index_keys(task: Task) -> tuple[bytes | None, bytes | None]:
+        """The task's current time-index keys; pass them to ``update`` after changing it."""
+        return _scheduled_key(task), _finished_key(task)
+
+    def put_result(self, raw_id: bytes, result: bytes) -> None:
+        self._batch.put(raw_id, result, self._cf["results"])
+        self._overlay_results[raw_id] = result
+        self.staged += 1
+
+    def delete(self, task: Task) -> None:
+        """Remove a task and everything about it (retention)."""
+        b, cf, rid = self._batch, self._cf, task.id
+        b.delete(rid, self._status_cf[task.status])
+        b.delete(rid, cf["idx_status"])
+        b.delete(task.type.encode() + b"\x00" + rid, cf["idx_type"])
+        b.delete(bytes((task.priority,)) + rid, cf["idx_priority"])
+        b.delete(rid, cf["payloads"])
+        b.delete(rid, cf["results"])
+        sk, fk = _scheduled_key(task), _finished_key(task)
+        if sk is not None:
+            b.delete(sk, cf["idx_scheduled"])
+        if fk is not None:
+            b.delete(fk, cf["idx_finished"])
+        self._overlay[rid] = None
+        self.counts[task.status] -= 1
+        self.staged += 1
+
+    def commit(self) -> int:
+        """Write everything staged as one batch (WAL on); returns the mutation count."""
+        n = self.staged
+        if not n:
+            return 0
+        self._batch.put(b"counts", _COUNTS.pack(*self.counts), self._cf["metadata"])
+        self.last_commit_bytes = self._batch.size_in_bytes()
+        self.db.write(self._batch, self._write_opts)
+        self._batch = rd.WriteBatch(raw_mode=True)
+        self._overlay.clear()
+        self._overlay_payloads.clear()
+        self._overlay_results.clear()
+        self.staged = 0
+        return n
+
+    def sync_wal(self) -> None:
+        """fsync the WAL (persistence.sync = interval)."""
+        self.db.flush_wal(True)
+
+    # -- scans (bounded; callers resume from the returned position) ----------
+
+    def scan_status(self, status: int, after: bytes | None, max_keys: int) -> Iterator[Task]:
+        """Records of one status in id order, strictly after ``after``."""
+        it = self._status_view[status].iter()
+        if after is None:
+            it.seek_to_first()
+        else:
+            it.seek(after)
+            if it.valid() and it.key() == after:
+                it.next()
+        n = 0
+        while it.valid() and n < max_keys:
+            yield Task.decode(it.key(), it.value())
+            it.next()
+            n += 1
+
+    def scan_index(self, index: str, prefix: bytes, after: bytes | None, max_keys: int,
+                   upper: bytes | None = None) -> Iterator[bytes]:
+        """Index keys starting with ``prefix`` (and below ``upper``), strictly after ``after``."""
+        it = self._views[index].iter()
+        it.seek(after if after is not None else prefix)
+        if after is not None and it.valid() and it.key() == after:
+            it.next()
+        n = 0
+        while it.valid() and n < max_keys:
+            key = it.key()
+            if not key.startswith(prefix) or (upper is not None and key >= upper):
+                return
+            yield key
+            it.next()
+            n += 1
+
+    def iter_records(self, status: int) -> Iterator[tuple[bytes, bytes]]:
+        """Every (id, record) of one status: for recovery only."""
+        return self._status_view[status].items()
+
+    def count_keys(self, cf: str) -> int:
+        return sum(1 for _ in self._views[cf].keys())
+
+    # -- maintenance ---------------------------------------------------------
+
+    def compact(self) -> None:
+        for name in ALL_CFS:
+            self._views[name].compact_range(None, None)
+
+    def property_int(self, name: str) -> int:
+        total = 0
+        for cf in ALL_CFS:
+            v = self._views[cf].property_int_value(name)
+            total += v or 0
+        return total
+
+    def close(self) -> None:
+        self.commit()
+        if self.settings.sync != "none" and self.settings.enable_wal:
+            self.sync_wal()
+        self.db.close()
+        # Column-family views and handles keep the DB (and its LOCK) alive until
+        # they are dropped, so a reopen in the same process needs them gone.
+        self._cf.clear()
+        self._views.clear()
+        self._status_cf.clear()
+        self._status_view.clear()
+        self._batch = None  # type: ignore[assignment]
+        gc.collect()
+
+
+__all__ = ["Store", "StoreSettings", "StoreError", "SCHEMA_VERSION", "ALL_CFS",
+           "PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "DEAD_LETTER", "CANCELLED"]
