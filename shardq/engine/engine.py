@@ -18,6 +18,7 @@ behind, and the entry is checked against the record when it comes to the top.
 from __future__ import annotations
 
 import heapq
+import logging
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -31,6 +32,8 @@ from shardq.store.partitioned import PartitionedStore
 from shardq.task import (CANCELLED, COMPLETED, DEAD_LETTER, FAILED, IN_PROGRESS, PENDING,
                          STATUS_CODES, STATUS_NAMES, Task, id_to_str, new_ids, owner_of,
                          tier_of)
+
+log = logging.getLogger("shardq.engine")
 
 # A CLAIM answer carries fewer tasks rather than exceed a frame; this much of
 # the frame is kept for the header (each task's JSON is well under 1 KiB).
@@ -117,7 +120,7 @@ class Worker:
 Deliver = Callable[[list[tuple[Task, bytes]]], None]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class ClaimWaiter:
     """A long-poll CLAIM: answered by ``deliver`` exactly once."""
 
@@ -141,6 +144,7 @@ class Engine:
         self._schedule: list[tuple[int, int, bytes]] = []
         self._scheduled_ids: set[bytes] = set()  # pending tasks not yet due
         self._leases: dict[bytes, Lease] = {}
+        self._stale_lease_entries = 0
         self._lease_heap: list[tuple[int, bytes, int]] = []
         self._timeout_heap: list[tuple[int, bytes, int]] = []
         self._workers: dict[str, Worker] = {}
@@ -380,7 +384,9 @@ class Engine:
         self._leases[task.id] = lease
         heapq.heappush(self._lease_heap, (lease.expires_ms, task.id, task.attempt))
         heapq.heappush(self._timeout_heap, (lease.deadline_ms, task.id, task.attempt))
-        self._workers[worker_id].leases.add(task.id)
+        # Not ``self._workers[worker_id]``: a long-poll CLAIM served later may outlive
+        # its worker's 2 x heartbeat liveness, and the worker is gone from the table.
+        self._touch_worker(worker_id, now).leases.add(task.id)
 
     def wait_for_claim(self, worker_id: str, max_tasks: int, types: Iterable[str] | None,
                        wait_ms: int, now: int, deliver: Deliver) -> ClaimWaiter | None:
@@ -413,11 +419,21 @@ class Engine:
             if got:
                 self._touch_worker(w.worker_id, now)
                 w.done = True
-                w.deliver(got)
+                self._deliver(w, got)
             else:
                 keep.append(w)
         keep.extend(self._waiters)
         self._waiters = keep
+
+    @staticmethod
+    def _deliver(w: ClaimWaiter, got: list[tuple[Task, bytes]]) -> None:
+        """Hand tasks to a waiter. Its callback runs inside another request's
+        operation (a SUBMIT that made work ready), so its failure must not
+        become that request's failure after the engine has changed state."""
+        try:
+            w.deliver(got)
+        except Exception:
+            log.exception("delivering %d task(s) to waiting claim of %s failed", len(got), w.worker_id)
 
     @property
     def waiting_claims(self) -> int:
@@ -482,6 +498,19 @@ class Engine:
             w = self._workers.get(lease.worker_id)
             if w is not None:
                 w.leases.discard(task.id)
+            # Its heap entries stay behind (lazy deletion) until their time; at
+            # high throughput that is millions, so rebuild once they dominate.
+            self._stale_lease_entries += 1
+            if self._stale_lease_entries > 2 * len(self._leases) + 10_000:
+                self._rebuild_lease_heaps()
+
+    def _rebuild_lease_heaps(self) -> None:
+        leases = self._leases
+        self._lease_heap = [(l.expires_ms, raw, l.attempt) for raw, l in leases.items()]
+        self._timeout_heap = [(l.deadline_ms, raw, l.attempt) for raw, l in leases.items()]
+        heapq.heapify(self._lease_heap)
+        heapq.heapify(self._timeout_heap)
+        self._stale_lease_entries = 0
 
     def _fail(self, task: Task, error: str, now: int, *, backoff: bool, retry: bool = True,
               reason: str) -> None:
@@ -772,7 +801,7 @@ class Engine:
             _, _, w = heapq.heappop(wh)
             if not w.done:
                 w.done = True
-                w.deliver([])
+                self._deliver(w, [])
 
     # -- retention / recovery ------------------------------------------------------
 
@@ -799,6 +828,9 @@ class Engine:
             if store.staged >= commit_every:
                 store.commit()
         store.commit()
+        # The moves above counted the recovered tasks into pending_by_tier; the scan
+        # of pending records below counts every pending task (them included) again.
+        self.pending_by_tier = dict.fromkeys(self.pending_by_tier, 0)
         seq = 0
         shards = self.s.shards
         counted = {PENDING: [0] * shards, FAILED: [0] * shards}
@@ -831,6 +863,10 @@ class Engine:
         self._ready = ready
         heapq.heapify(self._schedule)
         self._seq = seq + 1
+        # Correct the persisted counts to what was scanned *before* any dependent is
+        # dead-lettered below: those moves adjust the counts themselves.
+        corrected = [STATUS_NAMES[st] for st, per_part in counted.items()
+                     if store.recount(st, per_part)]
         for task in with_deps:
             unmet = []
             failed_dep = None
@@ -851,8 +887,6 @@ class Engine:
                     self._waiting_on.setdefault(d, []).append(task.id)
             else:
                 self._enqueue(task, now)
-        corrected = [STATUS_NAMES[st] for st, per_part in counted.items()
-                     if store.recount(st, per_part)]
         store.commit()
         self._ready_dirty = bool(self._ready)
         return {"reclaimed_in_progress": moved, "pending": sum(counted[PENDING]),

@@ -90,6 +90,9 @@ class PartitionedStore:
                 store.close()
             raise
 
+    def part_index(self, raw_id: bytes) -> int:
+        return owner_of(raw_id, self.shards) if self.shards > 1 else 0
+
     def part(self, raw_id: bytes) -> Store:
         return self.parts[owner_of(raw_id, self.shards)] if self.shards > 1 else self.parts[0]
 

@@ -90,7 +90,11 @@ class Store:
         os.makedirs(path, exist_ok=True)
         opts = self._options()
         cf_opts = {name: self._options() for name in ALL_CFS}
-        self.db = rd.Rdict(path, options=opts, column_families=cf_opts)
+        try:
+            self.db = rd.Rdict(path, options=opts, column_families=cf_opts)
+        except Exception as exc:  # rocksdict raises a bare Exception (lock held, corruption)
+            hint = " (is another shardq using this data dir?)" if "lock" in str(exc).lower() else ""
+            raise StoreError(f"{path}: cannot open RocksDB: {exc}{hint}") from exc
         self._cf = {name: self.db.get_column_family_handle(name) for name in ALL_CFS}
         self._views = {name: self.db.get_column_family(name) for name in ALL_CFS}
         self._status_cf = [self._cf[name] for name in STATUS_CFS]

@@ -1,0 +1,79 @@
+"""The `shardq` command line. Errors print one clear line and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from shardq import __version__
+from shardq.config import FLAG_TO_KEY, dump_config, load_config
+from shardq.errors import ConfigError
+
+# How each serve flag parses; every one overrides config file and environment.
+_FLAG_TYPES: dict[str, Any] = {
+    "--host": str, "--port": int, "--data-dir": str, "--shards": str,
+    "--sync": str, "--lease-timeout-ms": int, "--heartbeat-interval-ms": int,
+    "--queue-depth-threshold": int, "--max-connections": int, "--connection-timeout-ms": int,
+    "--metrics-port": int, "--http-port": int,
+}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="config.yaml to read (default: none)")
+    for flag, key in FLAG_TO_KEY.items():
+        p.add_argument(flag, type=_FLAG_TYPES.get(flag, str), default=None, metavar="V",
+                       help=f"overrides {key}")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out = {}
+    for flag, key in FLAG_TO_KEY.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardq", description="shardq task-queue broker")
+    parser.add_argument("--version", action="version", version=f"shardq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the broker")
+    _add_config_flags(serve)
+
+    config = sub.add_parser("config", help="check or show the effective configuration")
+    config.add_argument("action", choices=("check", "show"))
+    _add_config_flags(config)
+
+    bench = sub.add_parser("bench", help="run a benchmark against a fresh server")
+    from shardq.bench import add_arguments
+    add_arguments(bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "bench":
+            from shardq.bench import run
+            return run(args)
+        cfg = load_config(args.config, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"shardq: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        from shardq.server.app import serve
+        return serve(cfg)
+    if args.command == "config":
+        if args.action == "show":
+            sys.stdout.write(dump_config(cfg))
+        else:
+            print("config ok")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
