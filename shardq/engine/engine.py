@@ -87,10 +87,14 @@ class ResultItem:
 
 @dataclass(slots=True)
 class Lease:
+    """An in-progress task's lease. It holds the task's record, so that RESULT,
+    reclaim and timeout change it without reading the store."""
+
     worker_id: str
     attempt: int
     expires_ms: int
     deadline_ms: int  # started + timeout_seconds
+    task: Task
 
 
 @dataclass(slots=True)
@@ -362,8 +366,8 @@ class Engine:
             entry = heapq.heappop(best_heap)
             if not best_heap:
                 del ready[best_type]  # type: ignore[arg-type]
-            task = self.store.get(entry[2])
-            if task is None or task.status != PENDING:
+            task = self.store.get_in(PENDING, entry[2])
+            if task is None:
                 continue  # stale entry: cancelled or already moved
             cost = task.payload_len + _TASK_JSON_RESERVE
             if out and cost > budget:
@@ -371,7 +375,7 @@ class Engine:
                 break
             budget -= cost
             self._lease(task, worker_id, now)
-            out.append((task, self.store.get_payload(task.id) if task.payload_len else b""))
+            out.append((task, self.store.payload_of(task)))
         if out:
             self._count("claimed", len(out))
         return out
@@ -379,8 +383,8 @@ class Engine:
     def _lease(self, task: Task, worker_id: str, now: int) -> None:
         self._set_status(task, "claim", now, attempt=task.attempt + 1, worker_id=worker_id,
                          started_ms=now, lease_expires_ms=now + self.s.lease_ms)
-        lease = Lease(worker_id, task.attempt, task.lease_expires_ms,
-                      now + task.timeout_seconds * 1000)
+        lease = Lease(worker_id, task.attempt, now + self.s.lease_ms,
+                      now + task.timeout_seconds * 1000, task)
         self._leases[task.id] = lease
         heapq.heappush(self._lease_heap, (lease.expires_ms, task.id, task.attempt))
         heapq.heappush(self._timeout_heap, (lease.deadline_ms, task.id, task.attempt))
@@ -446,17 +450,17 @@ class Engine:
         out: list[dict[str, Any]] = []
         for item in items:
             sid = id_to_str(item.id)
-            task = self.store.get(item.id)
-            if task is None:
-                out.append({"id": sid, "error": {"code": "NotFound", "message": f"no task {sid}"}})
-                continue
             lease = self._leases.get(item.id)
-            if (task.status != IN_PROGRESS or lease is None or lease.worker_id != worker_id
-                    or lease.attempt != item.attempt):
-                out.append({"id": sid, "error": {"code": "LeaseLost", "message": (
-                    f"{worker_id} does not hold attempt {item.attempt} of {sid} "
-                    f"(task is {STATUS_NAMES[task.status]}, attempt {task.attempt})")}})
+            if lease is None or lease.worker_id != worker_id or lease.attempt != item.attempt:
+                current = lease.task if lease is not None else self.store.get(item.id)
+                if current is None:
+                    out.append({"id": sid, "error": {"code": "NotFound", "message": f"no task {sid}"}})
+                else:
+                    out.append({"id": sid, "error": {"code": "LeaseLost", "message": (
+                        f"{worker_id} does not hold attempt {item.attempt} of {sid} (task is "
+                        f"{STATUS_NAMES[current.status]}, attempt {current.attempt})")}})
                 continue
+            task = lease.task
             if item.status == "completed" and len(item.result) > self.s.max_payload:
                 out.append({"id": sid, "error": {"code": "TooLarge", "message": (
                     f"result of {sid} is {len(item.result)} bytes; the limit is {self.s.max_payload}")}})
@@ -466,7 +470,8 @@ class Engine:
             if len(self.processing_ms) > 100_000:
                 del self.processing_ms[:50_000]
             if item.status == "completed":
-                self._set_status(task, "complete", now, result_len=len(item.result), error=None)
+                self._set_status(task, "complete", now, result_len=len(item.result), error=None,
+                                 inline_payload=None)
                 if item.result:
                     self.store.put_result(task.id, item.result)
                 self._count("completed")
@@ -589,9 +594,9 @@ class Engine:
             return 0
         released = 0
         for tid in list(w.leases):
-            task = self.store.get(tid)
-            self._leases.pop(tid, None)
-            if task is not None and task.status == IN_PROGRESS:
+            lease = self._leases.pop(tid, None)
+            if lease is not None:
+                task = lease.task
                 self._set_status(task, "release", now)
                 self._enqueue(task, now)
                 released += 1
@@ -762,20 +767,17 @@ class Engine:
             if lease.expires_ms > now:  # extended by a heartbeat since this entry
                 heapq.heappush(lh, (lease.expires_ms, raw, attempt))
                 continue
-            task = self.store.get(raw)
-            if task is not None and task.status == IN_PROGRESS:
-                self._reclaim(task, "lease expired", now)
+            self._reclaim(lease.task, "lease expired", now)
         th = self._timeout_heap
         while th and th[0][0] <= now:
             _, raw, attempt = heapq.heappop(th)
             lease = self._leases.get(raw)
             if lease is None or lease.attempt != attempt:
                 continue
-            task = self.store.get(raw)
-            if task is not None and task.status == IN_PROGRESS:
-                self._drop_lease(task)
-                self._count("reclaimed_timeout")
-                self._fail(task, "timeout", now, backoff=True, reason="timeout")
+            task = lease.task
+            self._drop_lease(task)
+            self._count("reclaimed_timeout")
+            self._fail(task, "timeout", now, backoff=True, reason="timeout")
 
     def _expire_workers(self, now: int) -> None:
         wh = self._worker_heap
@@ -791,9 +793,9 @@ class Engine:
             del self._workers[wid]
             self._count("workers_lost")
             for raw in list(w.leases):
-                task = self.store.get(raw)
-                if task is not None and task.status == IN_PROGRESS:
-                    self._reclaim(task, "worker lost", now)
+                lease = self._leases.get(raw)
+                if lease is not None:
+                    self._reclaim(lease.task, "worker lost", now)
 
     def _expire_waiters(self, now: int) -> None:
         wh = self._waiter_heap
@@ -836,9 +838,11 @@ class Engine:
         counted = {PENDING: [0] * shards, FAILED: [0] * shards}
         ready: dict[str, list[tuple[int, int, bytes]]] = {}
         with_deps: list[Task] = []
+        seen: dict[int, list[bytes]] = {PENDING: [], FAILED: []}
         decode = Task.decode
         for raw, data in store.iter_records(PENDING):
             task = decode(raw, data)
+            seen[PENDING].append(raw)
             counted[PENDING][owner_of(raw, shards)] += 1
             if task.seq > seq:
                 seq = task.seq
@@ -855,6 +859,7 @@ class Engine:
                 heap.append((-task.priority, task.seq, raw))
         for raw, data in store.iter_records(FAILED):
             task = decode(raw, data)
+            seen[FAILED].append(raw)
             counted[FAILED][owner_of(raw, shards)] += 1
             seq = max(seq, task.seq)
             self._schedule.append((task.scheduled_ms, task.seq, raw))
@@ -867,6 +872,10 @@ class Engine:
         # dead-lettered below: those moves adjust the counts themselves.
         corrected = [STATUS_NAMES[st] for st, per_part in counted.items()
                      if store.recount(st, per_part)]
+        # Verify the id -> status index of every task that can still run (a multi-get,
+        # ~0.7 us a task); an entry that disagrees with where the record is gets repaired.
+        repaired = sum(store.verify_status_index(st, ids) for st, ids in seen.items())
+        del seen
         for task in with_deps:
             unmet = []
             failed_dep = None
@@ -890,7 +899,8 @@ class Engine:
         store.commit()
         self._ready_dirty = bool(self._ready)
         return {"reclaimed_in_progress": moved, "pending": sum(counted[PENDING]),
-                "failed": sum(counted[FAILED]), "counts_corrected": len(corrected)}
+                "failed": sum(counted[FAILED]), "counts_corrected": len(corrected),
+                "index_repaired": repaired}
 
 
 def _decode_cursor(cursor: str | None) -> bytes | None:

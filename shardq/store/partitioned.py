@@ -114,8 +114,14 @@ class PartitionedStore:
     def get(self, raw_id: bytes) -> Task | None:
         return self.part(raw_id).get(raw_id)
 
+    def get_in(self, status: int, raw_id: bytes) -> Task | None:
+        return self.part(raw_id).get_in(status, raw_id)
+
     def get_payload(self, raw_id: bytes) -> bytes:
         return self.part(raw_id).get_payload(raw_id)
+
+    def payload_of(self, task: Task) -> bytes:
+        return self.part(task.id).payload_of(task)
 
     def get_result(self, raw_id: bytes) -> bytes:
         return self.part(raw_id).get_result(raw_id)
@@ -162,6 +168,14 @@ class PartitionedStore:
     def iter_records(self, status: int) -> Iterator[tuple[bytes, bytes]]:
         for p in self.parts:
             yield from p.iter_records(status)
+
+    def verify_status_index(self, status: int, ids: list[bytes]) -> int:
+        if self.shards == 1:
+            return self.parts[0].verify_status_index(status, ids)
+        by_part: list[list[bytes]] = [[] for _ in self.parts]
+        for raw in ids:
+            by_part[owner_of(raw, self.shards)].append(raw)
+        return sum(p.verify_status_index(status, part) for p, part in zip(self.parts, by_part))
 
     def recount(self, status: int, actual_by_part: list[int]) -> bool:
         """Correct persisted counts found wrong at recovery; True if any was."""

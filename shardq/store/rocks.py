@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import rocksdict as rd
 
-from shardq.task import (CANCELLED, COMPLETED, DEAD_LETTER, FAILED, IN_PROGRESS, PENDING,
-                         STATUS_NAMES, Task)
+from shardq.task import (CANCELLED, COMPLETED, DEAD_LETTER, FAILED, IN_PROGRESS,
+                         INLINE_PAYLOAD_MAX, PENDING, STATUS_NAMES, Task)
 
 SCHEMA_VERSION = 1
 STATUS_CFS = STATUS_NAMES  # one column family per status, in status-code order
@@ -177,11 +177,27 @@ class Store:
             raise StoreError(f"index says {raw_id.hex()} is {STATUS_NAMES[s[0]]} but no record is there")
         return Task.decode(raw_id, data)
 
+    def get_in(self, status: int, raw_id: bytes) -> Task | None:
+        """The task if it is in ``status`` (one read: no idx_status lookup)."""
+        if raw_id in self._overlay:
+            t = self._overlay[raw_id]
+            return t if t is not None and t.status == status else None
+        data = self._status_view[status].get(raw_id)
+        return None if data is None else Task.decode(raw_id, data)
+
     def get_payload(self, raw_id: bytes) -> bytes:
-        p = self._overlay_payloads.get(raw_id)
+        task = self.get(raw_id)
+        return b"" if task is None else self.payload_of(task)
+
+    def payload_of(self, task: Task) -> bytes:
+        if task.inline_payload is not None:
+            return task.inline_payload
+        if not task.payload_len:
+            return b""
+        p = self._overlay_payloads.get(task.id)
         if p is not None:
             return p
-        return self._views["payloads"].get(raw_id) or b""
+        return self._views["payloads"].get(task.id) or b""
 
     def get_result(self, raw_id: bytes) -> bytes:
         r = self._overlay_results.get(raw_id)
@@ -194,13 +210,16 @@ class Store:
     def insert(self, task: Task, payload: bytes) -> None:
         """A new task: record, payload and every index, in the current batch."""
         b, cf, rid = self._batch, self._cf, task.id
+        task.payload_len = len(payload)  # the bytes are the truth; decode relies on it
+        if len(payload) <= INLINE_PAYLOAD_MAX:
+            task.inline_payload = payload
+        else:
+            b.put(rid, payload, cf["payloads"])
+            self._overlay_payloads[rid] = payload
         b.put(rid, task.encode(), self._status_cf[task.status])
         b.put(rid, _STATUS_BYTES[task.status], cf["idx_status"])
         b.put(task.type.encode() + b"\x00" + rid, b"", cf["idx_type"])
         b.put(bytes((task.priority,)) + rid, b"", cf["idx_priority"])
-        if payload:
-            b.put(rid, payload, cf["payloads"])
-            self._overlay_payloads[rid] = payload
         sk = _scheduled_key(task)
         if sk is not None:
             b.put(sk, b"", cf["idx_scheduled"])
@@ -323,6 +342,21 @@ class Store:
     def iter_records(self, status: int) -> Iterator[tuple[bytes, bytes]]:
         """Every (id, record) of one status: for recovery only."""
         return self._status_view[status].items()
+
+    def verify_status_index(self, status: int, ids: list[bytes], chunk: int = 10_000) -> int:
+        """Check that idx_status says ``status`` for every id (records of that status);
+        repair the entries that do not, in the current batch. Returns how many."""
+        want = _STATUS_BYTES[status]
+        view = self._views["idx_status"]
+        repaired = 0
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            for raw, got in zip(part, view.get(part)):
+                if got != want:
+                    self._batch.put(raw, want, self._cf["idx_status"])
+                    self.staged += 1
+                    repaired += 1
+        return repaired
 
     def count_keys(self, cf: str) -> int:
         return sum(1 for _ in self._views[cf].keys())

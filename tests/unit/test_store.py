@@ -105,6 +105,9 @@ def test_write_commit_close_reopen(tmp_path) -> None:
     s.insert(done, b"payload-c")
     s.put_result(c, b"res")
     s.insert(raw_task(d, status=CANCELLED, type_="gamma"), b"payload-d")
+    big = new_ids(1, 0, 1)[0]
+    big_payload = bytes(range(256)) * 40  # over INLINE_PAYLOAD_MAX: stored beside the record
+    s.insert(raw_task(big, type_="big"), big_payload)
     assert s.commit() > 0
     s.close()
 
@@ -134,10 +137,11 @@ def test_write_commit_close_reopen(tmp_path) -> None:
         assert list(s.scan_index("idx_scheduled", b"", None, 100)) == [U64.pack(T0 + 5000) + b]
         assert sorted(s.scan_index("idx_finished", b"", None, 100)) == sorted(
             [U64.pack(T0) + c, U64.pack(T0) + d])
-        assert s.counts == [2, 0, 1, 0, 0, 1]
-        assert s.count_keys("payloads") == 3
-        assert [t.id for t in s.scan_status(PENDING, None, 100)] == sorted([a, b])
-        assert [t.id for t in s.scan_status(PENDING, min(a, b), 100)] == [max(a, b)]
+        assert s.counts == [3, 0, 1, 0, 0, 1]
+        assert s.count_keys("payloads") == 1  # only the big one; small ones are inline
+        assert s.get_payload(big) == big_payload
+        assert s.get(big).inline_payload is None and s.get(a).inline_payload == b"payload-a"
+        assert [t.id for t in s.scan_status(PENDING, None, 100)] == sorted([a, b, big])
         assert list(s.scan_index("idx_type", b"alpha\x00", None, 100)) == sorted(
             [b"alpha\x00" + a, b"alpha\x00" + c])
     finally:
@@ -523,7 +527,8 @@ def test_retention_slice(make_node) -> None:
     assert p.count_keys("idx_status") == 3
     assert p.count_keys("idx_type") == 3 and p.count_keys("idx_priority") == 3
     assert p.count_keys("idx_finished") == 1
-    assert p.count_keys("payloads") == 3 and p.count_keys("results") == 0
+    # small payloads live inside the record (task.INLINE_PAYLOAD_MAX): none stored beside it
+    assert p.count_keys("payloads") == 0 and p.count_keys("results") == 0
     n.now = T0 + 10_000
     assert n.engine.retention_slice(n.now) == 1
     assert n.engine.retention_slice(n.now) == 0  # staged delete not counted twice
@@ -549,3 +554,28 @@ def test_retention_slice_is_bounded(make_node) -> None:
     assert n.engine.retention_slice(n.now, max_keys=3) == 1
     n.store.commit()
     assert n.store.counts[CANCELLED] == 0
+
+
+def test_recovery_repairs_a_damaged_status_index(tmp_path) -> None:
+    from shardq.engine.engine import Engine, EngineSettings, TaskSpec
+
+    path = str(tmp_path / "d")
+    ps = PartitionedStore(path, 2)
+    engine = Engine(ps, EngineSettings(shards=2))
+    ids = engine.submit([TaskSpec("a", b"x") for _ in range(10)], T0)
+    ps.commit()
+    victim = ps.part(ids[3])
+    victim._batch.delete(ids[3], victim._cf["idx_status"])  # lose one index entry
+    victim.staged += 1
+    ps.commit()
+    assert ps.status_of(ids[3]) is None
+    ps.close()
+
+    ps = PartitionedStore(path, 2)
+    try:
+        summary = Engine(ps, EngineSettings(shards=2)).recover(T0 + 1)
+        assert summary["index_repaired"] == 1
+        assert ps.status_of(ids[3]) == PENDING
+        assert all(ps.status_of(raw) == PENDING for raw in ids)
+    finally:
+        ps.close()
