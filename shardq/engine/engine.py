@@ -23,15 +23,29 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shardq.engine import states
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
 from shardq.protocol.frames import MAX_FRAME, MAX_PAYLOAD
-from shardq.store.partitioned import PartitionedStore
-from shardq.task import (CANCELLED, COMPLETED, DEAD_LETTER, FAILED, IN_PROGRESS, PENDING,
-                         STATUS_CODES, STATUS_NAMES, Task, id_to_str, new_ids, owner_of,
-                         tier_of)
+from shardq.task import (
+    CANCELLED,
+    COMPLETED,
+    DEAD_LETTER,
+    FAILED,
+    IN_PROGRESS,
+    PENDING,
+    STATUS_CODES,
+    STATUS_NAMES,
+    Task,
+    id_to_str,
+    new_ids,
+    owner_of,
+    tier_of,
+)
+
+if TYPE_CHECKING:  # the engine is handed a store; it never opens one
+    from shardq.store.partitioned import PartitionedStore
 
 log = logging.getLogger("shardq.engine")
 
@@ -511,8 +525,8 @@ class Engine:
 
     def _rebuild_lease_heaps(self) -> None:
         leases = self._leases
-        self._lease_heap = [(l.expires_ms, raw, l.attempt) for raw, l in leases.items()]
-        self._timeout_heap = [(l.deadline_ms, raw, l.attempt) for raw, l in leases.items()]
+        self._lease_heap = [(lease.expires_ms, raw, lease.attempt) for raw, lease in leases.items()]
+        self._timeout_heap = [(lease.deadline_ms, raw, lease.attempt) for raw, lease in leases.items()]
         heapq.heapify(self._lease_heap)
         heapq.heapify(self._timeout_heap)
         self._stale_lease_entries = 0

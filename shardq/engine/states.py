@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from shardq.errors import InvalidState
-from shardq.task import (CANCELLED, COMPLETED, DEAD_LETTER, FAILED, IN_PROGRESS, PENDING,
-                         STATUS_NAMES)
+from shardq.task import CANCELLED, COMPLETED, DEAD_LETTER, FAILED, IN_PROGRESS, PENDING, STATUS_NAMES
 
 NEW = -1  # the task does not exist yet
 

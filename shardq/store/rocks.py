@@ -37,8 +37,17 @@ from dataclasses import dataclass
 
 import rocksdict as rd
 
-from shardq.task import (CANCELLED, COMPLETED, DEAD_LETTER, FAILED, IN_PROGRESS,
-                         INLINE_PAYLOAD_MAX, PENDING, STATUS_NAMES, Task)
+from shardq.task import (
+    CANCELLED,
+    COMPLETED,
+    DEAD_LETTER,
+    FAILED,
+    IN_PROGRESS,
+    INLINE_PAYLOAD_MAX,
+    PENDING,
+    STATUS_NAMES,
+    Task,
+)
 
 SCHEMA_VERSION = 1
 STATUS_CFS = STATUS_NAMES  # one column family per status, in status-code order

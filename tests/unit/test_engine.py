@@ -10,8 +10,18 @@ from shardq.engine import states
 from shardq.engine.engine import Engine, EngineSettings, ResultItem, TaskSpec
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
 from shardq.store.partitioned import PartitionedStore
-from shardq.task import (CANCELLED, COMPLETED, DEAD_LETTER, FAILED, IN_PROGRESS, PENDING,
-                         STATUS_NAMES, id_to_str, new_ids, owner_of)
+from shardq.task import (
+    CANCELLED,
+    COMPLETED,
+    DEAD_LETTER,
+    FAILED,
+    IN_PROGRESS,
+    PENDING,
+    STATUS_NAMES,
+    id_to_str,
+    new_ids,
+    owner_of,
+)
 
 T0 = 1_700_000_000_000
 LEASE = 1000

@@ -9,11 +9,26 @@ import struct
 import pytest
 
 from shardq.engine.engine import Engine, EngineSettings, ResultItem, TaskSpec
-from shardq.store.partitioned import (LAYOUT_FILE, PartitionedStore, record_shards,
-                                      recorded_shards, resolve_shards)
+from shardq.store.partitioned import (
+    LAYOUT_FILE,
+    PartitionedStore,
+    record_shards,
+    recorded_shards,
+    resolve_shards,
+)
 from shardq.store.rocks import Store, StoreError
-from shardq.task import (CANCELLED, COMPLETED, DEAD_LETTER, FAILED, IN_PROGRESS, PENDING,
-                         STATUS_NAMES, Task, new_ids, owner_of)
+from shardq.task import (
+    CANCELLED,
+    COMPLETED,
+    DEAD_LETTER,
+    FAILED,
+    IN_PROGRESS,
+    PENDING,
+    STATUS_NAMES,
+    Task,
+    new_ids,
+    owner_of,
+)
 
 T0 = 1_700_000_000_000
 U64 = struct.Struct(">Q")
