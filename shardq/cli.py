@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("action", choices=("check", "show"))
     _add_config_flags(config)
 
-    # The benchmark owns its arguments (shardq/bench.py); see `shardq bench --help`.
-    bench = sub.add_parser("bench", help="run the lifecycle benchmarks", add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench = sub.add_parser("bench", help="run the lifecycle benchmarks (shardq/bench.py)")
+    from shardq.bench import add_arguments  # the benchmark owns its arguments
+    add_arguments(bench)
     return parser
 
 
@@ -57,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bench":
-            from shardq.bench import add_arguments, run
-            bench_parser = argparse.ArgumentParser(prog="shardq bench")
-            add_arguments(bench_parser)
-            return run(bench_parser.parse_args(args.bench_args))
+            from shardq.bench import run
+            return run(args)
         cfg = load_config(args.config, overrides=_overrides(args))
     except ConfigError as exc:
         print(f"shardq: config error: {exc}", file=sys.stderr)

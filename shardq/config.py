@@ -277,6 +277,7 @@ class PersistenceConfig:
     max_write_buffer_number: int = _opt(3, Int(2))
     level0_file_num_compaction_trigger: int = _opt(4, Int(1))
     periodic_compaction_seconds: int = _opt(86400, Int(0))
+    block_cache_size: int = _opt(134217728, Int(1048576))
     completed_retention_s: int = _opt(604800, Int(0))
     compaction_interval_s: int = _opt(3600, Int(1))
 

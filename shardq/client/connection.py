@@ -12,8 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from shardq.errors import ShardqError, error_from_wire
-from shardq.protocol.frames import (RESPONSE_TYPES, FrameDecoder, Malformed, Message, MsgType,
-                                    encode)
+from shardq.protocol.frames import RESPONSE_TYPES, FrameDecoder, Malformed, Message, MsgType, encode
 
 
 class ConnectionClosed(ShardqError):

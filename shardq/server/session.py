@@ -7,8 +7,10 @@ Rules:
 2. Bad input costs only this connection: a Malformed frame or a bad field is a
    NACK and the connection goes on; a framing error is a NACK and a close;
    anything unexpected is an Internal NACK, logged, and the connection goes on.
-3. A client that does not read its answers slows itself down: when the
-   transport's write buffer is full we stop reading from it.
+3. A client that does not read its answers slows itself down: when its answers
+   in flight (queued for the group commit plus the transport's write buffer)
+   pass OUT_HIGH_WATER we stop decoding and reading its requests, and go on
+   once it has read them.
 """
 
 from __future__ import annotations
@@ -21,13 +23,31 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shardq import __version__
-from shardq.engine.engine import ClaimWaiter, Task
-from shardq.engine.engine import ResultItem
-from shardq.errors import (BadRequest, Forbidden, InvalidState, NotFound, ProtocolError,
-                           ProtocolViolation, TooLarge, Unauthorized, Unavailable, WireError)
+from shardq.engine.engine import ClaimWaiter, ResultItem, Task
+from shardq.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidState,
+    NotFound,
+    ProtocolError,
+    ProtocolViolation,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    WireError,
+)
 from shardq.protocol import requests as rq
-from shardq.protocol.frames import (MAX_FRAME, MAX_PAYLOAD, PROTOCOL_VERSION, FrameDecoder,
-                                    Malformed, Message, MsgType, encode, encode_nack)
+from shardq.protocol.frames import (
+    MAX_FRAME,
+    MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    Malformed,
+    Message,
+    MsgType,
+    encode,
+    encode_nack,
+)
 from shardq.task import id_to_str
 
 if TYPE_CHECKING:
@@ -45,6 +65,11 @@ PERMISSION = {
 }
 
 Answer = tuple[dict[str, Any], bytes] | None  # None: answered later (a waiting CLAIM)
+
+# Bytes of answers one connection may have in flight (queued for the group commit plus the
+# transport's write buffer) before we stop decoding its requests: answers are built before
+# the transport sees them, so the transport's own high-water mark alone bounds nothing.
+OUT_HIGH_WATER = 4 * MAX_FRAME
 
 
 def _now() -> int:
@@ -64,6 +89,8 @@ class Session(asyncio.Protocol):
         self.permissions: frozenset[str] | None = None if server.cfg.auth.enabled else frozenset(
             ("submit", "claim", "read", "admin"))
         self.closing = False
+        self.out_pending = 0  # bytes of answers handed to the group commit, not yet written
+        self.stalled = False  # stopped decoding until the client reads its answers
         self._handlers: dict[MsgType, Callable[[Message], Answer]] = {
             MsgType.HELLO: self.on_hello, MsgType.SUBMIT: self.on_submit,
             MsgType.CLAIM: self.on_claim, MsgType.RESULT: self.on_result,
@@ -82,7 +109,7 @@ class Session(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # A client that cannot read fast enough must not make us buffer without bound.
-        transport.set_write_buffer_limits(high=4 * MAX_FRAME)
+        transport.set_write_buffer_limits(high=OUT_HIGH_WATER)
         if len(self.server.sessions) >= self.server.cfg.broker.max_connections or self.server.closing:
             transport.write(encode_nack(None, "Unavailable", "too many connections"
                                         if not self.server.closing else "server is shutting down"))
@@ -105,13 +132,32 @@ class Session(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
+            if self.stalled:
+                self._unstall()
+            else:
+                self.transport.resume_reading()
+
+    def _backlogged(self) -> bool:
+        t = self.transport
+        return t is not None and self.out_pending + t.get_write_buffer_size() > OUT_HIGH_WATER
+
+    def _unstall(self) -> None:
+        """Decode the requests left in the buffer once the client has read enough."""
+        if not self.stalled or self.closing or self.transport is None or self._backlogged():
+            return
+        self.stalled = False
+        self.transport.resume_reading()
+        self._process()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.decoder.feed(data)
+        if not self.stalled:
+            self._process()
+
+    def _process(self) -> None:
         decoder = self.decoder
-        decoder.feed(data)
         try:
             while True:
                 msg = decoder.next()
@@ -124,13 +170,26 @@ class Session(asyncio.Protocol):
                     self._dispatch(msg)
                 if self.closing:
                     break
+                if self._backlogged():
+                    # Answers pile up unread: stop here; send() or resume_writing resumes us.
+                    self.stalled = True
+                    if self.transport is not None:
+                        self.transport.pause_reading()
+                    break
         except ProtocolViolation as exc:
             self._fail_protocol(str(exc))
 
     def send(self, frame: bytes) -> None:
+        self.out_pending -= len(frame)
         t = self.transport
         if t is not None and not t.is_closing():
             t.write(frame)
+            if self.stalled and not self.out_pending and self.server.loop is not None:
+                self.server.loop.call_soon(self._unstall)
+
+    def _reply(self, frame: bytes) -> None:
+        self.out_pending += len(frame)
+        self.server.reply(self, frame)
 
     def check_idle(self, now: float, limit: float) -> None:
         """Close a connection silent for ``limit`` s with nothing pending, or stuck mid-frame."""
@@ -168,15 +227,15 @@ class Session(asyncio.Protocol):
     def _ack(self, rid: int | None, body: dict[str, Any], blob: bytes = b"") -> None:
         header = {"rid": rid}
         header.update(body)
-        self.server.reply(self, encode(MsgType.ACK, header, blob))
+        self._reply(encode(MsgType.ACK, header, blob))
 
     def _nack(self, rid: int | None, err: WireError) -> None:
-        self.server.reply(self, encode_nack(rid, err.code, err.message, **err.extra))
+        self._reply(encode_nack(rid, err.code, err.message, **err.extra))
         if err.closes_connection:
             self._close_after_replies()
 
     def _fail_protocol(self, message: str) -> None:
-        self.server.reply(self, encode_nack(None, "Protocol", message))
+        self._reply(encode_nack(None, "Protocol", message))
         self._close_after_replies()
 
     def _close_after_replies(self) -> None:
@@ -188,6 +247,7 @@ class Session(asyncio.Protocol):
         self.send = self._send_then_close  # type: ignore[method-assign]
 
     def _send_then_close(self, frame: bytes) -> None:
+        self.out_pending -= len(frame)
         t = self.transport
         if t is None or t.is_closing():
             return

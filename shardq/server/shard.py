@@ -56,7 +56,8 @@ def store_settings(cfg: Config) -> StoreSettings:
         compaction_style=p.compaction_style, write_buffer_size=p.write_buffer_size,
         max_write_buffer_number=p.max_write_buffer_number,
         level0_file_num_compaction_trigger=p.level0_file_num_compaction_trigger,
-        periodic_compaction_seconds=p.periodic_compaction_seconds)
+        periodic_compaction_seconds=p.periodic_compaction_seconds,
+        block_cache_size=p.block_cache_size)
 
 
 class ShardServer:

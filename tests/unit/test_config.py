@@ -206,6 +206,7 @@ BAD = [
     ("persistence.max_write_buffer_number", 1),
     ("persistence.level0_file_num_compaction_trigger", 0),
     ("persistence.periodic_compaction_seconds", -1),
+    ("persistence.block_cache_size", 1024),
     ("persistence.completed_retention_s", -1),
     ("persistence.compaction_interval_s", 0),
     ("raft.enabled", "true"),

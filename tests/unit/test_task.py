@@ -9,8 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardq.task import (RECORD_VERSION, STATUS_NAMES, TERMINAL, Task, id_to_bytes, id_to_str,
-                         is_canonical_id, new_ids, owner_of, tier_of)
+from shardq.task import (
+    RECORD_VERSION,
+    STATUS_NAMES,
+    TERMINAL,
+    Task,
+    id_to_bytes,
+    id_to_str,
+    is_canonical_id,
+    new_ids,
+    owner_of,
+    tier_of,
+)
 
 U8 = st.integers(0, 255)
 U16 = st.integers(0, 2**16 - 1)
