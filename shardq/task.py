@@ -73,9 +73,31 @@ def owner_of(raw_id: bytes, shards: int) -> int:
     return int.from_bytes(raw_id[:4], "big") % shards
 
 
+class _RandomPool:
+    """os.urandom in 4 KiB draws: one getrandom syscall per 256 ids instead of per
+    SUBMIT (measured at 5 % of server CPU with one task per request)."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self._pos + n > len(self._buf):
+            self._buf = os.urandom(max(4096, n))
+            self._pos = 0
+        out = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return out
+
+
+_random = _RandomPool()
+
+
 def new_ids(count: int, shard: int, shards: int) -> list[bytes]:
     """Random version-4 UUIDs whose owner is ``shard``."""
-    rnd = os.urandom(16 * count)
+    rnd = _random.take(16 * count)
     out = []
     for i in range(count):
         b = bytearray(rnd[16 * i:16 * i + 16])

@@ -53,6 +53,26 @@ log = logging.getLogger("shardq.engine")
 # the frame is kept for the header (each task's JSON is well under 1 KiB).
 _CLAIM_HEADER_RESERVE = 1024 * 1024
 _TASK_JSON_RESERVE = 1024
+# Heap entries are single ints (~60 bytes, where a (priority, seq, id) tuple is ~150):
+#   ready heap:    (255 - priority) << 200 | seq << 128 | id
+#   schedule heap: scheduled_ms     << 200 | seq << 128 | id
+# Comparing the ints compares the fields from the left; seq stays below 2^72.
+_HEAD_SHIFT = 200
+_ID_MASK = (1 << 128) - 1
+
+
+def _ready_key(priority: int, seq: int, raw_id: bytes) -> int:
+    return ((255 - priority) << _HEAD_SHIFT) | (seq << 128) | int.from_bytes(raw_id, "big")
+
+
+def _schedule_key(when_ms: int, seq: int, raw_id: bytes) -> int:
+    return (when_ms << _HEAD_SHIFT) | (seq << 128) | int.from_bytes(raw_id, "big")
+
+
+def _key_id(key: int) -> bytes:
+    return (key & _ID_MASK).to_bytes(16, "big")
+
+
 # Bounded scans: LIST_TASKS and REQUEUE look at most this many keys per call.
 SCAN_SLICE = 5000
 
@@ -158,8 +178,8 @@ class Engine:
         self.store = store
         self.s = settings
         self.rng = rng or random.Random()
-        self._ready: dict[str, list[tuple[int, int, bytes]]] = {}
-        self._schedule: list[tuple[int, int, bytes]] = []
+        self._ready: dict[str, list[int]] = {}  # per type, of _ready_key
+        self._schedule: list[int] = []  # of _schedule_key
         self._scheduled_ids: set[bytes] = set()  # pending tasks not yet due
         self._leases: dict[bytes, Lease] = {}
         self._stale_lease_entries = 0
@@ -223,12 +243,12 @@ class Engine:
         """A pending task whose dependencies are met: ready now, or scheduled."""
         if task.scheduled_ms > now:
             self._scheduled_ids.add(task.id)
-            heapq.heappush(self._schedule, (task.scheduled_ms, task.seq, task.id))
+            heapq.heappush(self._schedule, _schedule_key(task.scheduled_ms, task.seq, task.id))
         else:
             heap = self._ready.get(task.type)
             if heap is None:
                 heap = self._ready[task.type] = []
-            heapq.heappush(heap, (-task.priority, task.seq, task.id))
+            heapq.heappush(heap, _ready_key(task.priority, task.seq, task.id))
             self._ready_dirty = True
 
     def _touch_worker(self, worker_id: str, now: int) -> Worker:
@@ -365,7 +385,7 @@ class Engine:
         budget = MAX_FRAME - _CLAIM_HEADER_RESERVE
         ready = self._ready
         while len(out) < max_tasks:
-            best_heap: list[tuple[int, int, bytes]] | None = None
+            best_heap: list[int] | None = None
             best_type = None
             if types is None:
                 candidates: Iterable[str] = list(ready)
@@ -380,7 +400,7 @@ class Engine:
             entry = heapq.heappop(best_heap)
             if not best_heap:
                 del ready[best_type]  # type: ignore[arg-type]
-            task = self.store.get_in(PENDING, entry[2])
+            task = self.store.get_in(PENDING, _key_id(entry))
             if task is None:
                 continue  # stale entry: cancelled or already moved
             cost = task.payload_len + _TASK_JSON_RESERVE
@@ -539,7 +559,7 @@ class Engine:
                 self._set_status(task, "fail_retry", now, error=error,
                                  scheduled_ms=now + self.backoff_ms(task.retry_count),
                                  retry_count=task.retry_count + 1)
-                heapq.heappush(self._schedule, (task.scheduled_ms, task.seq, task.id))
+                heapq.heappush(self._schedule, _schedule_key(task.scheduled_ms, task.seq, task.id))
             else:
                 self._set_status(task, "reclaim_retry", now, error=error, scheduled_ms=now,
                                  retry_count=task.retry_count + 1)
@@ -752,8 +772,9 @@ class Engine:
     def tick(self, now: int) -> int | None:
         """Do what is due at ``now``; return when the next thing falls due."""
         sched = self._schedule
-        while sched and sched[0][0] <= now:
-            due, _, raw = heapq.heappop(sched)
+        while sched and sched[0] >> _HEAD_SHIFT <= now:
+            key = heapq.heappop(sched)
+            due, raw = key >> _HEAD_SHIFT, _key_id(key)
             task = self.store.get(raw)
             if task is None or task.scheduled_ms != due:
                 continue
@@ -767,8 +788,10 @@ class Engine:
         self._expire_workers(now)
         self._serve_waiters(now)
         self._expire_waiters(now)
-        heads = [h[0][0] for h in (self._schedule, self._lease_heap, self._timeout_heap,
-                                   self._worker_heap, self._waiter_heap) if h]
+        heads = [h[0][0] for h in (self._lease_heap, self._timeout_heap, self._worker_heap,
+                                   self._waiter_heap) if h]
+        if self._schedule:
+            heads.append(self._schedule[0] >> _HEAD_SHIFT)
         return min(heads) if heads else None
 
     def _expire_leases(self, now: int) -> None:
@@ -850,7 +873,7 @@ class Engine:
         seq = 0
         shards = self.s.shards
         counted = {PENDING: [0] * shards, FAILED: [0] * shards}
-        ready: dict[str, list[tuple[int, int, bytes]]] = {}
+        ready: dict[str, list[int]] = {}
         with_deps: list[Task] = []
         seen: dict[int, list[bytes]] = {PENDING: [], FAILED: []}
         decode = Task.decode
@@ -865,18 +888,18 @@ class Engine:
                 with_deps.append(task)
             elif task.scheduled_ms > now:
                 self._scheduled_ids.add(raw)
-                self._schedule.append((task.scheduled_ms, task.seq, raw))
+                self._schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
             else:
                 heap = ready.get(task.type)
                 if heap is None:
                     heap = ready[task.type] = []
-                heap.append((-task.priority, task.seq, raw))
+                heap.append(_ready_key(task.priority, task.seq, raw))
         for raw, data in store.iter_records(FAILED):
             task = decode(raw, data)
             seen[FAILED].append(raw)
             counted[FAILED][owner_of(raw, shards)] += 1
             seq = max(seq, task.seq)
-            self._schedule.append((task.scheduled_ms, task.seq, raw))
+            self._schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
         for heap in ready.values():
             heapq.heapify(heap)
         self._ready = ready
