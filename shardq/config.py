@@ -172,7 +172,7 @@ class Shards(Check):
             text = value.strip().lower()
             if text == "auto":
                 return "auto"
-            if text.isdigit():
+            if text.isascii() and text.isdigit():  # "²".isdigit() is True, int("²") fails
                 value = int(text)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(key, value, "is not a shard count")
@@ -192,7 +192,7 @@ class HostPort(Check):
         host, sep, port = value.rpartition(":")
         bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if (not sep or not bare or any(c.isspace() or c in "[]" for c in bare)
-                or (":" in bare and bare == host) or not port.isdigit()
+                or (":" in bare and bare == host) or not (port.isascii() and port.isdigit())
                 or not 1 <= int(port) <= 65535):
             raise self.fail(key, value, "is not a valid 'host:port'")
         return value
