@@ -74,7 +74,7 @@ def _key_id(key: int) -> bytes:
 
 
 # Bounded scans: LIST_TASKS and REQUEUE look at most this many keys per call.
-SCAN_SLICE = 5000
+SCAN_SLICE = 2000
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ Answer = tuple[dict[str, Any], bytes] | None  # None: answered later (a waiting 
 # transport's write buffer) before we stop decoding its requests: answers are built before
 # the transport sees them, so the transport's own high-water mark alone bounds nothing.
 OUT_HIGH_WATER = 4 * MAX_FRAME
+REQUEUE_SLICE = 200
 
 
 def _now() -> int:
@@ -385,7 +386,10 @@ class Session(asyncio.Protocol):
         after: bytes | None = None
         try:
             while total < limit:
-                n, after = self.engine.requeue_slice(status, task_type, limit - total, after, _now())
+                # At most REQUEUE_SLICE per loop turn (each requeue is a record move);
+                # the group commit runs between slices.
+                n, after = self.engine.requeue_slice(status, task_type,
+                                                     min(limit - total, REQUEUE_SLICE), after, _now())
                 total += n
                 self.server.mutated()
                 if after is None:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardq.shard")
 
 RETENTION_PERIOD_S = 60.0
+# Deleting one task is ~8 RocksDB deletes; 200 of them keep a loop turn to a few ms.
+RETENTION_SLICE = 200
 IDLE_SWEEP_PERIOD_S = 1.0
 
 
@@ -78,6 +80,7 @@ class ShardServer:
         self._background: list[asyncio.TimerHandle] = []
         self._next_home = 0
         self.closing = False
+        self._wal_sync_running = False
         self.commits = 0
         self.committed_mutations = 0
 
@@ -95,7 +98,8 @@ class ShardServer:
         p = self.cfg.persistence
         if p.sync == "interval" and p.enable_wal:
             self._every(p.wal_sync_interval_ms / 1000, self._sync_wal)
-        self._every(RETENTION_PERIOD_S, self._retention)
+        # Sweep every minute, or more often for short retentions (down to 1 s).
+        self._every(min(RETENTION_PERIOD_S, max(1.0, p.completed_retention_s / 4)), self._retention)
         self._every(float(p.compaction_interval_s), self._compact)
         self._every(IDLE_SWEEP_PERIOD_S, self._sweep_idle)
         self._after_change()
@@ -179,18 +183,30 @@ class ShardServer:
     # -- background ------------------------------------------------------------------
 
     def _sync_wal(self) -> None:
-        self.store.sync_wal()
+        # fsync can take milliseconds; RocksDB lets it run beside the loop's writes.
+        assert self.loop is not None
+        if not self._wal_sync_running:
+            self._wal_sync_running = True
+            self.loop.run_in_executor(None, self._sync_wal_blocking)
 
-    def _retention(self) -> None:
-        now = now_ms()
-        removed = 0
-        while True:  # bounded slices; one per loop turn would also do, this keeps it simple
-            n = self.engine.retention_slice(now, 1000)
-            removed += n
-            self.store.commit()
-            if n < 1000 or removed >= 20_000:
-                break
-        if removed:
+    def _sync_wal_blocking(self) -> None:
+        try:
+            if not self.closing:
+                self.store.sync_wal()
+        finally:
+            self._wal_sync_running = False
+
+    def _retention(self, removed: int = 0) -> None:
+        """Delete expired finished tasks, one small slice per loop turn."""
+        if self.closing or self.loop is None:
+            return
+        n = self.engine.retention_slice(now_ms(), RETENTION_SLICE)
+        removed += n
+        if n:
+            self.mutated()
+        if n == RETENTION_SLICE:
+            self.loop.call_soon(self._retention, removed)
+        elif removed:
             log.info("retention removed %d finished tasks", removed)
 
     def _compact(self) -> None:
