@@ -357,7 +357,10 @@ class Session(asyncio.Protocol):
         return {"tasks": [t.to_wire(self.shard_of(t)) for t in tasks], "cursor": nxt}, b""
 
     def on_stats(self, msg: Message) -> Answer:
-        return self.server.stats(), b""
+        stats = self.server.stats()
+        if rq.get_bool(msg.header, "workers_detail", "", False):  # shardq extension
+            stats["worker_list"] = [w.to_wire() for w in self.engine.workers()]
+        return stats, b""
 
     def on_requeue(self, msg: Message) -> Answer:
         ids, status, task_type, limit = rq.parse_requeue(msg.header)
