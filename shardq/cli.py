@@ -1,4 +1,9 @@
-"""The `shardq` command line. Errors print one clear line and exit non-zero."""
+"""The `shardq` command line. Errors print one clear line and exit non-zero.
+
+`serve`, `config` and `bench` live here; the client commands (submit, status, cancel, list,
+stats, workers, dlq) in ``shardq.cli_commands``; `worker` in ``shardq.worker.cli``, imported
+only when that command runs.
+"""
 
 from __future__ import annotations
 
@@ -50,11 +55,39 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the lifecycle benchmarks (shardq/bench.py)")
     from shardq.bench import add_arguments  # the benchmark owns its arguments
     add_arguments(bench)
+
+    from shardq.cli_commands import add_client_commands
+    add_client_commands(sub)
+
+    # The worker owns its arguments; main() hands them to _run_worker.
+    sub.add_parser("worker", help="run tasks: shardq worker MODULE:APP (shardq worker --help)",
+                   add_help=False)
     return parser
 
 
+def _run_worker(rest: list[str]) -> int:
+    import importlib
+    try:
+        worker_cli = importlib.import_module("shardq.worker.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("shardq.worker", "shardq.worker.cli"):
+            raise
+        print("shardq: the worker runtime is not installed (no module shardq.worker.cli)",
+              file=sys.stderr)
+        return 1
+    parser = argparse.ArgumentParser(prog="shardq worker", description="run a shardq worker")
+    worker_cli.add_arguments(parser)
+    return int(worker_cli.run(parser.parse_args(rest)))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["worker"]:  # the top level has no options that take a value
+        return _run_worker(argv[1:])
     args = build_parser().parse_args(argv)
+    if getattr(args, "handler", None) is not None:
+        from shardq.cli_commands import run as run_client_command
+        return run_client_command(args)
     try:
         if args.command == "bench":
             from shardq.bench import run

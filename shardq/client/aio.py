@@ -1,0 +1,395 @@
+"""The asyncio client: ``shardq.AsyncClient``.
+
+Rules:
+1. One TCP connection, shared by every coroutine that uses the client. Requests are pipelined:
+   each gets a fresh rid and a Future in ``pending``; a single reader (an ``asyncio.Protocol``
+   feeding the sans-I/O ``FrameDecoder``) resolves the Future whose rid an answer carries, in
+   whatever order the server answers. A waiting CLAIM holds back nothing.
+2. Every call has a timeout (``asyncio.timeout``): the whole call, reconnects and retries
+   included, raises ``TimeoutError`` when it runs out. A timed-out request forgets its rid; its
+   late answer is dropped and the connection stays in use.
+3. A broken connection fails every pending request with ``ConnectionClosed``; the next call
+   reconnects, with backoff. A request that never reached the server is always retried; one
+   that did is retried on the new connection only when it is safe to repeat
+   (``shardq.client.requests.RETRYABLE``: reads, HELLO, HEARTBEAT, REGISTER_WORKER, and SUBMIT,
+   whose tasks always carry a client id).
+4. Flow control: while the transport's write buffer is over its high-water mark
+   (``pause_writing`` .. ``resume_writing``), callers wait (``drain``) before they write, so a
+   huge pipelined burst buffers at most the high-water mark plus one frame.
+5. NACKs become the typed exceptions of ``shardq.errors``; headers and answers are built and
+   read by ``shardq.client.requests``, the same code the blocking ``Client`` uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, cast
+
+from shardq.client import requests as rq
+from shardq.client.connection import ConnectionClosed, parse_url
+from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
+from shardq.errors import ProtocolViolation, ShardqError, error_from_wire
+from shardq.protocol.frames import RESPONSE_TYPES, FrameDecoder, Malformed, Message, MsgType, encode
+
+_BROKEN = (OSError, ConnectionClosed)
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection: writes whole frames, resolves the Futures of ``pending`` by rid."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder(accept=RESPONSE_TYPES)
+        self.pending: dict[int, asyncio.Future[Message]] = {}
+        self.closed = False
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self._paused = False
+        self._drain_waiters: deque[asyncio.Future[None]] = deque()
+        self._reason = "connection closed"
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        decoder = self.decoder
+        decoder.feed(data)
+        pending = self.pending
+        try:
+            while (msg := decoder.next()) is not None:
+                if isinstance(msg, Malformed):
+                    self.abort(f"the server sent a malformed frame: {msg.error}")
+                    return
+                if msg.rid is not None:
+                    fut = pending.pop(msg.rid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+                    continue
+                # An answer without a rid ("too many connections", a framing error): it concerns
+                # the connection, so every pending request gets it and the connection ends.
+                error = msg.header.get("error") if msg.type == MsgType.NACK else None
+                if isinstance(error, dict):
+                    self._fail_pending(lambda error=error: error_from_wire(error))
+                self.abort(f"the server answered without a rid: {msg.header}")
+                return
+        except ProtocolViolation as exc:
+            self.abort(f"the server broke the framing: {exc}")
+
+    def eof_received(self) -> bool:
+        self._reason = "connection closed by the server"
+        self.closed = True
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        reason = self._reason if exc is None else f"connection lost: {exc}"
+        self._fail_pending(lambda: ConnectionClosed(reason))
+        while self._drain_waiters:
+            waiter = self._drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionClosed(reason))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        while self._drain_waiters:
+            waiter = self._drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- used by AsyncClient -------------------------------------------------------
+
+    def send(self, rid: int, msg_type: int, header: dict[str, Any], blob: bytes) -> asyncio.Future[Message]:
+        """Write one request; its answer will resolve the returned Future."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnectionClosed(self._reason)
+        fut = self.loop.create_future()
+        self.pending[rid] = fut
+        header["rid"] = rid
+        self.transport.write(encode(msg_type, header, blob))
+        return fut
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is over its high-water mark (called before
+        each write, so the buffer holds at most the high-water mark plus one frame)."""
+        while self._paused and not self.closed:
+            waiter = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+        if self.closed:
+            raise ConnectionClosed(self._reason)
+
+    def abort(self, reason: str) -> None:
+        self._reason = reason
+        self.closed = True
+        self._fail_pending(lambda: ConnectionClosed(reason))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self, reason: str = "the client closed the connection") -> None:
+        self._reason = reason
+        self.closed = True
+        self._fail_pending(lambda: ConnectionClosed(reason))
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail_pending(self, make_error: Callable[[], BaseException]) -> None:
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(make_error())
+
+
+class AsyncClient:
+    """An asyncio connection to a shardq server, shared by any number of coroutines.
+
+    Use it from one event loop. ``timeout`` (seconds, None for none) bounds every call;
+    ``retries`` is how many times a call reconnects and tries again."""
+
+    def __init__(self, url: str = "shardq://127.0.0.1:7070", *, timeout: float | None = 30.0,
+                 api_key: str | None = None, retries: int = 3, name: str = "shardq-python-asyncio") -> None:
+        self.host, self.port = parse_url(url)
+        self.url = url
+        self.timeout = timeout
+        self.api_key = api_key
+        self.retries = retries
+        self.name = name
+        self.server_info: dict[str, Any] = {}
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._rids = itertools.count(1)
+        self._epoch = 0  # bumped by close(): calls in flight then fail rather than reconnect
+
+    # -- connection ------------------------------------------------------------
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.timeout):
+            _, conn = await loop.create_connection(lambda: _Connection(loop), self.host, self.port)
+            try:
+                msg = await conn.send(next(self._rids), MsgType.HELLO,
+                                      rq.hello_header(self.name, self.api_key), b"")
+                self.server_info = rq.server_info(rq.check_answer(msg))
+            except BaseException:
+                conn.close()
+                raise
+        self._conn = conn
+        return conn
+
+    async def _connection(self) -> _Connection:
+        """The live connection, opening one when there is none (one attempt shared by all)."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        task = self._connecting
+        if task is None or task.done():
+            task = self._connecting = asyncio.ensure_future(self._open())
+            task.add_done_callback(self._opened)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                # close() gave up the attempt: that is no reason to cancel this caller
+                raise ConnectionClosed("the client was closed while connecting") from None
+            raise
+
+    def _opened(self, task: asyncio.Future[_Connection]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved here: the callers may all have timed out
+
+    async def connect(self) -> AsyncClient:
+        """Open the connection (and say HELLO) now rather than on the first call."""
+        await self.call(MsgType.PING, {})
+        return self
+
+    async def close(self) -> None:
+        """Close the connection; calls in flight fail with ConnectionClosed (none is retried).
+        A later call reconnects."""
+        self._epoch += 1
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            try:
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(conn.lost)
+            except TimeoutError:
+                pass
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def call(self, msg_type: MsgType, header: dict[str, Any], blob: bytes = b"",
+                   timeout: float | None = None) -> Message:
+        """One request; reconnects with backoff, retries what is safe to repeat (module rules)."""
+        async with asyncio.timeout(self.timeout if timeout is None else timeout):
+            return await self._call(msg_type, header, blob)
+
+    async def _call(self, msg_type: MsgType, header: dict[str, Any], blob: bytes) -> Message:
+        retryable = msg_type in rq.RETRYABLE
+        delay = rq.BACKOFF_START
+        attempt = 0
+        epoch = self._epoch
+        while True:
+            sent = False
+            rid = next(self._rids)
+            conn: _Connection | None = None
+            fut: asyncio.Future[Message] | None = None
+            try:
+                conn = await self._connection()
+                await conn.drain()
+                fut = conn.send(rid, msg_type, dict(header), blob)
+                sent = True
+                msg = await fut
+            except TimeoutError:
+                raise  # opening the connection took too long: not a broken connection
+            except _BROKEN:
+                attempt += 1
+                if (sent and not retryable) or attempt > self.retries or self._epoch != epoch:
+                    raise
+                await asyncio.sleep(delay)
+                delay = rq.next_backoff(delay)
+                continue
+            finally:
+                if conn is not None:
+                    conn.pending.pop(rid, None)
+                if fut is not None:
+                    if not fut.done():
+                        fut.cancel()  # timed out or cancelled: a late answer is dropped
+                    elif not fut.cancelled():
+                        fut.exception()  # mark it retrieved whichever way we leave
+            if msg.type == MsgType.NACK:
+                err = error_from_wire(msg.header.get("error") or {})
+                if err.closes_connection:
+                    conn.close(f"closed after {err.code}")
+                raise err
+            return msg
+
+    async def ping(self) -> float:
+        """Round-trip time in seconds."""
+        t = time.perf_counter()
+        await self.call(MsgType.PING, {})
+        return time.perf_counter() - t
+
+    # -- producing ----------------------------------------------------------------
+
+    async def submit(self, type: str, payload: Any = b"", *, priority: int | None = None,
+                     delay: float | None = None, at: Any = None, depends_on: list[str] | None = None,
+                     max_retries: int | None = None, timeout: int | None = None,
+                     id: str | None = None) -> str:
+        """Submit one task; returns its id. ``payload``: bytes, str, or anything JSON-able."""
+        return (await self.submit_many([Job(type, payload, priority, delay, at, depends_on,
+                                            max_retries, timeout, id)]))[0]
+
+    async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
+        """Submit a batch, all or nothing; returns the ids in order."""
+        header, blob = rq.submit_request(jobs)
+        return rq.parse_ids(await self.call(MsgType.SUBMIT, header, blob))
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def status_many(self, ids: list[str], with_result: bool = False) -> list[TaskInfo | None]:
+        msg = await self.call(MsgType.QUERY_STATUS, rq.status_header(ids, with_result))
+        return rq.parse_status(msg, with_result)
+
+    async def status(self, task_id: str, with_result: bool = False) -> TaskInfo | None:
+        return (await self.status_many([task_id], with_result))[0]
+
+    async def wait(self, task_id: str, timeout: float | None = None, poll: float = 0.05) -> bytes:
+        """Wait until the task completes; returns its result.
+
+        Raises TaskFailed (dead_letter), TaskCancelled, WaitTimeout, or NotFound."""
+        waiter = rq.Waiter(task_id, timeout, poll)
+        while True:
+            result = waiter.outcome(await self.status(task_id, with_result=True))
+            if result is not None:
+                return result
+            await asyncio.sleep(waiter.pause())
+
+    async def list(self, status: str = "pending", *, type: str | None = None,
+                   min_priority: int | None = None, max_priority: int | None = None,
+                   limit: int | None = None, page_size: int = 100) -> AsyncIterator[TaskInfo]:
+        """Every matching task, following the cursors (``limit``: stop after that many):
+        ``async for task in client.list("pending"): ...``."""
+        pager = rq.Pager(status, type, min_priority, max_priority, limit, page_size)
+        while not pager.done:
+            for task in pager.take(await self.call(MsgType.LIST_TASKS, pager.header)):
+                yield task
+
+    async def stats(self) -> dict[str, Any]:
+        return rq.body((await self.call(MsgType.GET_STATS, rq.stats_header())).header)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Live workers with their host, pid, CPU and memory (GET_STATS ``workers_detail``)."""
+        return rq.parse_workers(await self.call(MsgType.GET_STATS, rq.workers_header()))
+
+    # -- administering ------------------------------------------------------------------
+
+    async def cancel(self, task_id: str) -> None:
+        await self.call(MsgType.CANCEL, {"id": task_id})
+
+    async def requeue(self, ids: list[str] | None = None, *, status: str = "dead_letter",
+                      type: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """Back to pending; returns ``{"requeued": n, "results"?: [...]}``."""
+        msg = await self.call(MsgType.REQUEUE, rq.requeue_header(ids, status, type, limit))
+        return rq.body(msg.header)
+
+    # -- working --------------------------------------------------------------------------
+
+    async def register_worker(self, worker_id: str, **info: Any) -> None:
+        await self.call(MsgType.REGISTER_WORKER, rq.register_header(worker_id, info))
+
+    async def deregister_worker(self, worker_id: str) -> int:
+        msg = await self.call(MsgType.DEREGISTER_WORKER, {"worker_id": worker_id})
+        return int(msg.header["released"])
+
+    async def claim(self, worker_id: str, max: int = 1, wait: float = 0.0,
+                    types: list[str] | None = None) -> list[TaskInfo]:
+        """Lease up to ``max`` tasks, waiting up to ``wait`` seconds for the first (other calls
+        on the same client go on meanwhile)."""
+        timeout = None if self.timeout is None else self.timeout + wait
+        msg = await self.call(MsgType.CLAIM, rq.claim_header(worker_id, max, wait, types), timeout=timeout)
+        return rq.parse_claim(msg)
+
+    async def report(self, worker_id: str,
+                     results: list[tuple[dict[str, Any], bytes]]) -> list[dict[str, Any]]:
+        """RESULT for many tasks: (result object without result_len, result bytes) pairs."""
+        header, blob = rq.report_request(worker_id, results)
+        return rq.parse_report(await self.call(MsgType.RESULT, header, blob))
+
+    async def complete(self, worker_id: str, task: TaskInfo, result: Any = b"") -> dict[str, Any]:
+        return (await self.report(worker_id, [rq.completed_item(task, result)]))[0]
+
+    async def fail(self, worker_id: str, task: TaskInfo, error: str, retry: bool = True) -> dict[str, Any]:
+        return (await self.report(worker_id, [rq.failed_item(task, error, retry)]))[0]
+
+    async def release(self, worker_id: str, task: TaskInfo) -> dict[str, Any]:
+        return (await self.report(worker_id, [rq.released_item(task)]))[0]
+
+    async def heartbeat(self, worker_id: str, active: list[str] | None = None,
+                        **info: Any) -> tuple[int, list[str]]:
+        msg = await self.call(MsgType.HEARTBEAT, rq.heartbeat_header(worker_id, active, info))
+        return rq.parse_heartbeat(msg)
+
+
+__all__ = ["AsyncClient", "ConnectionClosed", "Job", "TaskInfo", "TaskFailed", "TaskCancelled",
+           "WaitTimeout", "ShardqError"]

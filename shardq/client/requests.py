@@ -1,0 +1,265 @@
+"""What the clients send and what they make of the answers: pure, no I/O.
+
+``shardq.Client`` (blocking) and ``shardq.AsyncClient`` (asyncio) differ only in how they move
+frames; every request header, every answer parser, the retry policy, the paging of LIST_TASKS
+and the polling of ``wait`` live here, once, so that the two clients cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from shardq import __version__
+from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout, to_bytes
+from shardq.errors import NotFound, error_from_wire
+from shardq.protocol.frames import Message, MsgType, split_blob
+
+# Requests that may be sent again on a fresh connection when the old one broke after they were
+# sent: reads, and SUBMIT (every task carries a client id, so a repeat stores nothing new).
+RETRYABLE = frozenset((MsgType.HELLO, MsgType.SUBMIT, MsgType.QUERY_STATUS, MsgType.LIST_TASKS,
+                       MsgType.GET_STATS, MsgType.PING, MsgType.HEARTBEAT, MsgType.REGISTER_WORKER))
+
+# Reconnect backoff, in seconds: first pause, then doubled up to the cap.
+BACKOFF_START = 0.05
+BACKOFF_MAX = 2.0
+
+
+def next_backoff(delay: float) -> float:
+    return min(delay * 2, BACKOFF_MAX)
+
+
+def hello_header(name: str, api_key: str | None) -> dict[str, Any]:
+    header: dict[str, Any] = {"client": f"{name}/{__version__}", "protocol": 1}
+    if api_key is not None:
+        header["api_key"] = api_key
+    return header
+
+
+def server_info(msg: Message) -> dict[str, Any]:
+    """HELLO's answer without its rid."""
+    return body(msg.header)
+
+
+def check_answer(msg: Message) -> Message:
+    """The message when it is an ACK; a NACK raises its ``shardq.errors`` class."""
+    if msg.type == MsgType.NACK:
+        raise error_from_wire(msg.header.get("error") or {})
+    return msg
+
+
+def body(header: dict[str, Any]) -> dict[str, Any]:
+    """An answer header without its ``rid``."""
+    out = dict(header)
+    out.pop("rid", None)
+    return out
+
+
+# -- producing ------------------------------------------------------------------------------
+
+
+def submit_request(jobs: Iterable[Job]) -> tuple[dict[str, Any], bytes]:
+    """SUBMIT's header and blob for a batch (each job gets a client id when it has none)."""
+    specs, payloads = [], []
+    for job in jobs:
+        spec, payload = job.encode()
+        specs.append(spec)
+        payloads.append(payload)
+    return {"tasks": specs}, b"".join(payloads)
+
+
+def parse_ids(msg: Message) -> list[str]:
+    return list(msg.header["ids"])
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+def status_header(ids: Iterable[str], with_result: bool) -> dict[str, Any]:
+    return {"ids": list(ids), "with_result": with_result}
+
+
+def parse_status(msg: Message, with_result: bool) -> list[TaskInfo | None]:
+    """QUERY_STATUS's answer: a TaskInfo (``result`` filled when asked) or None per id."""
+    tasks = msg.header["tasks"]
+    results = iter(())
+    if with_result:
+        lengths = [t["result_len"] for t in tasks if t is not None and t.get("result_len")]
+        if lengths:
+            results = iter(split_blob(msg.blob, lengths))
+    out: list[TaskInfo | None] = []
+    for t in tasks:
+        if t is None:
+            out.append(None)
+            continue
+        result: bytes | None = None
+        if with_result and t.get("result_len") is not None:
+            result = next(results) if t["result_len"] else b""
+        out.append(TaskInfo.from_wire(t, result=result))
+    return out
+
+
+class Waiter:
+    """The polling schedule and the verdicts of ``wait``: ``outcome`` after each status,
+    then sleep ``pause()`` seconds (``pause`` raises WaitTimeout once the time is up)."""
+
+    def __init__(self, task_id: str, timeout: float | None, poll: float) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.poll = poll
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.interval = min(poll, 0.01)
+        self.last_status = "unknown"
+
+    def outcome(self, task: TaskInfo | None) -> bytes | None:
+        """The result when the task completed, None while it is still going; raises
+        NotFound, TaskFailed (dead_letter) or TaskCancelled."""
+        if task is None:
+            raise NotFound(f"no task {self.task_id}")
+        self.last_status = task.status
+        if task.status == "completed":
+            return task.result or b""
+        if task.status == "dead_letter":
+            raise TaskFailed(task)
+        if task.status == "cancelled":
+            raise TaskCancelled(task)
+        return None
+
+    def pause(self) -> float:
+        """Seconds to sleep before the next poll."""
+        interval = self.interval
+        self.interval = min(self.interval * 2, max(self.poll, 0.5))
+        if self.deadline is None:
+            return interval
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(f"task {self.task_id} is still {self.last_status} after {self.timeout} s")
+        return min(interval, left)
+
+
+class Pager:
+    """LIST_TASKS paging: send ``header``, hand each answer to ``take``, until ``done``."""
+
+    def __init__(self, status: str, type: str | None, min_priority: int | None,
+                 max_priority: int | None, limit: int | None, page_size: int) -> None:
+        self.header: dict[str, Any] = {"status": status, "limit": page_size}
+        if type is not None:
+            self.header["type"] = type
+        if min_priority is not None:
+            self.header["min_priority"] = min_priority
+        if max_priority is not None:
+            self.header["max_priority"] = max_priority
+        self.left = limit
+        self.done = limit is not None and limit <= 0
+
+    def take(self, msg: Message) -> list[TaskInfo]:
+        page = msg.header
+        tasks = [TaskInfo.from_wire(t) for t in page["tasks"]]
+        if self.left is not None:
+            tasks = tasks[:self.left]
+            self.left -= len(tasks)
+            if self.left <= 0:
+                self.done = True
+        if page["cursor"] is None:
+            self.done = True
+        else:
+            self.header["cursor"] = page["cursor"]
+        return tasks
+
+
+def stats_header() -> dict[str, Any]:
+    return {}
+
+
+def workers_header() -> dict[str, Any]:
+    return {"workers_detail": True}  # a shardq extension of GET_STATS: one entry per live worker
+
+
+def parse_workers(msg: Message) -> list[dict[str, Any]]:
+    return list(msg.header.get("worker_list", []))
+
+
+# -- administering --------------------------------------------------------------------------
+
+
+def requeue_header(ids: Iterable[str] | None, status: str, type: str | None,
+                   limit: int | None) -> dict[str, Any]:
+    header: dict[str, Any] = {"status": status}
+    if ids is not None:
+        header["ids"] = list(ids)
+    if type is not None:
+        header["type"] = type
+    if limit is not None:
+        header["limit"] = limit
+    return header
+
+
+# -- working --------------------------------------------------------------------------------
+
+
+def register_header(worker_id: str, info: dict[str, Any]) -> dict[str, Any]:
+    return {"worker_id": worker_id, **info}
+
+
+def claim_header(worker_id: str, max: int, wait: float, types: Iterable[str] | None) -> dict[str, Any]:
+    header: dict[str, Any] = {"worker_id": worker_id, "max": max, "wait_ms": int(wait * 1000)}
+    if types is not None:
+        header["types"] = list(types)
+    return header
+
+
+def parse_claim(msg: Message) -> list[TaskInfo]:
+    tasks = msg.header["tasks"]
+    payloads = split_blob(msg.blob, [t["payload_len"] for t in tasks]) if tasks else []
+    return [TaskInfo.from_wire(t, payload=p) for t, p in zip(tasks, payloads)]
+
+
+def report_request(worker_id: str,
+                   results: Iterable[tuple[dict[str, Any], bytes]]) -> tuple[dict[str, Any], bytes]:
+    """RESULT's header and blob from (result object without result_len, result bytes) pairs."""
+    items, blobs = [], []
+    for item, data in results:
+        item = dict(item)
+        if item["status"] == "completed":
+            item["result_len"] = len(data)
+            blobs.append(data)
+        items.append(item)
+    return {"worker_id": worker_id, "results": items}, b"".join(blobs)
+
+
+def parse_report(msg: Message) -> list[dict[str, Any]]:
+    return list(msg.header["results"])
+
+
+def completed_item(task: TaskInfo, result: Any) -> tuple[dict[str, Any], bytes]:
+    return {"id": task.id, "attempt": task.attempt, "status": "completed"}, to_bytes(result)
+
+
+def failed_item(task: TaskInfo, error: str, retry: bool) -> tuple[dict[str, Any], bytes]:
+    return {"id": task.id, "attempt": task.attempt, "status": "failed", "error": error,
+            "retry": retry}, b""
+
+
+def released_item(task: TaskInfo) -> tuple[dict[str, Any], bytes]:
+    return {"id": task.id, "attempt": task.attempt, "status": "released"}, b""
+
+
+def heartbeat_header(worker_id: str, active: Iterable[str] | None, info: dict[str, Any]) -> dict[str, Any]:
+    header: dict[str, Any] = {"worker_id": worker_id, **{k: v for k, v in info.items() if v is not None}}
+    if active is not None:
+        header["active"] = list(active)
+    return header
+
+
+def parse_heartbeat(msg: Message) -> tuple[int, list[str]]:
+    return int(msg.header["lease_expires_ms"]), list(msg.header.get("lost", ()))
+
+
+__all__ = [
+    "RETRYABLE", "BACKOFF_START", "BACKOFF_MAX", "next_backoff", "hello_header", "server_info",
+    "check_answer", "body", "submit_request", "parse_ids", "status_header", "parse_status", "Waiter",
+    "Pager", "stats_header", "workers_header", "parse_workers", "requeue_header", "register_header",
+    "claim_header", "parse_claim", "report_request", "parse_report", "completed_item", "failed_item",
+    "released_item", "heartbeat_header", "parse_heartbeat",
+]
