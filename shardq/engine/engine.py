@@ -1,15 +1,19 @@
-"""One shard's queue logic.
+"""One shard's queue logic: the engine that every request and the tick go through.
 
 Rules:
 1. Everything that changes a task's status lives here, and goes through
-   ``states.check`` (the transition table) and ``Store.update``.
+   ``states.check`` (the transition table) and ``Store.update``: in
+   ``Engine._set_status``, and nowhere else.
 2. The engine knows no sockets, no event loop and no wall clock: every call
    takes ``now`` (epoch ms), and ``tick(now)`` does what is due and returns the
    time it next needs to run (or None). The store is injected; the engine
    stages changes into it, and the shard commits them before it answers.
-3. Memory holds only what ordering needs: ready heaps (one per task type, so a
-   CLAIM with ``types`` never looks at other types), the schedule heap, the
-   lease table and dependency waiters. Records are read from the store.
+3. Memory holds only what ordering needs, each part in a module of its own that
+   neither reads the store nor changes a status: the ready heaps per task type
+   (so a CLAIM with ``types`` never looks at other types) and the schedule heap
+   (``ready.py``), the lease table and workers (``leases.py``), dependency waiters
+   (``deps.py``) and waiting claims (``waiters.py``). Records are read from the
+   store. This file orchestrates them.
 
 Heap entries are lazy: a cancelled or re-scheduled task leaves its old entry
 behind, and the entry is checked against the record when it comes to the top.
@@ -17,15 +21,17 @@ behind, and the entry is checked against the record when it comes to the top.
 
 from __future__ import annotations
 
-import heapq
-import logging
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shardq.engine import states
+from shardq.engine.deps import Dependencies
+from shardq.engine.leases import Lease, LeaseTable, Worker
+from shardq.engine.ready import ReadyQueue, _key_id, _ready_key, _schedule_key
+from shardq.engine.waiters import ClaimWaiter, Deliver, WaitingClaims
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
 from shardq.protocol.frames import MAX_FRAME, MAX_PAYLOAD
 from shardq.task import (
@@ -47,31 +53,10 @@ from shardq.task import (
 if TYPE_CHECKING:  # the engine is handed a store; it never opens one
     from shardq.store.partitioned import PartitionedStore
 
-log = logging.getLogger("shardq.engine")
-
 # A CLAIM answer carries fewer tasks rather than exceed a frame; this much of
 # the frame is kept for the header (each task's JSON is well under 1 KiB).
 _CLAIM_HEADER_RESERVE = 1024 * 1024
 _TASK_JSON_RESERVE = 1024
-# Heap entries are single ints (~60 bytes, where a (priority, seq, id) tuple is ~150):
-#   ready heap:    (255 - priority) << 200 | seq << 128 | id
-#   schedule heap: scheduled_ms     << 200 | seq << 128 | id
-# Comparing the ints compares the fields from the left; seq stays below 2^72.
-_HEAD_SHIFT = 200
-_ID_MASK = (1 << 128) - 1
-
-
-def _ready_key(priority: int, seq: int, raw_id: bytes) -> int:
-    return ((255 - priority) << _HEAD_SHIFT) | (seq << 128) | int.from_bytes(raw_id, "big")
-
-
-def _schedule_key(when_ms: int, seq: int, raw_id: bytes) -> int:
-    return (when_ms << _HEAD_SHIFT) | (seq << 128) | int.from_bytes(raw_id, "big")
-
-
-def _key_id(key: int) -> bytes:
-    return (key & _ID_MASK).to_bytes(16, "big")
-
 
 # Bounded scans: LIST_TASKS and REQUEUE look at most this many keys per call.
 SCAN_SLICE = 2000
@@ -119,80 +104,15 @@ class ResultItem:
     retry: bool = True
 
 
-@dataclass(slots=True)
-class Lease:
-    """An in-progress task's lease. It holds the task's record, so that RESULT,
-    reclaim and timeout change it without reading the store."""
-
-    worker_id: str
-    attempt: int
-    expires_ms: int
-    deadline_ms: int  # started + timeout_seconds
-    task: Task
-
-
-@dataclass(slots=True)
-class Worker:
-    worker_id: str
-    first_seen_ms: int
-    last_seen_ms: int
-    hostname: str | None = None
-    pid: int | None = None
-    types: list[str] | None = None
-    concurrency: int | None = None
-    cpu_percent: float | None = None
-    memory_rss: int | None = None
-    memory_percent: float | None = None
-    state: str = "running"
-    leases: set[bytes] = field(default_factory=set)
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"worker_id": self.worker_id, "hostname": self.hostname, "pid": self.pid,
-                "types": self.types, "concurrency": self.concurrency,
-                "first_seen_ms": self.first_seen_ms, "last_seen_ms": self.last_seen_ms,
-                "cpu_percent": self.cpu_percent, "memory_rss": self.memory_rss,
-                "memory_percent": self.memory_percent, "state": self.state,
-                "active": len(self.leases)}
-
-
-Deliver = Callable[[list[tuple[Task, bytes]]], None]
-
-
-@dataclass(slots=True, eq=False)
-class ClaimWaiter:
-    """A long-poll CLAIM: answered by ``deliver`` exactly once."""
-
-    worker_id: str
-    max: int
-    types: frozenset[str] | None
-    deadline_ms: int
-    deliver: Deliver
-    done: bool = False
-
-    def cancel(self) -> None:
-        self.done = True
-
-
 class Engine:
     def __init__(self, store: PartitionedStore, settings: EngineSettings, rng: random.Random | None = None) -> None:
         self.store = store
         self.s = settings
         self.rng = rng or random.Random()
-        self._ready: dict[str, list[int]] = {}  # per type, of _ready_key
-        self._schedule: list[int] = []  # of _schedule_key
-        self._scheduled_ids: set[bytes] = set()  # pending tasks not yet due
-        self._leases: dict[bytes, Lease] = {}
-        self._stale_lease_entries = 0
-        self._lease_heap: list[tuple[int, bytes, int]] = []
-        self._timeout_heap: list[tuple[int, bytes, int]] = []
-        self._workers: dict[str, Worker] = {}
-        self._worker_heap: list[tuple[int, str]] = []
-        self._waiting_on: dict[bytes, list[bytes]] = {}  # dependency -> dependents
-        self._unmet: dict[bytes, int] = {}  # dependent -> dependencies not completed yet
-        self._waiters: deque[ClaimWaiter] = deque()
-        self._waiter_heap: list[tuple[int, int, ClaimWaiter]] = []
-        self._waiter_seq = 0
-        self._ready_dirty = False
+        self._ready = ReadyQueue()  # ready heaps per type, the schedule heap
+        self._leases = LeaseTable(settings.lease_ms, settings.heartbeat_ms)  # leases, workers
+        self._deps = Dependencies()  # pending tasks waiting on others
+        self._waiters = WaitingClaims()  # long-poll CLAIMs
         self._seq = 0
         self.pending_by_tier = {"high": 0, "normal": 0, "low": 0}
         self.remote_depth = 0  # other shards' depth as last reported
@@ -227,9 +147,12 @@ class Engine:
         for name, value in changes.items():
             setattr(task, name, value)
         if old == PENDING:
+            # It no longer waits for its time (ready.py) or its dependencies (deps.py).
+            # Their sets are edited here rather than through a method each: every
+            # claim passes here.
             self.pending_by_tier[tier_of(task.priority)] -= 1
-            self._scheduled_ids.discard(task.id)
-            self._unmet.pop(task.id, None)
+            self._ready.scheduled.discard(task.id)
+            self._deps.unmet.pop(task.id, None)
         if new == PENDING:
             self.pending_by_tier[tier_of(task.priority)] += 1
         task.status = new
@@ -238,27 +161,6 @@ class Engine:
             task.worker_id = None
             task.lease_expires_ms = None
         self.store.update(task, old, old_sk, old_fk)
-
-    def _enqueue(self, task: Task, now: int) -> None:
-        """A pending task whose dependencies are met: ready now, or scheduled."""
-        if task.scheduled_ms > now:
-            self._scheduled_ids.add(task.id)
-            heapq.heappush(self._schedule, _schedule_key(task.scheduled_ms, task.seq, task.id))
-        else:
-            heap = self._ready.get(task.type)
-            if heap is None:
-                heap = self._ready[task.type] = []
-            heapq.heappush(heap, _ready_key(task.priority, task.seq, task.id))
-            self._ready_dirty = True
-
-    def _touch_worker(self, worker_id: str, now: int) -> Worker:
-        w = self._workers.get(worker_id)
-        if w is None:
-            w = self._workers[worker_id] = Worker(worker_id, now, now)
-            heapq.heappush(self._worker_heap, (now + 2 * self.s.heartbeat_ms, worker_id))
-        else:
-            w.last_seen_ms = now
-        return w
 
     # -- SUBMIT ------------------------------------------------------------
 
@@ -300,6 +202,7 @@ class Engine:
         fresh = iter(new_ids(new_count, self.s.shard if home is None else home, self.s.shards))
         base_seq = self._seq
         self._seq += len(specs)
+        enqueue = self._ready.enqueue
         for i in order:
             spec = specs[i]
             raw_id = spec.id if spec.id is not None else next(fresh)
@@ -327,11 +230,9 @@ class Engine:
             dep_status[raw_id] = PENDING
             unmet = [d for d in spec.depends_on if dep_status.get(d) != COMPLETED]
             if unmet:
-                self._unmet[raw_id] = len(unmet)
-                for d in unmet:
-                    self._waiting_on.setdefault(d, []).append(raw_id)
+                self._deps.wait(raw_id, unmet)
             else:
-                self._enqueue(task, now)
+                enqueue(task, now)
         self._count("submitted", new_count)
         self._serve_waiters(now)
         return ids  # type: ignore[return-value]
@@ -376,7 +277,7 @@ class Engine:
     def claim(self, worker_id: str, max_tasks: int, types: Iterable[str] | None,
               now: int) -> list[tuple[Task, bytes]]:
         """Lease up to ``max_tasks`` ready tasks (highest priority, then FIFO)."""
-        self._touch_worker(worker_id, now)
+        self._leases.touch(worker_id, now)
         return self._take(worker_id, max_tasks, frozenset(types) if types is not None else None, now)
 
     def _take(self, worker_id: str, max_tasks: int, types: frozenset[str] | None,
@@ -384,47 +285,31 @@ class Engine:
         out: list[tuple[Task, bytes]] = []
         budget = MAX_FRAME - _CLAIM_HEADER_RESERVE
         ready = self._ready
+        pop_best = ready.pop_best
+        grant = self._leases.grant
+        set_status = self._set_status
+        store = self.store
+        lease_ms = self.s.lease_ms
         while len(out) < max_tasks:
-            best_heap: list[int] | None = None
-            best_type = None
-            if types is None:
-                candidates: Iterable[str] = list(ready)
-            else:
-                candidates = [t for t in types if t in ready]
-            for t in candidates:
-                heap = ready[t]
-                if best_heap is None or heap[0] < best_heap[0]:
-                    best_heap, best_type = heap, t
-            if best_heap is None:
+            entry = pop_best(types)
+            if entry is None:
                 break
-            entry = heapq.heappop(best_heap)
-            if not best_heap:
-                del ready[best_type]  # type: ignore[arg-type]
-            task = self.store.get_in(PENDING, _key_id(entry))
+            task = store.get_in(PENDING, _key_id(entry))
             if task is None:
                 continue  # stale entry: cancelled or already moved
             cost = task.payload_len + _TASK_JSON_RESERVE
             if out and cost > budget:
-                heapq.heappush(ready.setdefault(task.type, []), entry)
+                ready.push_back(task.type, entry)
                 break
             budget -= cost
-            self._lease(task, worker_id, now)
-            out.append((task, self.store.payload_of(task)))
+            # The lease: in_progress with the next attempt, then the lease table's entry.
+            set_status(task, "claim", now, attempt=task.attempt + 1, worker_id=worker_id,
+                       started_ms=now, lease_expires_ms=now + lease_ms)
+            grant(task, worker_id, now)
+            out.append((task, store.payload_of(task)))
         if out:
             self._count("claimed", len(out))
         return out
-
-    def _lease(self, task: Task, worker_id: str, now: int) -> None:
-        self._set_status(task, "claim", now, attempt=task.attempt + 1, worker_id=worker_id,
-                         started_ms=now, lease_expires_ms=now + self.s.lease_ms)
-        lease = Lease(worker_id, task.attempt, now + self.s.lease_ms,
-                      now + task.timeout_seconds * 1000, task)
-        self._leases[task.id] = lease
-        heapq.heappush(self._lease_heap, (lease.expires_ms, task.id, task.attempt))
-        heapq.heappush(self._timeout_heap, (lease.deadline_ms, task.id, task.attempt))
-        # Not ``self._workers[worker_id]``: a long-poll CLAIM served later may outlive
-        # its worker's 2 x heartbeat liveness, and the worker is gone from the table.
-        self._touch_worker(worker_id, now).leases.add(task.id)
 
     def wait_for_claim(self, worker_id: str, max_tasks: int, types: Iterable[str] | None,
                        wait_ms: int, now: int, deliver: Deliver) -> ClaimWaiter | None:
@@ -437,54 +322,39 @@ class Engine:
             return None
         waiter = ClaimWaiter(worker_id, max_tasks, frozenset(types) if types is not None else None,
                              now + wait_ms, deliver)
-        self._waiters.append(waiter)
-        self._waiter_seq += 1
-        heapq.heappush(self._waiter_heap, (waiter.deadline_ms, self._waiter_seq, waiter))
+        self._waiters.add(waiter)
         return waiter
 
     def _serve_waiters(self, now: int) -> None:
-        if not self._ready_dirty:
+        ready = self._ready
+        if not ready.dirty:
             return
-        self._ready_dirty = False
-        if not self._waiters:
-            return
-        keep: deque[ClaimWaiter] = deque()
-        while self._waiters and self._ready:
-            w = self._waiters.popleft()
-            if w.done:
-                continue
+        ready.dirty = False
+
+        def take(w: ClaimWaiter) -> list[tuple[Task, bytes]]:
             got = self._take(w.worker_id, w.max, w.types, now)
             if got:
-                self._touch_worker(w.worker_id, now)
-                w.done = True
-                self._deliver(w, got)
-            else:
-                keep.append(w)
-        keep.extend(self._waiters)
-        self._waiters = keep
+                self._leases.touch(w.worker_id, now)
+            return got
 
-    @staticmethod
-    def _deliver(w: ClaimWaiter, got: list[tuple[Task, bytes]]) -> None:
-        """Hand tasks to a waiter. Its callback runs inside another request's
-        operation (a SUBMIT that made work ready), so its failure must not
-        become that request's failure after the engine has changed state."""
-        try:
-            w.deliver(got)
-        except Exception:
-            log.exception("delivering %d task(s) to waiting claim of %s failed", len(got), w.worker_id)
+        self._waiters.serve(ready.heaps, take)
 
     @property
     def waiting_claims(self) -> int:
-        return sum(1 for w in self._waiters if not w.done)
+        return self._waiters.waiting()
 
     # -- RESULT ------------------------------------------------------------
 
     def result(self, worker_id: str, items: list[ResultItem], now: int) -> list[dict[str, Any]]:
-        self._touch_worker(worker_id, now)
+        leases = self._leases
+        leases.touch(worker_id, now)
+        lease_of = leases.by_id.get
+        drop = leases.drop
+        completed = self._deps.completed
         out: list[dict[str, Any]] = []
         for item in items:
             sid = id_to_str(item.id)
-            lease = self._leases.get(item.id)
+            lease = lease_of(item.id)
             if lease is None or lease.worker_id != worker_id or lease.attempt != item.attempt:
                 current = lease.task if lease is not None else self.store.get(item.id)
                 if current is None:
@@ -499,7 +369,7 @@ class Engine:
                 out.append({"id": sid, "error": {"code": "TooLarge", "message": (
                     f"result of {sid} is {len(item.result)} bytes; the limit is {self.s.max_payload}")}})
                 continue
-            self._drop_lease(task)
+            drop(task.id)
             self.processing_ms.append(now - task.started_ms)
             if len(self.processing_ms) > 100_000:
                 del self.processing_ms[:50_000]
@@ -510,13 +380,15 @@ class Engine:
                     self.store.put_result(task.id, item.result)
                 self._count("completed")
                 self._note_completion(now)
-                self._dependency_done(task.id, now)
+                children = completed(task.id)
+                if children:
+                    self._dependents_ready(children, now)
             elif item.status == "failed":
                 self._fail(task, item.error or "", now, backoff=True, retry=item.retry,
                            reason="failed")
             else:
                 self._set_status(task, "release", now)
-                self._enqueue(task, now)
+                self._ready.enqueue(task, now)
                 self._count("released")
             out.append({"id": sid, "status": STATUS_NAMES[task.status]})
         self._serve_waiters(now)
@@ -531,26 +403,6 @@ class Engine:
             self._completion_second = second
         self._completions[-1] += 1
 
-    def _drop_lease(self, task: Task) -> None:
-        lease = self._leases.pop(task.id, None)
-        if lease is not None:
-            w = self._workers.get(lease.worker_id)
-            if w is not None:
-                w.leases.discard(task.id)
-            # Its heap entries stay behind (lazy deletion) until their time; at
-            # high throughput that is millions, so rebuild once they dominate.
-            self._stale_lease_entries += 1
-            if self._stale_lease_entries > 2 * len(self._leases) + 10_000:
-                self._rebuild_lease_heaps()
-
-    def _rebuild_lease_heaps(self) -> None:
-        leases = self._leases
-        self._lease_heap = [(lease.expires_ms, raw, lease.attempt) for raw, lease in leases.items()]
-        self._timeout_heap = [(lease.deadline_ms, raw, lease.attempt) for raw, lease in leases.items()]
-        heapq.heapify(self._lease_heap)
-        heapq.heapify(self._timeout_heap)
-        self._stale_lease_entries = 0
-
     def _fail(self, task: Task, error: str, now: int, *, backoff: bool, retry: bool = True,
               reason: str) -> None:
         """A failed execution: retry (with backoff, or at once for a reclaim) or dead-letter."""
@@ -559,11 +411,11 @@ class Engine:
                 self._set_status(task, "fail_retry", now, error=error,
                                  scheduled_ms=now + self.backoff_ms(task.retry_count),
                                  retry_count=task.retry_count + 1)
-                heapq.heappush(self._schedule, _schedule_key(task.scheduled_ms, task.seq, task.id))
+                self._ready.schedule_retry(task)
             else:
                 self._set_status(task, "reclaim_retry", now, error=error, scheduled_ms=now,
                                  retry_count=task.retry_count + 1)
-                self._enqueue(task, now)
+                self._ready.enqueue(task, now)
             self._count("retried")
         else:
             self._set_status(task, "fail_final" if backoff else "reclaim_final", now, error=error)
@@ -573,76 +425,64 @@ class Engine:
 
     # -- dependencies --------------------------------------------------------
 
-    def _dependency_done(self, dep: bytes, now: int) -> None:
-        for child in self._waiting_on.pop(dep, ()):
-            left = self._unmet.get(child)
-            if left is None:
-                continue
-            if left > 1:
-                self._unmet[child] = left - 1
-                continue
-            del self._unmet[child]
+    def _dependents_ready(self, children: Iterable[bytes], now: int) -> None:
+        """Dependents whose last dependency completed: ready (or scheduled) if still pending."""
+        for child in children:
             task = self.store.get(child)
             if task is not None and task.status == PENDING:
-                self._enqueue(task, now)
+                self._ready.enqueue(task, now)
 
     def _dependency_failed(self, dep: bytes, now: int) -> None:
         """Cascade: everything waiting on ``dep`` (transitively) goes to dead_letter."""
-        stack = [dep]
-        while stack:
-            parent = stack.pop()
-            for child in self._waiting_on.pop(parent, ()):
-                if child not in self._unmet:
-                    continue
-                task = self.store.get(child)
-                if task is None or task.status != PENDING:
-                    continue
-                self._set_status(task, "dependency_failed", now,
-                                 error=f"dependency failed: {id_to_str(parent)}")
-                self._count("dead_lettered")
-                stack.append(child)
+
+        def dead_letter(parent: bytes, child: bytes) -> bool:
+            task = self.store.get(child)
+            if task is None or task.status != PENDING:
+                return False
+            self._set_status(task, "dependency_failed", now,
+                             error=f"dependency failed: {id_to_str(parent)}")
+            self._count("dead_lettered")
+            return True
+
+        self._deps.cascade(dep, dead_letter)
 
     # -- HEARTBEAT / workers ---------------------------------------------------
 
     def register_worker(self, worker_id: str, info: dict[str, Any], now: int) -> None:
-        w = self._touch_worker(worker_id, now)
+        w = self._leases.touch(worker_id, now)
         for key in ("hostname", "pid", "types", "concurrency"):
             if info.get(key) is not None:
                 setattr(w, key, info[key])
 
     def heartbeat(self, worker_id: str, info: dict[str, Any], active: list[bytes] | None,
                   now: int) -> tuple[int, list[str]]:
-        w = self._touch_worker(worker_id, now)
+        w = self._leases.touch(worker_id, now)
         for key in ("cpu_percent", "memory_rss", "memory_percent", "state"):
             if info.get(key) is not None:
                 setattr(w, key, info[key])
-        expires = now + self.s.lease_ms
-        for tid in w.leases:
-            self._leases[tid].expires_ms = expires
+        expires = self._leases.extend(w, now)
         lost = [id_to_str(t) for t in (active or ()) if t not in w.leases]
         return expires, lost
 
     def deregister_worker(self, worker_id: str, now: int) -> int:
-        w = self._workers.pop(worker_id, None)
-        if w is None:
+        leases = self._leases.remove_worker(worker_id)
+        if leases is None:
             return 0
         released = 0
-        for tid in list(w.leases):
-            lease = self._leases.pop(tid, None)
-            if lease is not None:
-                task = lease.task
-                self._set_status(task, "release", now)
-                self._enqueue(task, now)
-                released += 1
+        for lease in leases:
+            task = lease.task
+            self._set_status(task, "release", now)
+            self._ready.enqueue(task, now)
+            released += 1
         self._count("released", released)
         self._serve_waiters(now)
         return released
 
     def workers(self) -> list[Worker]:
-        return list(self._workers.values())
+        return list(self._leases.workers.values())
 
     def _reclaim(self, task: Task, reason: str, now: int) -> None:
-        self._drop_lease(task)
+        self._leases.drop(task.id)
         self._count(f"reclaimed_{reason.replace(' ', '_')}")
         self._fail(task, reason, now, backoff=False, reason=reason.replace(" ", "_"))
 
@@ -653,7 +493,7 @@ class Engine:
         for raw in ids:
             task = self.store.get(raw)
             if task is not None and task.status == IN_PROGRESS:
-                lease = self._leases.get(raw)
+                lease = self._leases.by_id.get(raw)
                 if lease is not None:
                     task.lease_expires_ms = lease.expires_ms
             out.append(task)
@@ -684,11 +524,9 @@ class Engine:
                 unmet.append(dep)
         self._set_status(task, "requeue", now, retry_count=0, scheduled_ms=now, error=None)
         if unmet:
-            self._unmet[raw_id] = len(unmet)
-            for d in unmet:
-                self._waiting_on.setdefault(d, []).append(raw_id)
+            self._deps.wait(raw_id, unmet)
         else:
-            self._enqueue(task, now)
+            self._ready.enqueue(task, now)
         self._count("requeued")
         self._serve_waiters(now)
         return task
@@ -749,9 +587,10 @@ class Engine:
                     if len(out) >= limit:
                         break
         exhausted = len(out) < limit and scanned < SCAN_SLICE
+        leases = self._leases.by_id
         for task in out:
-            if task.status == IN_PROGRESS and task.id in self._leases:
-                task.lease_expires_ms = self._leases[task.id].expires_ms
+            if task.status == IN_PROGRESS and task.id in leases:
+                task.lease_expires_ms = leases[task.id].expires_ms
         return out, (None if exhausted or last is None else last.hex())
 
     # -- GET_STATS --------------------------------------------------------------
@@ -761,9 +600,9 @@ class Engine:
         return {
             "shard": self.s.shard,
             **{STATUS_NAMES[i]: c[i] for i in range(6)},
-            "scheduled": len(self._scheduled_ids),
+            "scheduled": len(self._ready.scheduled),
             "by_tier": dict(self.pending_by_tier),
-            "workers": len(self._workers),
+            "workers": len(self._leases.workers),
             "waiting_claims": self.waiting_claims,
         }
 
@@ -771,76 +610,44 @@ class Engine:
 
     def tick(self, now: int) -> int | None:
         """Do what is due at ``now``; return when the next thing falls due."""
-        sched = self._schedule
-        while sched and sched[0] >> _HEAD_SHIFT <= now:
-            key = heapq.heappop(sched)
-            due, raw = key >> _HEAD_SHIFT, _key_id(key)
+        ready = self._ready
+        for due, raw in ready.pop_due(now):
             task = self.store.get(raw)
             if task is None or task.scheduled_ms != due:
                 continue
             if task.status == FAILED:
                 self._set_status(task, "retry_due", now)
-                self._enqueue(task, now)
-            elif task.status == PENDING and raw in self._scheduled_ids:
-                self._scheduled_ids.discard(raw)
-                self._enqueue(task, now)
-        self._expire_leases(now)
-        self._expire_workers(now)
+                ready.enqueue(task, now)
+            elif task.status == PENDING:
+                ready.wake(task, now)
+        if self._leases.due(now):
+            self._expire_leases(now)
+            self._expire_workers(now)
         self._serve_waiters(now)
-        self._expire_waiters(now)
-        heads = [h[0][0] for h in (self._lease_heap, self._timeout_heap, self._worker_heap,
-                                   self._waiter_heap) if h]
-        if self._schedule:
-            heads.append(self._schedule[0] >> _HEAD_SHIFT)
+        self._waiters.expire(now)
+        heads = self._leases.heads()
+        for head in (self._waiters.next_deadline(), ready.next_due()):
+            if head is not None:
+                heads.append(head)
         return min(heads) if heads else None
 
     def _expire_leases(self, now: int) -> None:
-        lh = self._lease_heap
-        while lh and lh[0][0] <= now:
-            _, raw, attempt = heapq.heappop(lh)
-            lease = self._leases.get(raw)
-            if lease is None or lease.attempt != attempt:
-                continue
-            if lease.expires_ms > now:  # extended by a heartbeat since this entry
-                heapq.heappush(lh, (lease.expires_ms, raw, attempt))
-                continue
+        for lease in self._leases.expired(now):
             self._reclaim(lease.task, "lease expired", now)
-        th = self._timeout_heap
-        while th and th[0][0] <= now:
-            _, raw, attempt = heapq.heappop(th)
-            lease = self._leases.get(raw)
-            if lease is None or lease.attempt != attempt:
-                continue
+        for lease in self._leases.timed_out(now):
             task = lease.task
-            self._drop_lease(task)
+            self._leases.drop(task.id)
             self._count("reclaimed_timeout")
             self._fail(task, "timeout", now, backoff=True, reason="timeout")
 
     def _expire_workers(self, now: int) -> None:
-        wh = self._worker_heap
-        limit = 2 * self.s.heartbeat_ms
-        while wh and wh[0][0] <= now:
-            _, wid = heapq.heappop(wh)
-            w = self._workers.get(wid)
-            if w is None:
-                continue
-            if w.last_seen_ms + limit > now:
-                heapq.heappush(wh, (w.last_seen_ms + limit, wid))
-                continue
-            del self._workers[wid]
+        by_id = self._leases.by_id
+        for w in self._leases.dead_workers(now):
             self._count("workers_lost")
             for raw in list(w.leases):
-                lease = self._leases.get(raw)
+                lease = by_id.get(raw)
                 if lease is not None:
                     self._reclaim(lease.task, "worker lost", now)
-
-    def _expire_waiters(self, now: int) -> None:
-        wh = self._waiter_heap
-        while wh and wh[0][0] <= now:
-            _, _, w = heapq.heappop(wh)
-            if not w.done:
-                w.done = True
-                self._deliver(w, [])
 
     # -- retention / recovery ------------------------------------------------------
 
@@ -873,7 +680,9 @@ class Engine:
         seq = 0
         shards = self.s.shards
         counted = {PENDING: [0] * shards, FAILED: [0] * shards}
-        ready: dict[str, list[int]] = {}
+        ready: dict[str, list[int]] = {}  # per type, unordered until restored
+        schedule: list[int] = []
+        scheduled: set[bytes] = set()
         with_deps: list[Task] = []
         seen: dict[int, list[bytes]] = {PENDING: [], FAILED: []}
         decode = Task.decode
@@ -887,8 +696,8 @@ class Engine:
             if task.depends_on:
                 with_deps.append(task)
             elif task.scheduled_ms > now:
-                self._scheduled_ids.add(raw)
-                self._schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
+                scheduled.add(raw)
+                schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
             else:
                 heap = ready.get(task.type)
                 if heap is None:
@@ -899,11 +708,8 @@ class Engine:
             seen[FAILED].append(raw)
             counted[FAILED][owner_of(raw, shards)] += 1
             seq = max(seq, task.seq)
-            self._schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
-        for heap in ready.values():
-            heapq.heapify(heap)
-        self._ready = ready
-        heapq.heapify(self._schedule)
+            schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
+        self._ready.restore(ready, schedule, scheduled)
         self._seq = seq + 1
         # Correct the persisted counts to what was scanned *before* any dependent is
         # dead-lettered below: those moves adjust the counts themselves.
@@ -928,13 +734,11 @@ class Engine:
                                  error=f"dependency failed: {id_to_str(failed_dep)}")
                 self._dependency_failed(task.id, now)
             elif unmet:
-                self._unmet[task.id] = len(unmet)
-                for d in unmet:
-                    self._waiting_on.setdefault(d, []).append(task.id)
+                self._deps.wait(task.id, unmet)
             else:
-                self._enqueue(task, now)
+                self._ready.enqueue(task, now)
         store.commit()
-        self._ready_dirty = bool(self._ready)
+        self._ready.dirty = bool(self._ready.heaps)
         return {"reclaimed_in_progress": moved, "pending": sum(counted[PENDING]),
                 "failed": sum(counted[FAILED]), "counts_corrected": len(corrected),
                 "index_repaired": repaired}
@@ -952,5 +756,7 @@ def _decode_cursor(cursor: str | None) -> bytes | None:
     return raw
 
 
-__all__ = ["Engine", "EngineSettings", "TaskSpec", "ResultItem", "ClaimWaiter", "Worker",
-           "STATUS_CODES"]
+# ClaimWaiter, Deliver, Lease and Worker live in waiters.py and leases.py; they stay
+# importable from here, where the server and the protocol layer import them.
+__all__ = ["Engine", "EngineSettings", "TaskSpec", "ResultItem", "ClaimWaiter", "Deliver", "Lease",
+           "Worker", "Task", "STATUS_CODES"]

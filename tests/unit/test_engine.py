@@ -1227,15 +1227,15 @@ def test_lease_heap_compaction(env: Env) -> None:
         env.submit(*[TaskSpec("t", b"") for _ in range(100)])
         got = env.claim("w", 100)
         assert len(got) == 100
-        live = len(engine._leases)
-        assert len(engine._lease_heap) < 3 * live + 10_001
+        live = len(engine._leases.by_id)
+        assert len(engine._leases.lease_heap) < 3 * live + 10_001
         env.result("w", *[ResultItem(t.id, t.attempt, "completed") for t, _ in got])
         total += 100
-        live = len(engine._leases)
+        live = len(engine._leases.by_id)
         assert live == 0
-        assert len(engine._lease_heap) < 2 * live + 10_001
-        assert len(engine._timeout_heap) < 2 * live + 10_001
-        max_heap = max(max_heap, len(engine._lease_heap))
+        assert len(engine._leases.lease_heap) < 2 * live + 10_001
+        assert len(engine._leases.timeout_heap) < 2 * live + 10_001
+        max_heap = max(max_heap, len(engine._leases.lease_heap))
     assert total == 13_000
     assert env.engine.stats()["completed"] == 13_000
     assert max_heap > 5000  # lazily deleted entries did pile up before the rebuild
