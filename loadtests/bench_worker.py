@@ -1,0 +1,175 @@
+"""End-to-end throughput of ``shardq worker`` with a no-op handler.
+
+    python loadtests/bench_worker.py --tasks 20000                 # concurrency 1 and 4, sync handler
+    python loadtests/bench_worker.py --tasks 20000 --handler async --concurrency 1,4,16
+
+For each concurrency: start from an empty queue, fill it with N no-op tasks (100-byte payloads,
+pipelined SUBMITs of 1000; not timed), then run ``python -m shardq.worker bench_worker:app
+--burst --concurrency C`` and wait for it to exit. It claims, runs, reports and exits once the
+queue is empty. Reported:
+
+- ``tasks/s``: N / (the broker's ACK of the last RESULT - the worker's "ready" line), both read
+  from the worker's own log (ms timestamps): claim + handler + result, start-up excluded;
+- ``wall tasks/s``: N / (spawn -> exit), which adds interpreter start-up, connecting and the drain;
+- the worker's CPU seconds (user + system, from its rusage);
+- ``floor tasks/s``: the same N tasks through a bare protocol loop in this process, which claims
+  ``max=C`` and completes each batch with one RESULT sent together with the next CLAIM (no
+  handler, no threads, no logging): what the broker allows a worker that never holds more than C
+  leases. ``--no-floor`` skips it.
+
+The server (``shardq serve --shards S``, its own temp data dir) and the worker share this
+machine's cores; every task must end ``completed`` or the run fails. The handler is
+``bench_worker:app`` below, so the worker imports this file (with ``loadtests/`` on its path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import shardq  # noqa: E402 -- after the path fix, so that the checkout is what runs
+
+app = shardq.App()
+
+
+@app.task("noop")
+def noop(ctx: shardq.worker.TaskContext) -> None:
+    return None
+
+
+@app.task("anoop")
+async def anoop(ctx: shardq.worker.TaskContext) -> None:
+    return None
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def _when(line: str) -> float:
+    m = _STAMP.match(line)
+    if not m:
+        raise ValueError(f"no timestamp in log line: {line!r}")
+    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def fill(client: shardq.Client, task_type: str, n: int) -> float:
+    from shardq.client.models import Job
+    t0 = time.perf_counter()
+    payload = b"x" * 100
+    for start in range(0, n, 1000):
+        client.submit_many([Job(task_type, payload) for _ in range(min(1000, n - start))])
+    return time.perf_counter() - t0
+
+
+def floor(url: str, task_type: str, n: int, concurrency: int) -> float:
+    """N tasks claimed C at a time, each batch completed by one RESULT pipelined with the next CLAIM."""
+    from shardq.client.connection import Connection
+    from shardq.protocol.frames import MsgType
+    client = shardq.Client(url)
+    fill(client, task_type, n)
+    client.close()
+    conn = Connection.from_url(url)
+    done, pending = 0, []
+    t0 = time.perf_counter()
+    while True:
+        rid = None
+        if pending:
+            rid = conn.send(MsgType.RESULT, {"worker_id": "floor", "results": [
+                {"id": t["id"], "attempt": t["attempt"], "status": "completed", "result_len": 0}
+                for t in pending]})
+        claim = conn.send(MsgType.CLAIM, {"worker_id": "floor", "max": concurrency, "wait_ms": 0,
+                                          "types": [task_type]})
+        if rid is not None:
+            conn.wait_for(rid)
+            done += len(pending)
+        pending = conn.wait_for(claim).header["tasks"]
+        if not pending:
+            break
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    if done != n:
+        raise SystemExit(f"floor loop completed {done} of {n}")
+    return n / elapsed
+
+
+def run_one(url: str, task_type: str, n: int, concurrency: int, pool: str, log_dir: str) -> dict:
+    client = shardq.Client(url)
+    before = client.stats()["totals"]["completed"]
+    fill_s = fill(client, task_type, n)
+    log_path = os.path.join(log_dir, f"worker-c{concurrency}.log")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    cmd = [sys.executable, "-m", "shardq.worker", "bench_worker:app", "--server", url, "--burst",
+           "--concurrency", str(concurrency), "--pool", pool, "--types", task_type]
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(log_path, "w") as log:
+        t0 = time.time()
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, timeout=600)
+        wall = time.time() - t0
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = Path(log_path).read_text().splitlines()
+    if proc.returncode != 0:
+        raise SystemExit(f"worker exited {proc.returncode}:\n" + "\n".join(lines[-20:]))
+    ready = next(_when(x) for x in lines if " ready: " in x)
+    task_lines = [x for x in lines if " completed in " in x]
+    done = client.stats()["totals"]["completed"] - before
+    if len(task_lines) != n or done != n:
+        raise SystemExit(f"expected {n} completions, the log has {len(task_lines)} and the broker "
+                         f"counts {done}")
+    last = _when(task_lines[-1])
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    client.close()
+    return {"concurrency": concurrency, "tasks": n, "fill_s": fill_s, "run_s": last - ready,
+            "tasks_per_s": n / max(last - ready, 1e-3), "wall_s": wall, "wall_tasks_per_s": n / wall,
+            "worker_cpu_s": cpu, "command": " ".join(cmd[1:])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--concurrency", default="1,4", help="comma-separated (default 1,4)")
+    parser.add_argument("--handler", choices=("sync", "async"), default="sync")
+    parser.add_argument("--pool", choices=("thread", "process"), default="thread")
+    parser.add_argument("--shards", default="1")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per concurrency (all printed)")
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare protocol loop")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the server
+
+    from shardq.testing import ServerProcess
+    task_type = "noop" if args.handler == "sync" else "anoop"
+    with tempfile.TemporaryDirectory(prefix="shardq-bench-worker-") as tmp:
+        srv = ServerProcess(os.path.join(tmp, "data"), ["--shards", args.shards]).start()
+        try:
+            print(f"server {srv.url} (--shards {args.shards}); {args.tasks} {args.handler} no-op tasks "
+                  f"per run, {args.pool} pool; {os.cpu_count()} CPUs")
+            print(f"{'concurrency':>11} | {'tasks/s':>9} | {'run s':>6} | {'wall tasks/s':>12} | "
+                  f"{'wall s':>6} | {'worker CPU s':>12} | {'floor tasks/s':>13}")
+            for c in (int(x) for x in args.concurrency.split(",")):
+                for _ in range(args.repeat):
+                    r = run_one(srv.url, task_type, args.tasks, c, args.pool, tmp)
+                    bare = "-" if args.no_floor else f"{floor(srv.url, task_type, args.tasks, c):,.0f}"
+                    print(f"{c:>11} | {r['tasks_per_s']:>9,.0f} | {r['run_s']:>6.2f} | "
+                          f"{r['wall_tasks_per_s']:>12,.0f} | {r['wall_s']:>6.2f} | "
+                          f"{r['worker_cpu_s']:>12.2f} | {bare:>13}", flush=True)
+        finally:
+            srv.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""The worker runtime: define handlers with ``shardq.App``, run them with ``shardq worker``.
+
+``App``, ``TaskContext``, ``Retry`` and ``Fail`` live in ``shardq.worker.app`` (no I/O); the run
+loop is ``shardq.worker.runtime.Worker``; the command line ``shardq.worker.cli``. docs/worker.md
+is the guide.
+"""
+
+from shardq.worker.app import App, Fail, Retry, TaskContext, TaskDef, load_app
+
+__all__ = ["App", "Fail", "Retry", "TaskContext", "TaskDef", "load_app"]
