@@ -1,6 +1,8 @@
 """`shardq serve`: open the data dir, recover, listen, print READY, drain on a signal.
 
-Exit codes (named so a supervisor or a script can tell them apart):
+Exit codes, named so a supervisor or a script can tell them apart: EXIT_OK 0, EXIT_CONFIG 2
+(bad configuration or an unusable data dir), EXIT_BIND 3 (port not bound), EXIT_FORCED 4 (a
+second signal cut the drain short).
 """
 
 from __future__ import annotations
@@ -104,7 +106,3 @@ def serve(cfg: Config) -> int:
         print(f"shardq serve: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
-
-__doc__ += "\n".join(f"    {name} = {value}" for name, value in
-                     (("EXIT_OK", EXIT_OK), ("EXIT_CONFIG", EXIT_CONFIG), ("EXIT_BIND", EXIT_BIND),
-                      ("EXIT_FORCED", EXIT_FORCED)))

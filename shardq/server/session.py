@@ -48,6 +48,7 @@ from shardq.protocol.frames import (
     encode,
     encode_nack,
 )
+from shardq.server.shard import now_ms
 from shardq.task import id_to_str
 
 if TYPE_CHECKING:
@@ -71,10 +72,6 @@ Answer = tuple[dict[str, Any], bytes] | None  # None: answered later (a waiting 
 # the transport sees them, so the transport's own high-water mark alone bounds nothing.
 OUT_HIGH_WATER = 4 * MAX_FRAME
 REQUEUE_SLICE = 200
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
 
 
 class Session(asyncio.Protocol):
@@ -281,7 +278,7 @@ class Session(asyncio.Protocol):
 
     def on_submit(self, msg: Message) -> Answer:
         specs = rq.parse_submit(msg.header, msg.blob, self.engine.s.max_payload)
-        ids = self.engine.submit(specs, _now(), home=self.home)
+        ids = self.engine.submit(specs, now_ms(), home=self.home)
         return {"ids": [id_to_str(i) for i in ids]}, b""
 
     def on_claim(self, msg: Message) -> Answer:
@@ -294,14 +291,14 @@ class Session(asyncio.Protocol):
             if self.closing:
                 # The connection is gone: put the tasks back rather than lose a lease's time.
                 if got:
-                    self.engine.result(worker_id, [_release(t) for t, _ in got], _now())
+                    self.engine.result(worker_id, [_release(t) for t, _ in got], now_ms())
                     self.server.mutated()
                 return
             self._ack(rid, {"tasks": [t.to_wire(self.shard_of(t)) for t, _ in got]},
                       b"".join(p for _, p in got))
 
         waiter_box: list[ClaimWaiter] = []
-        waiter = self.engine.wait_for_claim(worker_id, max_tasks, types, wait_ms, _now(), deliver)
+        waiter = self.engine.wait_for_claim(worker_id, max_tasks, types, wait_ms, now_ms(), deliver)
         if waiter is not None:
             waiter_box.append(waiter)
             self.waiters.add(waiter)
@@ -313,11 +310,11 @@ class Session(asyncio.Protocol):
 
     def on_result(self, msg: Message) -> Answer:
         worker_id, items = rq.parse_result(msg.header, msg.blob)
-        return {"results": self.engine.result(worker_id, items, _now())}, b""
+        return {"results": self.engine.result(worker_id, items, now_ms())}, b""
 
     def on_heartbeat(self, msg: Message) -> Answer:
         worker_id, info, active = rq.parse_heartbeat(msg.header)
-        expires, lost = self.engine.heartbeat(worker_id, info, active, _now())
+        expires, lost = self.engine.heartbeat(worker_id, info, active, now_ms())
         body: dict[str, Any] = {"lease_expires_ms": expires}
         if lost:
             body["lost"] = lost
@@ -325,12 +322,12 @@ class Session(asyncio.Protocol):
 
     def on_register(self, msg: Message) -> Answer:
         worker_id, info = rq.parse_register(msg.header)
-        self.engine.register_worker(worker_id, info, _now())
+        self.engine.register_worker(worker_id, info, now_ms())
         return {}, b""
 
     def on_deregister(self, msg: Message) -> Answer:
         worker_id = rq.get_str(msg.header, "worker_id", "", rq.MAX_WORKER_ID_LEN)
-        return {"released": self.engine.deregister_worker(worker_id, _now())}, b""
+        return {"released": self.engine.deregister_worker(worker_id, now_ms())}, b""
 
     def on_query(self, msg: Message) -> Answer:
         ids, with_result = rq.parse_query(msg.header)
@@ -348,7 +345,7 @@ class Session(asyncio.Protocol):
 
     def on_cancel(self, msg: Message) -> Answer:
         raw = rq.parse_id(msg.header.get("id"), "id")
-        self.engine.cancel(raw, _now())
+        self.engine.cancel(raw, now_ms())
         return {"id": id_to_str(raw), "status": "cancelled"}, b""
 
     def on_list(self, msg: Message) -> Answer:
@@ -364,7 +361,7 @@ class Session(asyncio.Protocol):
 
     def on_requeue(self, msg: Message) -> Answer:
         ids, status, task_type, limit = rq.parse_requeue(msg.header)
-        now = _now()
+        now = now_ms()
         if ids is not None:
             results: list[dict[str, Any]] = []
             count = 0
@@ -392,7 +389,7 @@ class Session(asyncio.Protocol):
                 # At most REQUEUE_SLICE per loop turn (each requeue is a record move);
                 # the group commit runs between slices.
                 n, after = self.engine.requeue_slice(status, task_type,
-                                                     min(limit - total, REQUEUE_SLICE), after, _now())
+                                                     min(limit - total, REQUEUE_SLICE), after, now_ms())
                 total += n
                 self.server.mutated()
                 if after is None:

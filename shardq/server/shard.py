@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import psutil
 
 from shardq.engine.engine import Engine, EngineSettings
 from shardq.store.partitioned import PartitionedStore
@@ -239,8 +240,4 @@ class ShardServer:
 
 
 def _rss() -> int:
-    try:
-        with open(f"/proc/{os.getpid()}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
+    return psutil.Process().memory_info().rss
