@@ -302,7 +302,9 @@ class AsyncClient:
 
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit a batch, all or nothing; returns the ids in order."""
-        header, blob = rq.submit_request(jobs)
+        if not self.server_info:
+            await self.connect()  # HELLO first: it says which shard's partition to make ids in
+        header, blob = rq.submit_request(jobs, self.server_info)
         return rq.parse_ids(await self.call(MsgType.SUBMIT, header, blob))
 
     # -- reading ------------------------------------------------------------------------

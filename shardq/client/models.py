@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -89,12 +90,13 @@ class Job:
     timeout: int | None = None  # timeout_seconds
     id: str | None = None
 
-    def encode(self) -> tuple[dict[str, Any], bytes]:
+    def encode(self, make_id: Callable[[], str] | None = None) -> tuple[dict[str, Any], bytes]:
         """The SUBMIT task object and its payload bytes. Every job gets a client id, so
-        a SUBMIT can be retried after a lost connection without creating a second task."""
+        a SUBMIT can be retried after a lost connection without creating a second task.
+        ``make_id`` makes that id (the client makes it in its shard's partition)."""
         payload = to_bytes(self.payload)
         spec: dict[str, Any] = {"type": self.type, "payload_len": len(payload),
-                                "id": self.id or str(uuid.uuid4())}
+                                "id": self.id or (make_id() if make_id is not None else str(uuid.uuid4()))}
         if self.priority is not None:
             spec["priority"] = self.priority
         if self.delay is not None and self.at is not None:

@@ -15,6 +15,7 @@ from shardq import __version__
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout, to_bytes
 from shardq.errors import NotFound, error_from_wire
 from shardq.protocol.frames import Message, MsgType, split_blob
+from shardq.task import id_to_str, new_ids
 
 # Requests that may be sent again on a fresh connection when the old one broke after they were
 # sent: reads, and SUBMIT (every task carries a client id, so a repeat stores nothing new).
@@ -59,11 +60,21 @@ def body(header: dict[str, Any]) -> dict[str, Any]:
 # -- producing ------------------------------------------------------------------------------
 
 
-def submit_request(jobs: Iterable[Job]) -> tuple[dict[str, Any], bytes]:
-    """SUBMIT's header and blob for a batch (each job gets a client id when it has none)."""
+def submit_request(jobs: Iterable[Job], server_info: dict[str, Any] | None = None) -> tuple[dict[str, Any], bytes]:
+    """SUBMIT's header and blob for a batch (each job gets a client id when it has none).
+
+    The ids are made in the partition of the shard this connection is on (HELLO
+    said which), so the SUBMIT never has to cross to another shard."""
+    make_id = None
+    info = server_info or {}
+    if type(info.get("shards")) is int and info["shards"] > 1 and type(info.get("shard")) is int:
+        shard, shards = info["shard"], info["shards"]
+
+        def make_id() -> str:
+            return id_to_str(new_ids(1, shard, shards)[0])
     specs, payloads = [], []
     for job in jobs:
-        spec, payload = job.encode()
+        spec, payload = job.encode(make_id)
         specs.append(spec)
         payloads.append(payload)
     return {"tasks": specs}, b"".join(payloads)

@@ -143,7 +143,9 @@ class Client:
 
     def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit a batch, all or nothing; returns the ids in order."""
-        header, blob = rq.submit_request(jobs)
+        if self._conn is None:
+            self.connect()  # HELLO first: it says which shard's partition to make ids in
+        header, blob = rq.submit_request(jobs, self.server_info)
         return rq.parse_ids(self.call(MsgType.SUBMIT, header, blob))
 
     # -- reading ------------------------------------------------------------------------

@@ -46,7 +46,6 @@ from shardq.task import (
     Task,
     id_to_str,
     new_ids,
-    owner_of,
     tier_of,
 )
 
@@ -77,6 +76,9 @@ class EngineSettings:
     default_timeout_seconds: int = 300
     max_payload: int = MAX_PAYLOAD
     retention_ms: int = 7 * 24 * 3600 * 1000
+    # False in the multi-process broker: a shard hears only some of a worker's
+    # messages, so the coordinator declares workers dead (``worker_lost``).
+    worker_liveness: bool = True
 
 
 @dataclass(slots=True)
@@ -110,7 +112,8 @@ class Engine:
         self.s = settings
         self.rng = rng or random.Random()
         self._ready = ReadyQueue()  # ready heaps per type, the schedule heap
-        self._leases = LeaseTable(settings.lease_ms, settings.heartbeat_ms)  # leases, workers
+        self._leases = LeaseTable(settings.lease_ms, settings.heartbeat_ms,
+                                  settings.worker_liveness)  # leases, workers
         self._deps = Dependencies()  # pending tasks waiting on others
         self._waiters = WaitingClaims()  # long-poll CLAIMs
         self._seq = 0
@@ -130,6 +133,14 @@ class Engine:
         """pending + failed of the whole broker, as this shard knows it."""
         c = self.store.counts
         return c[PENDING] + c[FAILED] + self.remote_depth
+
+    def check_depth(self, new_count: int) -> None:
+        """QueueFull if ``new_count`` more tasks would take the depth past the threshold."""
+        if new_count and self.depth() + new_count > self.s.depth_threshold:
+            self._count("queue_full")
+            raise QueueFull(
+                f"queue depth {self.depth()} + {new_count} would exceed the threshold "
+                f"{self.s.depth_threshold}", retry_after_ms=self._retry_after_ms(new_count))
 
     def backoff_ms(self, retry_count: int) -> int:
         base = min(self.s.backoff_base_ms * (2 ** min(retry_count, 62)), self.s.backoff_max_ms)
@@ -164,11 +175,17 @@ class Engine:
 
     # -- SUBMIT ------------------------------------------------------------
 
-    def submit(self, specs: list[TaskSpec], now: int, home: int | None = None) -> list[bytes]:
+    def submit(self, specs: list[TaskSpec], now: int, home: int | None = None,
+               remote_status: dict[bytes, int | None] | None = None,
+               check_depth: bool = True) -> list[bytes]:
         """Store a batch, all or nothing. Returns the ids in the batch's order.
 
         New ids are made in the partition of shard ``home`` (default: this shard),
-        so a batch without client ids lands in one shard's store."""
+        so a batch without client ids lands in one shard's store. ``remote_status``
+        gives the status of dependencies another shard owns, as the shard that
+        received the SUBMIT looked them up (None: unknown there -> NotFound).
+        ``check_depth`` is False for a part of a batch whose depth was checked
+        by the shard that received it."""
         batch_ids: dict[bytes, int] = {}
         existing: dict[int, bytes] = {}
         for i, spec in enumerate(specs):
@@ -179,11 +196,8 @@ class Engine:
                     existing[i] = spec.id
                 batch_ids[spec.id] = i
         new_count = len(specs) - len(existing)
-        if new_count and self.depth() + new_count > self.s.depth_threshold:
-            self._count("queue_full")
-            raise QueueFull(
-                f"queue depth {self.depth()} + {new_count} would exceed the threshold "
-                f"{self.s.depth_threshold}", retry_after_ms=self._retry_after_ms(new_count))
+        if check_depth:
+            self.check_depth(new_count)
         dep_status: dict[bytes, int] = {}
         for i, spec in enumerate(specs):
             if i in existing:
@@ -193,7 +207,10 @@ class Engine:
                     raise BadRequest(f"tasks[{i}].depends_on: a task cannot depend on itself")
                 if dep in batch_ids and batch_ids[dep] not in existing:
                     continue
-                st = self.store.status_of(dep)
+                if remote_status is not None and dep in remote_status:
+                    st = remote_status[dep]
+                else:
+                    st = self.store.status_of(dep)
                 if st is None:
                     raise NotFound(f"tasks[{i}].depends_on: no task {id_to_str(dep)}")
                 dep_status[dep] = st
@@ -432,6 +449,21 @@ class Engine:
             if task is not None and task.status == PENDING:
                 self._ready.enqueue(task, now)
 
+    def remote_waits(self) -> list[bytes]:
+        """Dependencies owned by another shard that pending tasks here wait on."""
+        owns = self.store.owns
+        return [d for d in self._deps.waiting_on if not owns(d)]
+
+    def remote_dependency_finished(self, dep: bytes, status: int, now: int) -> None:
+        """Another shard's task that tasks here depend on reached ``status``."""
+        if status == COMPLETED:
+            children = self._deps.completed(dep)
+            if children:
+                self._dependents_ready(children, now)
+                self._serve_waiters(now)
+        elif status in (DEAD_LETTER, CANCELLED):
+            self._dependency_failed(dep, now)
+
     def _dependency_failed(self, dep: bytes, now: int) -> None:
         """Cascade: everything waiting on ``dep`` (transitively) goes to dead_letter."""
 
@@ -478,6 +510,26 @@ class Engine:
         self._serve_waiters(now)
         return released
 
+    def worker_lost(self, worker_id: str, now: int) -> int:
+        """The coordinator declared the worker dead: reclaim its leases here."""
+        leases = self._leases.remove_worker(worker_id)
+        if leases is None:
+            return 0
+        self._count("workers_lost")
+        for lease in leases:
+            self._count("reclaimed_worker_lost")
+            self._fail(lease.task, "worker lost", now, backoff=False, reason="worker_lost")
+        self._serve_waiters(now)
+        return len(leases)
+
+    def ready_types(self) -> dict[str, int]:
+        """Ready entries per task type (a hint for other shards' claims)."""
+        return {t: len(h) for t, h in self._ready.heaps.items()}
+
+    def waiting(self) -> list[ClaimWaiter]:
+        """The long-poll CLAIMs not answered yet, in arrival order."""
+        return [w for w in self._waiters.queue if not w.done]
+
     def workers(self) -> list[Worker]:
         return list(self._leases.workers.values())
 
@@ -516,6 +568,9 @@ class Engine:
             raise InvalidState(f"cannot requeue a task that is {STATUS_NAMES[task.status]}")
         unmet = []
         for dep in task.depends_on:
+            if not self.store.owns(dep):
+                unmet.append(dep)  # another shard's: resolved by remote_dependency_finished
+                continue
             st = self.store.status_of(dep)
             if st in (DEAD_LETTER, CANCELLED) or st is None:
                 raise InvalidState(f"task {id_to_str(raw_id)} depends on {id_to_str(dep)}, which is "
@@ -678,8 +733,9 @@ class Engine:
         # of pending records below counts every pending task (them included) again.
         self.pending_by_tier = dict.fromkeys(self.pending_by_tier, 0)
         seq = 0
-        shards = self.s.shards
-        counted = {PENDING: [0] * shards, FAILED: [0] * shards}
+        slot = store.slot
+        parts = len(store.parts)
+        counted = {PENDING: [0] * parts, FAILED: [0] * parts}
         ready: dict[str, list[int]] = {}  # per type, unordered until restored
         schedule: list[int] = []
         scheduled: set[bytes] = set()
@@ -689,7 +745,7 @@ class Engine:
         for raw, data in store.iter_records(PENDING):
             task = decode(raw, data)
             seen[PENDING].append(raw)
-            counted[PENDING][owner_of(raw, shards)] += 1
+            counted[PENDING][slot(raw)] += 1
             if task.seq > seq:
                 seq = task.seq
             self.pending_by_tier[tier_of(task.priority)] += 1
@@ -706,7 +762,7 @@ class Engine:
         for raw, data in store.iter_records(FAILED):
             task = decode(raw, data)
             seen[FAILED].append(raw)
-            counted[FAILED][owner_of(raw, shards)] += 1
+            counted[FAILED][slot(raw)] += 1
             seq = max(seq, task.seq)
             schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
         self._ready.restore(ready, schedule, scheduled)
@@ -723,6 +779,9 @@ class Engine:
             unmet = []
             failed_dep = None
             for dep in task.depends_on:
+                if not store.owns(dep):
+                    unmet.append(dep)
+                    continue
                 st = store.status_of(dep)
                 if st in (DEAD_LETTER, CANCELLED, None):
                     failed_dep = dep

@@ -70,9 +70,11 @@ class LeaseTable:
     __slots__ = ("lease_ms", "liveness_ms", "by_id", "workers", "lease_heap", "timeout_heap",
                  "worker_heap", "stale_entries")
 
-    def __init__(self, lease_ms: int, heartbeat_ms: int) -> None:
+    def __init__(self, lease_ms: int, heartbeat_ms: int, track_liveness: bool = True) -> None:
         self.lease_ms = lease_ms
-        self.liveness_ms = 2 * heartbeat_ms  # a worker unheard of this long is lost
+        # A worker unheard of this long is lost. None: liveness is decided elsewhere
+        # (the coordinator of a multi-process broker, which hears every shard).
+        self.liveness_ms: int | None = 2 * heartbeat_ms if track_liveness else None
         self.by_id: dict[bytes, Lease] = {}
         self.workers: dict[str, Worker] = {}
         self.lease_heap: list[tuple[int, bytes, int]] = []  # (expires_ms, id, attempt)
@@ -87,7 +89,8 @@ class LeaseTable:
         w = self.workers.get(worker_id)
         if w is None:
             w = self.workers[worker_id] = Worker(worker_id, now, now)
-            heapq.heappush(self.worker_heap, (now + self.liveness_ms, worker_id))
+            if self.liveness_ms is not None:
+                heapq.heappush(self.worker_heap, (now + self.liveness_ms, worker_id))
         else:
             w.last_seen_ms = now
         return w
@@ -191,6 +194,8 @@ class LeaseTable:
         leases are not: the caller reclaims them)."""
         wh = self.worker_heap
         limit = self.liveness_ms
+        if limit is None:
+            return
         while wh and wh[0][0] <= now:
             _, wid = heapq.heappop(wh)
             w = self.workers.get(wid)

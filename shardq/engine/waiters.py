@@ -19,6 +19,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from shardq.task import Task
 
@@ -37,6 +38,9 @@ class ClaimWaiter:
     deadline_ms: int
     deliver: Deliver
     done: bool = False
+    # Set by the server of a multi-shard broker: answers with tasks another shard
+    # leased (their wire form and payloads) when the waiter is served from there.
+    on_remote: Callable[[list[dict[str, Any]], bytes], None] | None = None
 
     def cancel(self) -> None:
         self.done = True

@@ -46,11 +46,16 @@ class MsgType(IntEnum):
     DEREGISTER_WORKER = 0x0B
     REQUEUE = 0x0C
     PING = 0x0D
+    # Between shardq's own processes only (Unix sockets); never valid on the client port.
+    REPORT = 0x40  # shard -> coordinator: depth, ready types, workers seen, stats
+    STATE = 0x41  # coordinator -> shards: the others' depths and ready types
+    WORKER_DEAD = 0x42  # coordinator -> shards: reclaim this worker's leases
     ACK = 0x80
     NACK = 0x81
 
 
-REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
+INTERNAL_TYPES = frozenset((MsgType.REPORT, MsgType.STATE, MsgType.WORKER_DEAD))
+REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80) - INTERNAL_TYPES
 RESPONSE_TYPES = frozenset((MsgType.ACK, MsgType.NACK))
 
 
@@ -134,6 +139,17 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes received but not yet decoded (a half-sent frame when > 0)."""
         return len(self._buf) - self._pos
+
+    def buffered_bytes(self) -> bytes:
+        """A copy of the bytes not decoded yet."""
+        return bytes(self._buf[self._pos:])
+
+    def take_rest(self) -> bytes:
+        """Remove and return the bytes not decoded yet (a connection handed elsewhere)."""
+        rest = bytes(self._buf[self._pos:])
+        self._buf = bytearray()
+        self._pos = 0
+        return rest
 
     def next(self) -> Message | Malformed | None:
         """The next complete frame, or None when more bytes are needed."""

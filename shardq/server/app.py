@@ -1,25 +1,26 @@
-"""`shardq serve`: open the data dir, recover, listen, print READY, drain on a signal.
+"""A shard process: open its RocksDB, recover, serve the connections handed to it, drain.
 
-Exit codes, named so a supervisor or a script can tell them apart: EXIT_OK 0, EXIT_CONFIG 2
-(bad configuration or an unusable data dir), EXIT_BIND 3 (port not bound), EXIT_FORCED 4 (a
-second signal cut the drain short).
+`shardq serve` itself is the supervisor (supervisor.py); this is what it runs
+once per shard. Exit codes, named so the supervisor and scripts can tell them
+apart: EXIT_OK 0, EXIT_CONFIG 2 (bad configuration or an unusable data dir),
+EXIT_BIND 3 (a port or socket could not be bound), EXIT_FORCED 4 (a second
+signal cut the drain short).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
-import socket
 import sys
-
-import uvloop
+from typing import TYPE_CHECKING
 
 from shardq.config import Config
-from shardq.server.session import Session
-from shardq.server.shard import ShardServer
-from shardq.store.partitioned import resolve_shards
-from shardq.store.rocks import StoreError
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 log = logging.getLogger("shardq.serve")
 
@@ -43,49 +44,49 @@ def setup_logging(cfg: Config, role: str = "server") -> None:
     root.setLevel(level)
 
 
-async def _serve(cfg: Config, shards: int) -> int:
+async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
+                       ready: Connection | None) -> int:
+    from shardq.server.handoff import HandoffReceiver
+    from shardq.server.mesh import handoff_path, mesh_path
+    from shardq.server.session import Session
+    from shardq.server.shard import ShardServer
+
     loop = asyncio.get_running_loop()
-    shard = ShardServer(cfg, cfg.persistence.data_dir, shards)
-    shard.recover()
+    shard = ShardServer(cfg, cfg.persistence.data_dir, shards, index, run_dir)
+    summary = shard.recover()
     shard.start(loop)
+    path = mesh_path(run_dir, index)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
     try:
-        server = await loop.create_server(
-            lambda: Session(shard), host=cfg.broker.host, port=cfg.broker.port,
-            reuse_address=True, backlog=1024, family=socket.AF_UNSPEC)
+        mesh = await loop.create_unix_server(lambda: Session(shard, peer=True), path)
+        shard.handoff = HandoffReceiver(loop, handoff_path(run_dir, index), shard.adopt)
     except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", cfg.broker.host, cfg.broker.port, exc)
+        log.error("cannot listen on the run dir %s: %s", run_dir, exc)
         shard.close()
         return EXIT_BIND
-    port = server.sockets[0].getsockname()[1]
     stop = asyncio.Event()
-    signals = {"count": 0}
-
-    def on_signal(signum: int) -> None:
-        signals["count"] += 1
-        if signals["count"] > 1:
-            log.warning("second signal: exiting without draining")
-            sys.stdout.flush()
-            import os
-            os._exit(EXIT_FORCED)
-        log.info("%s: draining", signal.Signals(signum).name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    log.info("serving on %s:%d with %d shard(s), data dir %s, sync=%s", cfg.broker.host, port,
-             shards, cfg.persistence.data_dir, cfg.persistence.sync)
-    print(f"READY port={port}", flush=True)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    log.info("shard %d of %d serving (pid %d), recovered in %.3f s", index, shards, os.getpid(),
+             summary["seconds"])
+    if ready is not None:
+        ready.send("ready")
     await stop.wait()
-    # Drain: stop accepting, stop reading, answer what was read, flush, close the DB.
-    server.close()
+    # Drain: stop taking connections, stop reading, answer what was read, flush, close the DB.
+    log.info("SIGTERM: draining")
+    if shard.handoff is not None:
+        shard.handoff.close()
+        shard.handoff = None
+    mesh.close()
     shard.closing = True
-    for session in list(shard.sessions):
+    sessions = list(shard.sessions) + list(shard.peer_sessions)
+    for session in sessions:
         session.closing = True
         if session.transport is not None:
             session.transport.pause_reading()
     await asyncio.sleep(0)
     shard.close()
-    for session in list(shard.sessions):
+    for session in sessions:
         if session.transport is not None:
             session.transport.close()
     await asyncio.sleep(0.05)
@@ -93,16 +94,26 @@ async def _serve(cfg: Config, shards: int) -> int:
     return EXIT_OK
 
 
-def serve(cfg: Config) -> int:
-    setup_logging(cfg)
-    try:
-        shards = resolve_shards(cfg.persistence.data_dir, cfg.broker.shards)
-    except StoreError as exc:
-        print(f"shardq serve: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        return uvloop.run(_serve(cfg, shards))
-    except StoreError as exc:
-        print(f"shardq serve: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+def shard_main(cfg: Config, index: int, shards: int, run_dir: str,
+               ready: Connection | None = None) -> None:
+    """Entry point of shard process ``index`` (spawned by the supervisor)."""
+    import uvloop
 
+    from shardq.store.rocks import StoreError
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the drain
+    setup_logging(cfg, f"shard-{index}")
+    try:
+        code = uvloop.run(_serve_shard(cfg, index, shards, run_dir, ready))
+    except StoreError as exc:
+        print(f"shardq serve: shard {index}: {exc}", file=sys.stderr, flush=True)
+        code = EXIT_CONFIG
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def serve(cfg: Config) -> int:
+    """`shardq serve`: the supervisor and its processes (see supervisor.py)."""
+    from shardq.server.supervisor import Supervisor
+
+    return Supervisor(cfg).run()

@@ -11,6 +11,10 @@ Rules:
    in flight (queued for the group commit plus the transport's write buffer)
    pass OUT_HIGH_WATER we stop decoding and reading its requests, and go on
    once it has read them.
+4. With several shards, a request about tasks another shard owns is routed
+   (routing.py): the handler starts it and answers later, out of order, which
+   the protocol allows. A *peer* session serves requests forwarded by another
+   shard over the mesh: always about this shard's own tasks, never routed again.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from shardq.protocol.frames import (
     encode,
     encode_nack,
 )
+from shardq.server import routing
 from shardq.server.shard import now_ms
 from shardq.task import id_to_str
 
@@ -74,18 +79,23 @@ OUT_HIGH_WATER = 4 * MAX_FRAME
 REQUEUE_SLICE = 200
 
 
+ALL_PERMISSIONS = frozenset(("submit", "claim", "read", "admin"))
+
+
 class Session(asyncio.Protocol):
-    def __init__(self, server: ShardServer) -> None:
+    def __init__(self, server: ShardServer, peer: bool = False, carried: bytes = b"") -> None:
         self.server = server
         self.engine = server.engine
-        self.shard = 0
+        self.peer = peer
+        self.routed = server.shards > 1 and not peer and server.peers is not None
+        self.carried = carried  # bytes read by the shard that handed this connection over
+        self.frames = 0
         self.decoder = FrameDecoder()
         self.transport: asyncio.Transport | None = None
-        self.home = 0
         self.last_frame = time.monotonic()
         self.waiters: set[ClaimWaiter] = set()
-        self.permissions: frozenset[str] | None = None if server.cfg.auth.enabled else frozenset(
-            ("submit", "claim", "read", "admin"))
+        self.permissions: frozenset[str] | None = (
+            None if server.cfg.auth.enabled and not peer else ALL_PERMISSIONS)
         self.closing = False
         self.out_pending = 0  # bytes of answers handed to the group commit, not yet written
         self.stalled = False  # stopped decoding until the client reads its answers
@@ -103,6 +113,9 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  (uvloop's TCPTransport)
+        if self.peer:
+            self.server.peer_sessions.add(self)
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -114,12 +127,19 @@ class Session(asyncio.Protocol):
             transport.close()
             self.closing = True
             return
-        self.home = self.server.next_home()
         self.server.sessions.add(self)
+        self.server.sessions_changed()
+        if self.carried:
+            carried, self.carried = self.carried, b""
+            self.data_received(carried)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.server.sessions.discard(self)
+        if self.peer:
+            self.server.peer_sessions.discard(self)
+        elif self in self.server.sessions:
+            self.server.sessions.discard(self)
+            self.server.sessions_changed()
         for w in self.waiters:
             w.cancel()
         self.waiters.clear()
@@ -162,6 +182,7 @@ class Session(asyncio.Protocol):
                 if msg is None:
                     break
                 self.last_frame = time.monotonic()
+                self.frames += 1
                 if type(msg) is Malformed:
                     self._nack(None, msg.error)
                 else:
@@ -227,6 +248,20 @@ class Session(asyncio.Protocol):
         header.update(body)
         self._reply(encode(MsgType.ACK, header, blob))
 
+    def _later(self, rid: int | None, coro: Any) -> None:
+        """Answer ``rid`` when ``coro`` (routed work) returns its (body, blob)."""
+        async def run() -> None:
+            try:
+                body, blob = await coro
+            except WireError as err:
+                self._nack(rid, err)
+            except Exception:
+                log.exception("internal error on a routed request rid=%s", rid)
+                self._nack(rid, WireError("internal error; the server logged it"))
+            else:
+                self._ack(rid, body, blob)
+        self.server.spawn(run())
+
     def _nack(self, rid: int | None, err: WireError) -> None:
         self._reply(encode_nack(rid, err.code, err.message, **err.extra))
         if err.closes_connection:
@@ -261,30 +296,118 @@ class Session(asyncio.Protocol):
         if h.get("protocol") != PROTOCOL_VERSION:
             raise ProtocolError(f"protocol version {h.get('protocol')!r} is not supported "
                                     f"(this server speaks {PROTOCOL_VERSION})")
+        hint = h.get("shard")
+        if (self.routed and self.frames == 1 and type(hint) is int and 0 <= hint < self.server.shards
+                and hint != self.server.index and self._hand_over(hint, msg)):
+            return None  # the shard it asked for answers this HELLO
         auth = self.server.cfg.auth
-        if auth.enabled:
+        if auth.enabled and not self.peer:
             key = h.get("api_key")
             match = next((k for k in auth.api_keys if k.key == key), None) if type(key) is str else None
             if match is None:
                 raise Unauthorized("api_key is missing or not valid")
             self.permissions = frozenset(match.permissions)
         b = self.server.cfg.broker
-        return {"server": f"shardq/{__version__}", "protocol": PROTOCOL_VERSION, "shard": self.home,
-                "shards": self.server.shards, "max_frame": MAX_FRAME, "max_payload": MAX_PAYLOAD,
-                "lease_ms": b.lease_timeout_ms, "heartbeat_ms": b.heartbeat_interval_ms}, b""
+        return {"server": f"shardq/{__version__}", "protocol": PROTOCOL_VERSION,
+                "shard": self.server.index, "shards": self.server.shards, "max_frame": MAX_FRAME,
+                "max_payload": MAX_PAYLOAD, "lease_ms": b.lease_timeout_ms,
+                "heartbeat_ms": b.heartbeat_interval_ms}, b""
+
+    def _hand_over(self, shard: int, hello: Message) -> bool:
+        """Pass this connection, with its first frames, to ``shard`` (a shard-aware client)."""
+        t = self.transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        if t is None or sock is None:
+            return False
+        carried = encode(MsgType.HELLO, hello.header, hello.blob) + self.decoder.buffered_bytes()
+        if not self.server.hand_over(sock.fileno(), shard, carried):
+            return False
+        self.decoder.take_rest()
+        self.closing = True
+        t.abort()  # our descriptor only: the connection lives on in the other shard
+        return True
 
     def on_ping(self, msg: Message) -> Answer:
         return {}, b""
 
     def on_submit(self, msg: Message) -> Answer:
         specs = rq.parse_submit(msg.header, msg.blob, self.engine.s.max_payload)
-        ids = self.engine.submit(specs, now_ms(), home=self.home)
+        if self.peer:
+            remote = msg.header.get("_remote_status") or {}
+            ids = self.engine.submit(specs, now_ms(),
+                                     remote_status={bytes.fromhex(k): v for k, v in remote.items()},
+                                     check_depth=not msg.header.get("_skip_depth", False))
+        elif self.routed and not self._all_local(specs):
+            self._later(msg.rid, self._routed_submit(specs, msg.header["tasks"]))
+            return None
+        else:
+            ids = self.engine.submit(specs, now_ms())
         return {"ids": [id_to_str(i) for i in ids]}, b""
+
+    def _all_local(self, specs: list[Any]) -> bool:
+        owns = self.server.owns
+        for spec in specs:
+            if spec.id is not None and not owns(spec.id):
+                return False
+            for dep in spec.depends_on:
+                if not owns(dep):
+                    return False
+        return True
+
+    async def _routed_submit(self, specs: list[Any], raw: list[dict[str, Any]]) -> tuple[dict[str, Any], bytes]:
+        return {"ids": await routing.submit(self.server, specs, raw)}, b""
 
     def on_claim(self, msg: Message) -> Answer:
         worker_id, max_tasks, wait_ms, types = rq.parse_claim(msg.header)
         rid = msg.rid
+        if not self.peer:
+            self.server.worker_heard(worker_id)
+        if self.routed:
+            type_set = frozenset(types) if types is not None else None
+            got = self.engine.claim(worker_id, max_tasks, type_set, now_ms())
+            if got:
+                if len(got) < max_tasks and self._others_have(type_set) and \
+                        sum(t.payload_len for t, _ in got) < MAX_FRAME // 2:
+                    # Fill the claim from shards that reported ready work of these types.
+                    self.server.spawn(self._top_up(rid, worker_id, got, max_tasks - len(got), type_set))
+                    return None
+                return self._claim_answer(got)
+            # Nothing here: ask the other shards before answering empty or waiting.
+            self.server.spawn(self._claim_across(rid, worker_id, max_tasks, wait_ms, type_set,
+                                                 now_ms() + wait_ms))
+            return None
+        self._wait_for_claim(rid, worker_id, max_tasks, wait_ms, types)
+        return None
 
+    def _others_have(self, types: frozenset[str] | None) -> bool:
+        return any(types is None or not types.isdisjoint(t) for t in self.server.others_ready.values())
+
+    async def _top_up(self, rid: int | None, worker_id: str, got: list[tuple[Task, bytes]], more: int,
+                      types: frozenset[str] | None) -> None:
+        shards = [i for i, t in self.server.others_ready.items() if types is None or not types.isdisjoint(t)]
+        try:
+            tasks, blob = await routing.claim_remote(self.server, worker_id, more, types, shards)
+        except Exception:
+            log.exception("cross-shard claim failed")
+            tasks, blob = [], b""
+        body, local_blob = self._claim_answer(got)
+        if tasks and len(local_blob) + len(blob) + 2048 * (len(got) + len(tasks)) > MAX_FRAME:
+            self.server.spawn(routing.release_remote(self.server, worker_id, tasks))  # would not fit
+            tasks, blob = [], b""
+        if self.closing:
+            self.engine.result(worker_id, [_release(t) for t, _ in got], now_ms())
+            self.server.mutated()
+            if tasks:
+                await routing.release_remote(self.server, worker_id, tasks)
+            return
+        body["tasks"].extend(tasks)
+        self._ack(rid, body, local_blob + blob)
+
+    def _claim_answer(self, got: list[tuple[Task, bytes]]) -> tuple[dict[str, Any], bytes]:
+        return {"tasks": [t.to_wire(self.shard_of(t)) for t, _ in got]}, b"".join(p for _, p in got)
+
+    def _wait_for_claim(self, rid: int | None, worker_id: str, max_tasks: int, wait_ms: int,
+                        types: Any) -> None:
         def deliver(got: list[tuple[Task, bytes]]) -> None:
             if waiter_box:
                 self.waiters.discard(waiter_box[0])
@@ -294,27 +417,76 @@ class Session(asyncio.Protocol):
                     self.engine.result(worker_id, [_release(t) for t, _ in got], now_ms())
                     self.server.mutated()
                 return
-            self._ack(rid, {"tasks": [t.to_wire(self.shard_of(t)) for t, _ in got]},
-                      b"".join(p for _, p in got))
+            body, blob = self._claim_answer(got)
+            self._ack(rid, body, blob)
+
+        def deliver_remote(tasks: list[dict[str, Any]], blob: bytes) -> None:
+            if waiter_box:
+                self.waiters.discard(waiter_box[0])
+            if self.closing:
+                self.server.spawn(routing.release_remote(self.server, worker_id, tasks))
+                return
+            self._ack(rid, {"tasks": tasks}, blob)
 
         waiter_box: list[ClaimWaiter] = []
         waiter = self.engine.wait_for_claim(worker_id, max_tasks, types, wait_ms, now_ms(), deliver)
         if waiter is not None:
+            if self.routed:
+                waiter.on_remote = deliver_remote
             waiter_box.append(waiter)
             self.waiters.add(waiter)
             self.server.mutated()  # re-arm the timer for the waiter's deadline
-        return None
+
+    async def _claim_across(self, rid: int | None, worker_id: str, max_tasks: int, wait_ms: int,
+                            types: frozenset[str] | None, deadline: int) -> None:
+        try:
+            tasks, blob = await routing.claim_remote(self.server, worker_id, max_tasks, types)
+        except Exception:
+            log.exception("cross-shard claim failed")
+            tasks, blob = [], b""
+        if tasks:
+            if self.closing:
+                await routing.release_remote(self.server, worker_id, tasks)
+            else:
+                self._ack(rid, {"tasks": tasks}, blob)
+            return
+        if self.closing:
+            return
+        self._wait_for_claim(rid, worker_id, max_tasks, max(0, deadline - now_ms()) if wait_ms else 0,
+                             types)
 
     def shard_of(self, task: Task) -> int:
         return self.server.store.part_index(task.id)
 
     def on_result(self, msg: Message) -> Answer:
         worker_id, items = rq.parse_result(msg.header, msg.blob)
+        if not self.peer:
+            self.server.worker_heard(worker_id)
+        if self.routed and not all(self.server.owns(it.id) for it in items):
+            self._later(msg.rid, self._routed_result(worker_id, items, msg.header["results"]))
+            return None
         return {"results": self.engine.result(worker_id, items, now_ms())}, b""
+
+    async def _routed_result(self, worker_id: str, items: list[ResultItem],
+                             raw: list[dict[str, Any]]) -> tuple[dict[str, Any], bytes]:
+        return {"results": await routing.result(self.server, worker_id, items, raw)}, b""
 
     def on_heartbeat(self, msg: Message) -> Answer:
         worker_id, info, active = rq.parse_heartbeat(msg.header)
+        if not self.peer:
+            self.server.worker_heard(worker_id, info)
+        if self.routed:
+            self._later(msg.rid, self._routed_heartbeat(worker_id, info, active))
+            return None
         expires, lost = self.engine.heartbeat(worker_id, info, active, now_ms())
+        body: dict[str, Any] = {"lease_expires_ms": expires}
+        if lost:
+            body["lost"] = lost
+        return body, b""
+
+    async def _routed_heartbeat(self, worker_id: str, info: dict[str, Any],
+                                active: list[bytes] | None) -> tuple[dict[str, Any], bytes]:
+        expires, lost = await routing.heartbeat(self.server, worker_id, info, active)
         body: dict[str, Any] = {"lease_expires_ms": expires}
         if lost:
             body["lost"] = lost
@@ -323,61 +495,130 @@ class Session(asyncio.Protocol):
     def on_register(self, msg: Message) -> Answer:
         worker_id, info = rq.parse_register(msg.header)
         self.engine.register_worker(worker_id, info, now_ms())
+        if not self.peer:
+            self.server.worker_heard(worker_id, info)
         return {}, b""
 
     def on_deregister(self, msg: Message) -> Answer:
         worker_id = rq.get_str(msg.header, "worker_id", "", rq.MAX_WORKER_ID_LEN)
+        if not self.peer:
+            self.server.worker_gone(worker_id)
+        if self.routed:
+            async def routed() -> tuple[dict[str, Any], bytes]:
+                return {"released": await routing.deregister(self.server, worker_id)}, b""
+            self._later(msg.rid, routed())
+            return None
         return {"released": self.engine.deregister_worker(worker_id, now_ms())}, b""
+
+    def _query_local(self, ids: list[bytes]) -> tuple[list[dict[str, Any] | None], list[bytes]]:
+        tasks = self.engine.query(ids)
+        wire = [None if t is None else t.to_wire(self.shard_of(t)) for t in tasks]
+        results = [self.engine.store.get_result(t.id) if t is not None and t.result_len else b""
+                   for t in tasks]
+        return wire, results
 
     def on_query(self, msg: Message) -> Answer:
         ids, with_result = rq.parse_query(msg.header)
-        tasks = self.engine.query(ids)
-        wire = [None if t is None else t.to_wire(self.shard_of(t)) for t in tasks]
-        blob = b""
-        if with_result:
-            parts = [self.engine.store.get_result(t.id) for t in tasks
-                     if t is not None and t.result_len]
-            blob = b"".join(parts)
-            if len(blob) + 5 + 2048 * len(ids) > MAX_FRAME:
-                raise TooLarge(f"the results of these tasks add up to {len(blob)} bytes, more than "
-                               "one frame holds; ask for fewer ids at a time")
+        if self.routed and not all(self.server.owns(i) for i in ids):
+            async def routed() -> tuple[dict[str, Any], bytes]:
+                tasks, blob = await routing.query(self.server, ids, with_result, self._query_local)
+                return {"tasks": tasks}, blob
+            self._later(msg.rid, routed())
+            return None
+        if not with_result:
+            tasks = self.engine.query(ids)
+            return {"tasks": [None if t is None else t.to_wire(self.shard_of(t)) for t in tasks]}, b""
+        wire, results = self._query_local(ids)
+        blob = b"".join(results)
+        if len(blob) + 5 + 2048 * len(ids) > MAX_FRAME:
+            raise TooLarge(f"the results of these tasks add up to {len(blob)} bytes, more than "
+                           "one frame holds; ask for fewer ids at a time")
         return {"tasks": wire}, blob
 
     def on_cancel(self, msg: Message) -> Answer:
         raw = rq.parse_id(msg.header.get("id"), "id")
+        if self.routed and not self.server.owns(raw):
+            async def routed() -> tuple[dict[str, Any], bytes]:
+                return await routing.cancel(self.server, raw), b""
+            self._later(msg.rid, routed())
+            return None
         self.engine.cancel(raw, now_ms())
         return {"id": id_to_str(raw), "status": "cancelled"}, b""
 
     def on_list(self, msg: Message) -> Answer:
         status, task_type, lo, hi, limit, cursor = rq.parse_list(msg.header)
         tasks, nxt = self.engine.list_tasks(status, task_type, lo, hi, limit, cursor)
-        return {"tasks": [t.to_wire(self.shard_of(t)) for t in tasks], "cursor": nxt}, b""
+        page = [t.to_wire(self.shard_of(t)) for t in tasks]
+        if self.routed:
+            async def routed() -> tuple[dict[str, Any], bytes]:
+                return await routing.list_tasks(self.server, msg.header, limit, (page, nxt)), b""
+            self._later(msg.rid, routed())
+            return None
+        return {"tasks": page, "cursor": nxt}, b""
 
     def on_stats(self, msg: Message) -> Answer:
-        stats = self.server.stats()
-        if rq.get_bool(msg.header, "workers_detail", "", False):  # shardq extension
-            stats["worker_list"] = [w.to_wire() for w in self.engine.workers()]
-        return stats, b""
+        detail = rq.get_bool(msg.header, "workers_detail", "", False)  # shardq extension
+        coordinator = self.server.coordinator
+        if self.peer or coordinator is None:
+            stats = self.server.stats()
+            if self.peer:
+                stats["row"] = self.server.stats_row()  # what the asking shard merges
+            if detail:
+                stats["worker_list"] = [w.to_wire() for w in self.engine.workers()]
+            return stats, b""
+
+        async def with_others() -> tuple[dict[str, Any], bytes]:
+            # Counts come fresh from every shard (cheap: one mesh round trip each);
+            # the workers from the coordinator's registry.
+            self.server.flush_report()  # workers heard just now reach the registry first
+            peers = self.server.peers.others() if self.server.peers is not None else []
+            answers = await asyncio.gather(
+                coordinator.request(MsgType.GET_STATS, {}),
+                *(self.server.peers.request(i, MsgType.GET_STATS, {}) for i in peers),  # type: ignore[union-attr]
+                return_exceptions=True)
+            first = answers[0]
+            others: dict[str, Any] = first[0] if not isinstance(first, BaseException) else {
+                "workers": len(self.engine.workers()), "shards": {}}
+            rows = dict(others.get("shards") or {})
+            for i, answer in zip(peers, answers[1:]):
+                if isinstance(answer, BaseException):
+                    rows.pop(str(i), None)  # down: its counts are unknown until it is back
+                else:
+                    rows[str(i)] = answer[0]["row"]
+            others["shards"] = rows
+            stats = self.server.stats(others)
+            if detail:
+                stats["worker_list"] = worker_list(others.get("worker_list"), rows, self.server.stats_row(),
+                                                   self.engine.workers())
+            return stats, b""
+        self._later(msg.rid, with_others())
+        return None
+
+    def _requeue_local(self, ids: list[bytes]) -> list[dict[str, Any]]:
+        now = now_ms()
+        results: list[dict[str, Any]] = []
+        for raw in ids:
+            sid = id_to_str(raw)
+            try:
+                self.engine.requeue(raw, now)
+            except (NotFound, InvalidState) as err:
+                results.append({"id": sid, "error": err.to_wire()})
+            else:
+                results.append({"id": sid, "status": "pending"})
+        return results
 
     def on_requeue(self, msg: Message) -> Answer:
         ids, status, task_type, limit = rq.parse_requeue(msg.header)
-        now = now_ms()
         if ids is not None:
-            results: list[dict[str, Any]] = []
-            count = 0
-            for raw in ids:
-                sid = id_to_str(raw)
-                try:
-                    self.engine.requeue(raw, now)
-                except (NotFound, InvalidState) as err:
-                    results.append({"id": sid, "error": err.to_wire()})
-                else:
-                    count += 1
-                    results.append({"id": sid, "status": "pending"})
-            return {"requeued": count, "results": results}, b""
+            if self.routed and not all(self.server.owns(i) for i in ids):
+                async def routed() -> tuple[dict[str, Any], bytes]:
+                    return await routing.requeue_ids(self.server, ids, self._requeue_local), b""
+                self._later(msg.rid, routed())
+                return None
+            results = self._requeue_local(ids)
+            return {"requeued": sum(1 for r in results if "error" not in r), "results": results}, b""
         # Without ids the scan runs in bounded slices across loop turns.
-        asyncio.get_running_loop().create_task(
-            self._requeue_scan(msg.rid, status, task_type, limit))
+        self.server.spawn(self._requeue_scan(msg.rid, status, task_type, limit))
         return None
 
     async def _requeue_scan(self, rid: int | None, status: int, task_type: str | None,
@@ -395,11 +636,34 @@ class Session(asyncio.Protocol):
                 if after is None:
                     break
                 await asyncio.sleep(0)
+            if self.routed and total < limit:
+                total += await routing.requeue_elsewhere(self.server, status, task_type, limit - total)
+        except WireError as err:
+            self._nack(rid, err)
+            return
         except Exception:
             log.exception("requeue scan failed")
             self._nack(rid, WireError("internal error; the server logged it"))
             return
         self._ack(rid, {"requeued": total})
+
+
+WORKER_KEYS = ("worker_id", "hostname", "pid", "types", "concurrency", "first_seen_ms", "last_seen_ms",
+               "cpu_percent", "memory_rss", "memory_percent", "state")
+
+
+def worker_list(registry: list[dict[str, Any]] | None, rows: dict[str, Any], own_row: dict[str, Any],
+                local: list[Any]) -> list[dict[str, Any]]:
+    """The workers extension of GET_STATS: the coordinator's registry, with ``active``
+    = the leases each holds on every shard (from the shards' fresh rows)."""
+    if registry is None:  # the coordinator is restarting: what this shard knows
+        return [w.to_wire() for w in local]
+    leases: dict[str, int] = {}
+    for row in [own_row, *(r for k, r in rows.items() if int(k) != own_row["shard"])]:
+        for wid, n in (row.get("leases") or {}).items():
+            leases[wid] = leases.get(wid, 0) + n
+    return [{**{k: w.get(k) for k in WORKER_KEYS}, "state": w.get("state") or "running",
+             "active": leases.get(w["worker_id"], 0)} for w in registry]
 
 
 def _release(task: Task) -> ResultItem:

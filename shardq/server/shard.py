@@ -9,12 +9,19 @@ Rules:
    one ``call_at`` for that (no fixed-interval polling on the hot path).
 3. Background work (WAL fsync, retention, compaction, idle sweep) runs on its
    own timers in bounded slices.
+4. This process owns one partition of the task ids (``owner_of(id) == index``)
+   and opens only that shard's RocksDB. What it needs from the others goes over
+   the mesh (mesh.py, routing.py); what it tells the coordinator goes in REPORTs:
+   depth and ready types when they change (at most every REPORT_MIN_GAP_S), the
+   workers it heard from, and its stats every STATS_PERIOD_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,8 +29,13 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from shardq.engine.engine import Engine, EngineSettings
+from shardq.errors import Unavailable
+from shardq.protocol.frames import Message, MsgType
+from shardq.server.handoff import MAX_CARRIED, HandoffReceiver, connect_seqpacket, send_connection
+from shardq.server.mesh import Link, Peers, coordinator_path, handoff_path, open_link
 from shardq.store.partitioned import PartitionedStore
 from shardq.store.rocks import StoreSettings
+from shardq.task import STATUS_CODES, id_to_str, owner_of
 
 if TYPE_CHECKING:
     from shardq.config import Config
@@ -35,16 +47,21 @@ RETENTION_PERIOD_S = 60.0
 # Deleting one task is ~8 RocksDB deletes; 200 of them keep a loop turn to a few ms.
 RETENTION_SLICE = 200
 IDLE_SWEEP_PERIOD_S = 1.0
+REPORT_PERIOD_S = 0.1  # depth and ready types to the coordinator (the contract allows 250 ms)
+REPORT_MIN_GAP_S = 0.01  # a change of ready types is reported this soon, not sooner
+STATS_PERIOD_S = 0.5
+DEPENDENCY_POLL_S = 0.1  # how often dependencies owned by other shards are looked up
+COORDINATOR_RETRY_S = 0.1
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def engine_settings(cfg: Config, shards: int) -> EngineSettings:
+def engine_settings(cfg: Config, shards: int, index: int = 0) -> EngineSettings:
     b, p = cfg.broker, cfg.persistence
     return EngineSettings(
-        shard=0, shards=shards, lease_ms=b.lease_timeout_ms, heartbeat_ms=b.heartbeat_interval_ms,
+        shard=index, shards=shards, worker_liveness=False, lease_ms=b.lease_timeout_ms, heartbeat_ms=b.heartbeat_interval_ms,
         depth_threshold=b.queue_depth_threshold, backoff_base_ms=b.retry_backoff_base_ms,
         backoff_max_ms=b.retry_backoff_max_ms, jitter=b.retry_jitter,
         default_max_retries=b.default_max_retries,
@@ -66,12 +83,30 @@ def store_settings(cfg: Config) -> StoreSettings:
 class ShardServer:
     """Owns the engine, the store and every session of this process."""
 
-    def __init__(self, cfg: Config, data_dir: str, shards: int) -> None:
+    def __init__(self, cfg: Config, data_dir: str, shards: int, index: int = 0,
+                 run_dir: str | None = None) -> None:
         self.cfg = cfg
         self.shards = shards
-        self.store = PartitionedStore(data_dir, shards, store_settings(cfg))
-        self.engine = Engine(self.store, engine_settings(cfg, shards))
+        self.index = index
+        self.run_dir = run_dir
+        self.store = PartitionedStore(data_dir, shards, store_settings(cfg), own=index)
+        self.engine = Engine(self.store, engine_settings(cfg, shards, index))
+        self.peers = Peers(run_dir, index, shards) if run_dir is not None else None
         self.sessions: set[Session] = set()
+        self.peer_sessions: set[Session] = set()
+        self.handoff: HandoffReceiver | None = None
+        self._handoff_out: dict[int, socket.socket] = {}
+        self.coordinator: Link | None = None
+        self.coordinator_view: dict[str, Any] = {}  # the coordinator's last STATE
+        self.others_ready: dict[int, set[str]] = {}
+        self._reported_ready: list[str] | None = None
+        self._report_at = 0.0
+        self._report_soon: asyncio.TimerHandle | None = None
+        self.workers_heard: dict[str, dict[str, Any]] = {}  # since the last report
+        self.workers_known: dict[str, dict[str, Any]] = {}  # every worker heard directly
+        self.workers_gone: list[str] = []
+        self._remote_claims: set[int] = set()  # ids of waiters with a remote claim in flight
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.started = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._outbox: list[tuple[Session, bytes]] = []
@@ -79,7 +114,6 @@ class ShardServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._background: list[asyncio.TimerHandle] = []
-        self._next_home = 0
         self.closing = False
         self._wal_sync_running = False
         self.commits = 0
@@ -103,7 +137,24 @@ class ShardServer:
         self._every(min(RETENTION_PERIOD_S, max(1.0, p.completed_retention_s / 4)), self._retention)
         self._every(float(p.compaction_interval_s), self._compact)
         self._every(IDLE_SWEEP_PERIOD_S, self._sweep_idle)
+        if self.run_dir is not None:
+            self._every(REPORT_PERIOD_S, self._report)
+            self._every(DEPENDENCY_POLL_S, self._poll_remote_dependencies)
+            self.spawn(self._keep_coordinator())
         self._after_change()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run a coroutine of this shard; kept referenced until it ends."""
+        assert self.loop is not None
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     def _every(self, period: float, fn: Callable[[], None]) -> None:
         assert self.loop is not None
@@ -127,14 +178,25 @@ class ShardServer:
         if self._timer is not None:
             self._timer.cancel()
         self._flush()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.handoff is not None:
+            self.handoff.close()
+        for ch in self._handoff_out.values():
+            ch.close()
+        if self.peers is not None:
+            self.peers.close()
+        if self.coordinator is not None:
+            self.coordinator.close()
         self.store.close()
         log.info("shard closed: %s", " ".join(f"{k}={v}" for k, v in sorted(self.engine.counters.items())))
 
-    def next_home(self) -> int:
-        """The partition a new connection's un-id'd SUBMITs land in (round robin)."""
-        home = self._next_home
-        self._next_home = (home + 1) % self.shards
-        return home
+    def owns(self, raw_id: bytes) -> bool:
+        return self.shards == 1 or owner_of(raw_id, self.shards) == self.index
+
+    def sessions_changed(self) -> None:
+        if self.handoff is not None:
+            self.handoff.set_count(len(self.sessions))
 
     # -- group commit ------------------------------------------------------------
 
@@ -161,6 +223,8 @@ class ShardServer:
         outbox, self._outbox = self._outbox, []
         for session, frame in outbox:
             session.send(frame)
+        if self.coordinator is not None and self._ready_changed():
+            self._schedule_report()
 
     def _after_change(self) -> None:
         """Run what fell due and re-arm the single timer for the next due time."""
@@ -220,23 +284,234 @@ class ShardServer:
         for session in list(self.sessions):
             session.check_idle(now, limit)
 
+    # -- connections: handed over by the acceptor or by another shard ------------------
+
+    def adopt(self, sock: socket.socket, carried: bytes) -> None:
+        """A TCP connection handed to this shard, with the bytes already read from it."""
+        from shardq.server.session import Session
+
+        assert self.loop is not None
+        self.spawn(self.loop.connect_accepted_socket(lambda: Session(self, carried=carried), sock))
+
+    def hand_over(self, fd: int, shard: int, carried: bytes) -> bool:
+        """Pass a connection to ``shard`` (a HELLO asked for it); False: keep it here."""
+        if self.run_dir is None or len(carried) > MAX_CARRIED:
+            return False
+        channel = self._handoff_out.get(shard)
+        if channel is None:
+            try:
+                channel = self._handoff_out[shard] = connect_seqpacket(handoff_path(self.run_dir, shard))
+            except OSError as exc:
+                log.warning("cannot hand a connection to shard %d: %s", shard, exc)
+                return False
+        if send_connection(channel, fd, carried):
+            return True
+        self._handoff_out.pop(shard, None)
+        channel.close()
+        return False
+
+    # -- the coordinator -------------------------------------------------------------------
+
+    async def _keep_coordinator(self) -> None:
+        assert self.run_dir is not None
+        while not self.closing:
+            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            try:
+                link = await open_link(coordinator_path(self.run_dir), "coordinator", self._on_coordinator,
+                                       lambda _lk, f=lost: f.done() or f.set_result(None))
+            except Unavailable:
+                await asyncio.sleep(COORDINATOR_RETRY_S)
+                continue
+            self.coordinator = link
+            self._reported_ready = None
+            self._report(full=True)
+            await lost
+            self.coordinator = None
+            if not self.closing:
+                log.warning("lost the coordinator; reconnecting")
+
+    def _on_coordinator(self, link: Link, msg: Message) -> None:
+        if msg.type is MsgType.STATE:
+            self.coordinator_view = msg.header
+            depths = msg.header.get("depths") or {}
+            self.engine.remote_depth = sum(d for k, d in depths.items() if int(k) != self.index)
+            self.others_ready = {int(k): set(v) for k, v in (msg.header.get("ready") or {}).items()
+                                 if int(k) != self.index}
+            if self.others_ready:
+                self._claim_for_waiters()
+        elif msg.type is MsgType.WORKER_DEAD:
+            wid = msg.header.get("worker_id")
+            if type(wid) is str:
+                self.workers_known.pop(wid, None)
+                self.workers_heard.pop(wid, None)
+                n = self.engine.worker_lost(wid, now_ms())
+                if n:
+                    log.warning("worker %s lost: reclaimed %d lease(s)", wid, n)
+                self.mutated()
+
+    def worker_heard(self, worker_id: str, info: dict[str, Any] | None = None) -> None:
+        """A client connection of this shard brought a message from ``worker_id``."""
+        entry = self.workers_known.get(worker_id)
+        new = entry is None
+        if new:
+            entry = self.workers_known[worker_id] = {}
+        entry["last_seen_ms"] = now_ms()
+        if info:
+            entry.update((k, v) for k, v in info.items() if v is not None)
+        self.workers_heard[worker_id] = entry
+        if new or info:
+            self._schedule_report()  # new workers and their details reach the registry at once
+
+    def worker_gone(self, worker_id: str) -> None:
+        self.workers_known.pop(worker_id, None)
+        self.workers_heard.pop(worker_id, None)
+        self.workers_gone.append(worker_id)
+        self._schedule_report()
+
+    def _ready_changed(self) -> bool:
+        return self._reported_ready is None or self._reported_ready != sorted(self.engine.ready_types())
+
+    def _schedule_report(self) -> None:
+        if self._report_soon is not None or self.loop is None:
+            return
+        delay = max(0.0, self._report_at + REPORT_MIN_GAP_S - self.loop.time())
+        self._report_soon = self.loop.call_later(delay, self._report)
+
+    def flush_report(self) -> None:
+        """Send a scheduled report now (before a request that should see it)."""
+        if self._report_soon is not None:
+            self._report()
+
+    def _report(self, full: bool = False) -> None:
+        link = self.coordinator
+        if self._report_soon is not None:
+            self._report_soon.cancel()
+            self._report_soon = None
+        if link is None or self.loop is None:
+            return
+        now = self.loop.time()
+        counts = self.store.counts
+        ready = sorted(self.engine.ready_types())
+        report: dict[str, Any] = {"shard": self.index, "depth": counts[0] + counts[3], "ready": ready}
+        heard = self.workers_known if full else self.workers_heard
+        if heard:
+            report["workers"] = heard
+        self.workers_heard = {}
+        if self.workers_gone:
+            report["gone"] = self.workers_gone
+            self.workers_gone = []
+        if full or now - getattr(self, "_stats_at", 0.0) >= STATS_PERIOD_S:
+            self._stats_at = now
+            report["stats"] = self.stats_row()
+        self._reported_ready = ready
+        self._report_at = now
+        link.send(MsgType.REPORT, report)
+
+    # -- work on other shards: dependencies and waiting claims ---------------------------
+
+    def _poll_remote_dependencies(self) -> None:
+        if self.closing or self.peers is None or getattr(self, "_polling", False):
+            return
+        waits = self.engine.remote_waits()
+        if waits:
+            self._polling = True
+            self.spawn(self._resolve_remote(waits))
+
+    async def _resolve_remote(self, deps: list[bytes]) -> None:
+        assert self.peers is not None
+        try:
+            by_owner: dict[int, list[bytes]] = {}
+            for d in deps:
+                by_owner.setdefault(owner_of(d, self.shards), []).append(d)
+            for owner, ids in by_owner.items():
+                for start in range(0, len(ids), 1000):
+                    chunk = ids[start:start + 1000]
+                    try:
+                        header, _ = await self.peers.request(owner, MsgType.QUERY_STATUS,
+                                                             {"ids": [id_to_str(r) for r in chunk]})
+                    except Unavailable:
+                        break  # the owner is restarting: ask again next time
+                    now = now_ms()
+                    for raw, task in zip(chunk, header.get("tasks") or ()):
+                        if task is not None and task["status"] in ("completed", "dead_letter", "cancelled"):
+                            self.engine.remote_dependency_finished(raw, STATUS_CODES[task["status"]], now)
+                    self.mutated()
+        finally:
+            self._polling = False
+
+    def _claim_for_waiters(self) -> None:
+        """Another shard has ready work: offer it to the claims waiting here."""
+        for w in self.engine.waiting():
+            if id(w) in self._remote_claims or w.on_remote is None:
+                continue
+            shards = [i for i, types in self.others_ready.items()
+                      if w.types is None or not w.types.isdisjoint(types)]
+            if shards:
+                self._remote_claims.add(id(w))
+                self.spawn(self._remote_claim_for(w, shards))
+
+    async def _remote_claim_for(self, w: Any, shards: list[int]) -> None:
+        from shardq.server.routing import claim_remote, release_remote
+
+        try:
+            tasks, blob = await claim_remote(self, w.worker_id, w.max, w.types, shards)
+        finally:
+            self._remote_claims.discard(id(w))
+        if not tasks:
+            return
+        if w.done:
+            await release_remote(self, w.worker_id, tasks)  # answered meanwhile: give them back
+            return
+        w.done = True
+        w.on_remote(tasks, blob)
+
     # -- stats -----------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats_row(self) -> dict[str, Any]:
+        """This shard's GET_STATS row (exact), plus what the metrics need."""
         e = self.engine.stats()
-        totals = {k: e[k] for k in ("pending", "in_progress", "completed", "failed", "dead_letter",
-                                     "cancelled", "scheduled", "by_tier")}
-        rss = _rss()
+        row: dict[str, Any] = {"shard": self.index, "pid": os.getpid(), "up": True}
+        row.update({k: e[k] for k in ("pending", "in_progress", "completed", "failed", "dead_letter",
+                                      "cancelled", "scheduled")})
+        row["by_tier"] = e["by_tier"]
+        row["connections"] = len(self.sessions)
+        row["rss"] = _rss()
+        row["workers_here"] = e["workers"]
+        row["waiting_claims"] = e["waiting_claims"]
+        row["leases"] = {w.worker_id: len(w.leases) for w in self.engine.workers() if w.leases}
+        row["counters"] = dict(self.engine.counters)
+        if self.peers is not None:
+            row["counters"]["forwarded"] = self.peers.forwarded
+        return row
+
+    def stats(self, others: dict[str, Any] | None = None) -> dict[str, Any]:
+        """GET_STATS: this shard's exact row and the others' last reports (coordinator)."""
+        rows = {self.index: self.stats_row()}
+        workers = len(self.engine.workers())
+        uptime = int(time.monotonic() - self.started)
+        if others is not None:
+            for key, row in (others.get("shards") or {}).items():
+                if int(key) != self.index and row.get("up", True):
+                    rows[int(key)] = row
+            workers = others.get("workers", workers)
+            uptime = max(uptime, others.get("uptime_s", 0))
+        names = ("pending", "in_progress", "completed", "failed", "dead_letter", "cancelled", "scheduled")
+        totals: dict[str, Any] = {k: sum(r.get(k, 0) for r in rows.values()) for k in names}
+        totals["by_tier"] = {t: sum(r.get("by_tier", {}).get(t, 0) for r in rows.values())
+                             for t in ("high", "normal", "low")}
         per_shard = []
-        for i, part in enumerate(self.store.parts):
-            row: dict[str, Any] = {"shard": i}
-            row.update({name: part.counts[code] for code, name in enumerate(
-                ("pending", "in_progress", "completed", "failed", "dead_letter", "cancelled"))})
-            row["connections"] = sum(1 for s in self.sessions if s.home == i)
-            row["rss"] = rss  # shards share this process until the multi-process server
-            per_shard.append(row)
-        return {"totals": totals, "workers": e["workers"], "connections": len(self.sessions),
-                "shards": per_shard, "uptime_s": int(time.monotonic() - self.started)}
+        for i in sorted(rows):
+            r = rows[i]
+            per_shard.append({"shard": i, **{k: r.get(k, 0) for k in names[:6]},
+                              "scheduled": r.get("scheduled", 0), "by_tier": r.get("by_tier"),
+                              "connections": r.get("connections", 0), "rss": r.get("rss", 0),
+                              # shardq extensions: for operators and the benchmarks
+                              "pid": r.get("pid"),
+                              "forwarded": (r.get("counters") or {}).get("forwarded", 0),
+                              "cross_shard_claims": (r.get("counters") or {}).get("cross_shard_claims", 0)})
+        return {"totals": totals, "workers": workers,
+                "connections": sum(r.get("connections", 0) for r in rows.values()),
+                "shards": per_shard, "uptime_s": uptime}
 
 
 def _rss() -> int:

@@ -76,12 +76,15 @@ def record_shards(data_dir: str, shards: int) -> None:
 class PartitionedStore:
     """Routes by owner; looks like one ``Store`` to the engine."""
 
-    def __init__(self, data_dir: str, shards: int, settings: StoreSettings | None = None) -> None:
+    def __init__(self, data_dir: str, shards: int, settings: StoreSettings | None = None,
+                 own: int | None = None) -> None:
+        """Open every shard's store, or with ``own`` only that shard's (a shard process)."""
         record_shards(data_dir, shards)
         self.shards = shards
+        self.own = own
         self.parts = []
         try:
-            for i in range(shards):
+            for i in (range(shards) if own is None else (own,)):
                 store = Store(os.path.join(data_dir, f"shard-{i}"), settings)
                 self.parts.append(store)
                 store.init_layout(i, shards)
@@ -93,14 +96,23 @@ class PartitionedStore:
     def part_index(self, raw_id: bytes) -> int:
         return owner_of(raw_id, self.shards) if self.shards > 1 else 0
 
+    def slot(self, raw_id: bytes) -> int:
+        """The position in ``parts`` of the store that holds ``raw_id``."""
+        return owner_of(raw_id, self.shards) if self.own is None and self.shards > 1 else 0
+
+    def owns(self, raw_id: bytes) -> bool:
+        """Whether the task is in one of these stores (not another process's)."""
+        return self.own is None or self.shards == 1 or owner_of(raw_id, self.shards) == self.own
+
     def part(self, raw_id: bytes) -> Store:
-        return self.parts[owner_of(raw_id, self.shards)] if self.shards > 1 else self.parts[0]
+        return self.parts[owner_of(raw_id, self.shards)] if self.own is None and self.shards > 1 \
+            else self.parts[0]
 
     # -- the Store interface ---------------------------------------------------
 
     @property
     def counts(self) -> list[int]:
-        if self.shards == 1:
+        if len(self.parts) == 1:
             return self.parts[0].counts
         return [sum(p.counts[i] for p in self.parts) for i in range(6)]
 
@@ -170,11 +182,11 @@ class PartitionedStore:
             yield from p.iter_records(status)
 
     def verify_status_index(self, status: int, ids: list[bytes]) -> int:
-        if self.shards == 1:
+        if len(self.parts) == 1:
             return self.parts[0].verify_status_index(status, ids)
         by_part: list[list[bytes]] = [[] for _ in self.parts]
         for raw in ids:
-            by_part[owner_of(raw, self.shards)].append(raw)
+            by_part[self.slot(raw)].append(raw)
         return sum(p.verify_status_index(status, part) for p, part in zip(self.parts, by_part))
 
     def recount(self, status: int, actual_by_part: list[int]) -> bool:

@@ -1,0 +1,168 @@
+"""The acceptor process: owns the client port, hands each connection to a shard.
+
+Rules:
+1. It never reads a frame: accept, pick the live shard with the fewest
+   connections, pass the fd (handoff.py), close its own copy. A shard-aware
+   client that wants a given shard says so in HELLO, and the shard that got it
+   passes the connection on (session.py).
+2. max_connections holds across all shards: the shards report their counts,
+   and a connection beyond the limit gets the contract's NACK and is closed.
+3. The listening socket belongs to the supervisor, which binds it once: an
+   acceptor restarted after a crash accepts on the same port at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+from shardq.protocol.frames import encode_nack
+from shardq.server.handoff import ACCEPTOR_HELLO, connect_seqpacket, read_count, send_connection
+from shardq.server.mesh import handoff_path
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from shardq.config import Config
+
+log = logging.getLogger("shardq.acceptor")
+
+RECONNECT_S = 0.05
+LINK_WAIT_S = 10.0
+
+
+class Acceptor:
+    def __init__(self, cfg: Config, listener: socket.socket, run_dir: str, shards: int) -> None:
+        self.cfg = cfg
+        self.listener = listener
+        self.run_dir = run_dir
+        self.shards = shards
+        self.channels: list[socket.socket | None] = [None] * shards
+        self.counts = [0] * shards
+        self.accepted = 0
+        self.refused = 0
+        self.stopping = False
+
+    async def run(self, ready: Connection | None) -> None:
+        loop = asyncio.get_running_loop()
+        linkers = [loop.create_task(self._keep_linked(i)) for i in range(self.shards)]
+        # Ready once every shard can take connections (or after LINK_WAIT_S, when one
+        # cannot: the others serve meanwhile).
+        deadline = loop.time() + LINK_WAIT_S
+        while any(ch is None for ch in self.channels) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.listener.setblocking(False)
+        accepting = loop.create_task(self._accept_loop())
+        loop.add_signal_handler(signal.SIGTERM, self.stop, accepting)
+        if ready is not None:
+            ready.send("ready")
+        try:
+            await accepting
+        except asyncio.CancelledError:
+            pass
+        finally:
+            for task in linkers:
+                task.cancel()
+            for ch in self.channels:
+                if ch is not None:
+                    ch.close()
+            log.info("acceptor stopped: accepted=%d refused=%d", self.accepted, self.refused)
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            try:
+                conn, _ = await loop.sock_accept(self.listener)
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)  # e.g. EMFILE: back off briefly
+                await asyncio.sleep(0.05)
+                continue
+            self._place(conn)
+
+    def stop(self, accepting: asyncio.Task[None]) -> None:
+        self.stopping = True
+        accepting.cancel()
+
+    def _place(self, conn: socket.socket) -> None:
+        with conn:
+            live = [i for i, ch in enumerate(self.channels) if ch is not None]
+            if sum(self.counts) >= self.cfg.broker.max_connections:
+                self._refuse(conn, "too many connections")
+                return
+            if not live:
+                self._refuse(conn, "no shard is available; retry shortly")
+                return
+            shard = min(live, key=lambda i: self.counts[i])
+            channel = self.channels[shard]
+            assert channel is not None
+            if send_connection(channel, conn.fileno()):
+                self.counts[shard] += 1  # the shard's own report corrects this
+                self.accepted += 1
+            else:
+                self._refuse(conn, "no shard is available; retry shortly")
+
+    def _refuse(self, conn: socket.socket, message: str) -> None:
+        self.refused += 1
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            conn.send(encode_nack(None, "Unavailable", message))
+
+    async def _keep_linked(self, shard: int) -> None:
+        """Hold a handoff channel to ``shard``; reconnect while it restarts."""
+        loop = asyncio.get_running_loop()
+        path = handoff_path(self.run_dir, shard)
+        while not self.stopping:
+            try:
+                channel = connect_seqpacket(path)
+                channel.send(ACCEPTOR_HELLO)
+            except OSError:
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            lost = loop.create_future()
+
+            def on_readable(ch: socket.socket = channel, done: asyncio.Future[None] = lost) -> None:
+                try:
+                    data = ch.recv(64)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    if not done.done():
+                        done.set_result(None)
+                    return
+                count = read_count(data)
+                if count is not None:
+                    self.counts[shard] = count
+                    if self.channels[shard] is None and not done.done():
+                        # The shard answered: it is alive and serving. (A connect can
+                        # succeed into the backlog of a shard that is still dying.)
+                        self.channels[shard] = ch
+                        log.info("linked to shard %d", shard)
+
+            loop.add_reader(channel, on_readable)
+            try:
+                await lost
+            finally:
+                loop.remove_reader(channel)
+                self.channels[shard] = None
+                self.counts[shard] = 0
+                channel.close()
+            if not self.stopping:
+                log.warning("shard %d went away; its new connections go to the others", shard)
+
+
+def acceptor_main(cfg: Config, listener: socket.socket, run_dir: str, shards: int,
+                  ready: Connection | None = None) -> None:
+    """Entry point of the acceptor process (spawned by the supervisor)."""
+    import uvloop
+
+    from shardq.server.app import setup_logging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the drain
+    setup_logging(cfg, "acceptor")
+    uvloop.run(Acceptor(cfg, listener, run_dir, shards).run(ready))

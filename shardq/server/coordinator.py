@@ -1,0 +1,186 @@
+"""The coordinator process: what no single shard can know.
+
+Rules:
+1. Never on the path of a SUBMIT, nor of a CLAIM that finds local work. Shards
+   send it REPORTs (one-way): their depth and ready task types when those
+   change, the workers they heard from, and their stats every REPORT_PERIOD.
+2. It pushes STATE to every shard when depths or ready types change: each shard
+   adds the others' depths to its own exact one for backpressure, and asks the
+   shards that have ready work when its own has none.
+3. Worker liveness is global: a worker no shard heard from for 2 x heartbeat
+   interval is dead, and every shard is told to reclaim its leases (WORKER_DEAD).
+4. It keeps no durable state. Restarted, it rebuilds everything from the
+   shards' next reports (each shard sends its full worker table on connect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+from shardq.protocol.frames import Message, MsgType
+from shardq.server.mesh import Link, coordinator_path
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from shardq.config import Config
+
+log = logging.getLogger("shardq.coordinator")
+
+WORKER_FIELDS = ("hostname", "pid", "types", "concurrency", "cpu_percent", "memory_rss",
+                 "memory_percent", "state")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Coordinator:
+    def __init__(self, cfg: Config, shards: int) -> None:
+        self.cfg = cfg
+        self.shards = shards
+        self.links: dict[int, Link] = {}
+        self.reports: dict[int, dict[str, Any]] = {}  # the last stats REPORT of each shard
+        self.depths: dict[int, int] = {}
+        self.ready: dict[int, list[str]] = {}
+        self.workers: dict[str, dict[str, Any]] = {}
+        self.liveness_ms = 2 * cfg.broker.heartbeat_interval_ms
+        self.started = time.monotonic()
+        self.dead_declared = 0
+        self._state_dirty = False
+
+    # -- messages from shards ---------------------------------------------------
+
+    def on_message(self, link: Link, msg: Message) -> None:
+        if msg.type is MsgType.REPORT:
+            self._on_report(link, msg.header)
+        elif msg.type is MsgType.GET_STATS:
+            link.answer(msg.rid, self.stats_view())
+        elif msg.rid is not None:
+            link.answer(msg.rid, {})
+
+    def _on_report(self, link: Link, report: dict[str, Any]) -> None:
+        shard = report.get("shard")
+        if type(shard) is not int or not 0 <= shard < self.shards:
+            log.error("report with a bad shard %r ignored", shard)
+            return
+        if self.links.get(shard) is not link:
+            self.links[shard] = link
+            link.on_lost = lambda lk, i=shard: self._lost(i, lk)
+            self._state_dirty = True  # a (re)connected shard needs the others' state
+        if "depth" in report and self.depths.get(shard) != report["depth"]:
+            self.depths[shard] = report["depth"]
+            self._state_dirty = True
+        if "ready" in report and self.ready.get(shard) != report["ready"]:
+            self.ready[shard] = report["ready"]
+            self._state_dirty = True
+        if "stats" in report:
+            self.reports[shard] = report["stats"]
+        for wid, info in (report.get("workers") or {}).items():
+            self._seen(wid, shard, info)
+        for wid in report.get("gone") or ():
+            self.workers.pop(wid, None)
+        if self._state_dirty:
+            self._push_state()
+
+    def _seen(self, wid: str, shard: int, info: dict[str, Any]) -> None:
+        w = self.workers.get(wid)
+        if w is None:
+            w = self.workers[wid] = {"worker_id": wid, "first_seen_ms": info.get("last_seen_ms", now_ms())}
+            log.info("worker %s seen on shard %d", wid, shard)
+        last = info.get("last_seen_ms", 0)
+        if last >= w.get("last_seen_ms", 0):
+            w["last_seen_ms"] = last
+            w["shard"] = shard
+        for key in WORKER_FIELDS:
+            if info.get(key) is not None:
+                w[key] = info[key]
+
+    def _lost(self, shard: int, link: Link) -> None:
+        if self.links.get(shard) is link:
+            del self.links[shard]
+            self.depths.pop(shard, None)
+            self.ready.pop(shard, None)
+            if shard in self.reports:
+                self.reports[shard]["up"] = False
+            log.warning("shard %d disconnected", shard)
+            self._push_state()
+
+    # -- pushing to shards --------------------------------------------------------
+
+    def _push_state(self) -> None:
+        self._state_dirty = False
+        state = {"depths": {str(i): d for i, d in self.depths.items()},
+                 "ready": {str(i): r for i, r in self.ready.items() if r}}
+        for link in list(self.links.values()):
+            link.send(MsgType.STATE, state)
+
+    def check_workers(self, now: int) -> None:
+        """Declare dead the workers no shard heard from for 2 x heartbeat interval."""
+        for wid, w in list(self.workers.items()):
+            if now - w.get("last_seen_ms", now) > self.liveness_ms:
+                del self.workers[wid]
+                self.dead_declared += 1
+                log.warning("worker %s is dead: no message on any shard for %d ms; reclaiming its leases",
+                            wid, now - w["last_seen_ms"])
+                for link in list(self.links.values()):
+                    link.send(MsgType.WORKER_DEAD, {"worker_id": wid})
+
+    # -- views ---------------------------------------------------------------------
+
+    def stats_view(self) -> dict[str, Any]:
+        """What a shard adds to its GET_STATS answer: the others' rows and the workers."""
+        return {"shards": {str(i): r for i, r in self.reports.items()},
+                "workers": len(self.workers),
+                "worker_list": sorted(self.workers.values(), key=lambda w: w["worker_id"]),
+                "uptime_s": int(time.monotonic() - self.started)}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The per-shard reports and the worker registry (metrics.py reads this)."""
+        leases: dict[str, int] = {}
+        for report in self.reports.values():
+            for wid, n in (report.get("leases") or {}).items():
+                leases[wid] = leases.get(wid, 0) + n
+        return {"shards": {str(i): r for i, r in self.reports.items()},
+                "workers": {wid: {**w, "active": leases.get(wid, 0)} for wid, w in self.workers.items()}}
+
+    # -- the process ------------------------------------------------------------------
+
+    async def run(self, run_dir: str, ready: Connection | None) -> None:
+        loop = asyncio.get_running_loop()
+        path = coordinator_path(run_dir)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        server = await loop.create_unix_server(lambda: Link("shard", self.on_message), path)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        period = max(0.02, min(0.25, self.liveness_ms / 4000))
+        if ready is not None:
+            ready.send("ready")
+        log.info("coordinating %d shard(s); workers are dead after %d ms unheard", self.shards,
+                 self.liveness_ms)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period)
+            self.check_workers(now_ms())
+        server.close()
+        for link in list(self.links.values()):
+            link.close()
+        log.info("coordinator stopped: workers declared dead=%d", self.dead_declared)
+
+
+def coordinator_main(cfg: Config, run_dir: str, shards: int, ready: Connection | None = None) -> None:
+    """Entry point of the coordinator process (spawned by the supervisor)."""
+    import uvloop
+
+    from shardq.server.app import setup_logging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the drain
+    setup_logging(cfg, "coordinator")
+    uvloop.run(Coordinator(cfg, shards).run(run_dir, ready))

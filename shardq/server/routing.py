@@ -1,0 +1,342 @@
+"""Requests that need another shard: split by owner, forward over the mesh, merge.
+
+Rules:
+1. A task lives on its owner, ``owner_of(id, shards)``; a request about a task
+   another shard owns is forwarded to it and answered on the client's own
+   connection, in the order the client asked. The owner answers after its own
+   group commit, so a forwarded ACK is as durable as a local one.
+2. Work for this shard is done before anything is awaited (it joins this loop
+   turn's group commit); the answer waits for the forwarded parts.
+3. A peer that is down fails its part with Unavailable: per item where the
+   answer has items (RESULT, REQUEUE), for the whole request elsewhere.
+4. Forwarded requests are served by the owner's mesh sessions, which never
+   forward again: no request crosses more than one hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from shardq.engine.engine import Engine, ResultItem, TaskSpec
+from shardq.errors import NotFound, TooLarge, Unavailable, WireError
+from shardq.protocol.frames import MAX_FRAME, MsgType
+from shardq.task import PENDING, STATUS_CODES, STATUS_NAMES, id_to_str, owner_of
+
+if TYPE_CHECKING:
+    from shardq.server.shard import ShardServer
+
+
+def now_ms() -> int:
+    from shardq.server.shard import now_ms as _now
+
+    return _now()
+
+
+def _owner(server: ShardServer, raw: bytes) -> int:
+    return owner_of(raw, server.shards)
+
+
+async def _forward(server: ShardServer, shard: int, msg_type: MsgType, header: dict[str, Any],
+                   blob: bytes = b"") -> tuple[dict[str, Any], bytes]:
+    assert server.peers is not None
+    return await server.peers.request(shard, msg_type, header, blob)
+
+
+# -- CLAIM -------------------------------------------------------------------------------
+
+async def claim_remote(server: ShardServer, worker_id: str, max_tasks: int,
+                       types: frozenset[str] | None,
+                       shards: list[int] | None = None) -> tuple[list[dict[str, Any]], bytes]:
+    """Lease ready tasks from another shard (the owner grants and keeps the lease).
+
+    Shards said to have ready work of these types are asked first, then the rest:
+    an empty answer means none of them had any when asked."""
+    assert server.peers is not None
+    if shards is None:
+        ready = server.others_ready
+        likely = [i for i, t in ready.items() if types is None or not types.isdisjoint(t)]
+        shards = likely + [i for i in server.peers.others() if i not in likely]
+    header: dict[str, Any] = {"worker_id": worker_id, "max": max_tasks}
+    if types is not None:
+        header["types"] = sorted(types)
+    for shard in shards:
+        try:
+            answer, blob = await _forward(server, shard, MsgType.CLAIM, header)
+        except WireError:
+            continue  # restarting: its work waits for it
+        tasks = answer.get("tasks") or []
+        if tasks:
+            server.engine._count("cross_shard_claims", len(tasks))
+            return tasks, blob
+    return [], b""
+
+
+async def release_remote(server: ShardServer, worker_id: str, tasks: list[dict[str, Any]]) -> None:
+    """Give back leases granted for a claim that can no longer be answered."""
+    by_owner: dict[int, list[dict[str, Any]]] = {}
+    for t in tasks:
+        by_owner.setdefault(_owner(server, bytes.fromhex(t["id"].replace("-", ""))), []).append(
+            {"id": t["id"], "attempt": t["attempt"], "status": "released"})
+    for shard, items in by_owner.items():
+        try:
+            await _forward(server, shard, MsgType.RESULT, {"worker_id": worker_id, "results": items})
+        except WireError:
+            pass  # the lease expires by itself
+
+
+# -- SUBMIT ------------------------------------------------------------------------------
+
+async def submit(server: ShardServer, specs: list[TaskSpec], raw_tasks: list[dict[str, Any]]) -> list[str]:
+    """A batch with client ids or dependencies that other shards own.
+
+    Checked as a whole first (depth, cycles, unknown dependencies); then each
+    owner stores its part, the other shards' parts first and this shard's part
+    (with the tasks that have no client id) last. See docs/architecture.md for
+    what a crash between parts leaves."""
+    engine = server.engine
+    index = server.index
+    owners = [_owner(server, s.id) if s.id is not None else index for s in specs]
+    engine.check_depth(len(specs))
+    batch_ids = {s.id: i for i, s in enumerate(specs) if s.id is not None}
+    for i, spec in enumerate(specs):
+        if spec.id is not None and spec.id in spec.depends_on:
+            from shardq.errors import BadRequest
+            raise BadRequest(f"tasks[{i}].depends_on: a task cannot depend on itself")
+    Engine._batch_order(specs, batch_ids, {})  # a cycle across owners is a BadRequest too
+    # Dependencies outside the batch that live on another shard than their dependent.
+    lookups: dict[int, list[bytes]] = {}
+    for i, spec in enumerate(specs):
+        for dep in spec.depends_on:
+            if dep not in batch_ids and _owner(server, dep) != owners[i]:
+                lookups.setdefault(_owner(server, dep), []).append(dep)
+    status: dict[bytes, int | None] = {}
+    for shard, deps in lookups.items():
+        if shard == index:
+            for d in deps:
+                status[d] = server.store.status_of(d)
+            continue
+        answer, _ = await _forward(server, shard, MsgType.QUERY_STATUS, {"ids": [id_to_str(d) for d in deps]})
+        for d, t in zip(deps, answer.get("tasks") or ()):
+            status[d] = None if t is None else STATUS_CODES[t["status"]]
+    for i, spec in enumerate(specs):
+        for dep in spec.depends_on:
+            if dep in status and status[dep] is None:
+                raise NotFound(f"tasks[{i}].depends_on: no task {id_to_str(dep)}")
+    parts: dict[int, list[int]] = {}
+    for i, owner in enumerate(owners):
+        parts.setdefault(owner, []).append(i)
+
+    def remote_status(positions: list[int]) -> dict[bytes, int | None]:
+        out: dict[bytes, int | None] = {}
+        for i in positions:
+            for dep in specs[i].depends_on:
+                if _owner(server, dep) != owners[i]:
+                    # In the batch but stored by another part: pending as far as we know;
+                    # the dependent's shard looks it up until it finishes.
+                    out[dep] = status.get(dep, PENDING)
+        return out
+
+    ids: list[str | None] = [None] * len(specs)
+
+    async def store_part(shard: int, positions: list[int]) -> None:
+        header = {"tasks": [raw_tasks[i] for i in positions], "_skip_depth": True,
+                  "_remote_status": {d.hex(): st for d, st in remote_status(positions).items()}}
+        answer, _ = await _forward(server, shard, MsgType.SUBMIT, header,
+                                   b"".join(specs[i].payload for i in positions))
+        for i, sid in zip(positions, answer["ids"]):
+            ids[i] = sid
+
+    remote = [store_part(s, pos) for s, pos in parts.items() if s != index]
+    outcomes = await asyncio.gather(*remote, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    local = parts.get(index)
+    if local:
+        got = engine.submit([specs[i] for i in local], now_ms(), remote_status=remote_status(local),
+                            check_depth=False)
+        server.mutated()
+        for i, raw in zip(local, got):
+            ids[i] = id_to_str(raw)
+    return ids  # type: ignore[return-value]
+
+
+# -- RESULT / HEARTBEAT / DEREGISTER ----------------------------------------------------------
+
+async def result(server: ShardServer, worker_id: str, items: list[ResultItem],
+                 raw_items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any] | None] = [None] * len(items)
+    by_owner: dict[int, list[int]] = {}
+    for i, item in enumerate(items):
+        by_owner.setdefault(_owner(server, item.id), []).append(i)
+    local = by_owner.pop(server.index, None)
+    if local:
+        answers = server.engine.result(worker_id, [items[i] for i in local], now_ms())
+        server.mutated()
+        for i, a in zip(local, answers):
+            out[i] = a
+
+    async def forward(shard: int, positions: list[int]) -> None:
+        blob = b"".join(items[i].result for i in positions if items[i].status == "completed")
+        try:
+            answer, _ = await _forward(server, shard, MsgType.RESULT,
+                                       {"worker_id": worker_id, "results": [raw_items[i] for i in positions]},
+                                       blob)
+            for i, a in zip(positions, answer["results"]):
+                out[i] = a
+        except WireError as err:
+            for i in positions:
+                out[i] = {"id": id_to_str(items[i].id), "error": err.to_wire()}
+
+    await asyncio.gather(*(forward(s, pos) for s, pos in by_owner.items()))
+    return out  # type: ignore[return-value]
+
+
+async def heartbeat(server: ShardServer, worker_id: str, info: dict[str, Any],
+                    active: list[bytes] | None) -> tuple[int, list[str]]:
+    """Every shard extends this worker's leases; each owner says which are lost."""
+    assert server.peers is not None
+    mine = None if active is None else [a for a in active if _owner(server, a) == server.index]
+    expires, lost = server.engine.heartbeat(worker_id, info, mine, now_ms())
+    server.mutated()
+
+    async def forward(shard: int) -> list[str]:
+        header: dict[str, Any] = {"worker_id": worker_id}
+        if active is not None:
+            header["active"] = [id_to_str(a) for a in active if _owner(server, a) == shard]
+        try:
+            answer, _ = await _forward(server, shard, MsgType.HEARTBEAT, header)
+        except WireError:
+            return []  # restarting: its leases are reclaimed or extended when it is back
+        return answer.get("lost") or []
+
+    for more in await asyncio.gather(*(forward(s) for s in server.peers.others())):
+        lost.extend(more)
+    return expires, lost
+
+
+async def deregister(server: ShardServer, worker_id: str) -> int:
+    assert server.peers is not None
+    released = server.engine.deregister_worker(worker_id, now_ms())
+    server.mutated()
+
+    async def forward(shard: int) -> int:
+        try:
+            answer, _ = await _forward(server, shard, MsgType.DEREGISTER_WORKER, {"worker_id": worker_id})
+        except WireError:
+            return 0
+        return int(answer.get("released", 0))
+
+    return released + sum(await asyncio.gather(*(forward(s) for s in server.peers.others())))
+
+
+# -- QUERY_STATUS / CANCEL / REQUEUE / LIST_TASKS ---------------------------------------------
+
+async def query(server: ShardServer, ids: list[bytes], with_result: bool,
+                local_query: Any) -> tuple[list[dict[str, Any] | None], bytes]:
+    """``local_query(ids)`` answers this shard's part as (wire tasks, results)."""
+    tasks: list[dict[str, Any] | None] = [None] * len(ids)
+    results: list[bytes] = [b""] * len(ids)
+    by_owner: dict[int, list[int]] = {}
+    for i, raw in enumerate(ids):
+        by_owner.setdefault(_owner(server, raw), []).append(i)
+    local = by_owner.pop(server.index, None)
+    if local:
+        wire, res = local_query([ids[i] for i in local])
+        for i, t, r in zip(local, wire, res):
+            tasks[i], results[i] = t, r
+
+    async def forward(shard: int, positions: list[int]) -> None:
+        answer, blob = await _forward(server, shard, MsgType.QUERY_STATUS,
+                                      {"ids": [id_to_str(ids[i]) for i in positions], "with_result": with_result})
+        pos = 0
+        for i, t in zip(positions, answer["tasks"]):
+            tasks[i] = t
+            n = (t or {}).get("result_len") or 0 if with_result else 0
+            results[i] = blob[pos:pos + n]
+            pos += n
+
+    await asyncio.gather(*(forward(s, p) for s, p in by_owner.items()))
+    blob = b"".join(results) if with_result else b""
+    if len(blob) + 5 + 2048 * len(ids) > MAX_FRAME:
+        raise TooLarge(f"the results of these tasks add up to {len(blob)} bytes, more than "
+                       "one frame holds; ask for fewer ids at a time")
+    return tasks, blob
+
+
+async def cancel(server: ShardServer, raw: bytes) -> dict[str, Any]:
+    answer, _ = await _forward(server, _owner(server, raw), MsgType.CANCEL, {"id": id_to_str(raw)})
+    return {"id": answer["id"], "status": answer["status"]}
+
+
+async def requeue_ids(server: ShardServer, ids: list[bytes], local: Any) -> dict[str, Any]:
+    """``local(ids)`` requeues this shard's ids and returns their result items."""
+    results: list[dict[str, Any] | None] = [None] * len(ids)
+    by_owner: dict[int, list[int]] = {}
+    for i, raw in enumerate(ids):
+        by_owner.setdefault(_owner(server, raw), []).append(i)
+    mine = by_owner.pop(server.index, None)
+    if mine:
+        for i, r in zip(mine, local([ids[i] for i in mine])):
+            results[i] = r
+
+    async def forward(shard: int, positions: list[int]) -> None:
+        try:
+            answer, _ = await _forward(server, shard, MsgType.REQUEUE,
+                                       {"ids": [id_to_str(ids[i]) for i in positions]})
+            for i, r in zip(positions, answer["results"]):
+                results[i] = r
+        except WireError as err:
+            for i in positions:
+                results[i] = {"id": id_to_str(ids[i]), "error": err.to_wire()}
+
+    await asyncio.gather(*(forward(s, p) for s, p in by_owner.items()))
+    return {"requeued": sum(1 for r in results if r is not None and "error" not in r), "results": results}
+
+
+async def requeue_elsewhere(server: ShardServer, status: int, task_type: str | None, limit: int) -> int:
+    """REQUEUE without ids, on the other shards in turn, up to ``limit`` in all."""
+    assert server.peers is not None
+    total = 0
+    for shard in server.peers.others():
+        if total >= limit:
+            break
+        header: dict[str, Any] = {"status": STATUS_NAMES[status], "limit": limit - total}
+        if task_type is not None:
+            header["type"] = task_type
+        answer, _ = await _forward(server, shard, MsgType.REQUEUE, header)
+        total += int(answer.get("requeued", 0))
+    return total
+
+
+async def list_tasks(server: ShardServer, header: dict[str, Any], limit: int,
+                     local: tuple[list[dict[str, Any]], str | None]) -> dict[str, Any]:
+    """One page across shards, in task-id order.
+
+    Each shard answers a page after the cursor; a shard that stopped early (a
+    full page, or its bounded scan) reached only up to its own cursor, so the
+    merged page stops at the lowest such point and the next page resumes there."""
+    assert server.peers is not None
+    fwd = {k: v for k, v in header.items() if k != "rid"}
+    pages = [local]
+
+    async def ask(shard: int) -> None:
+        answer, _ = await _forward(server, shard, MsgType.LIST_TASKS, fwd)
+        pages.append((answer["tasks"], answer["cursor"]))
+
+    await asyncio.gather(*(ask(s) for s in server.peers.others()))
+
+    def key(task: dict[str, Any]) -> str:
+        return task["id"].replace("-", "")
+
+    bound = min((c for _, c in pages if c is not None), default=None)
+    merged = sorted((t for tasks, _ in pages for t in tasks if bound is None or key(t) <= bound), key=key)
+    if len(merged) > limit:
+        merged = merged[:limit]
+        return {"tasks": merged, "cursor": key(merged[-1])}
+    return {"tasks": merged, "cursor": bound}
+
+
+__all__ = ["claim_remote", "release_remote", "submit", "result", "heartbeat", "deregister", "query",
+           "cancel", "requeue_ids", "requeue_elsewhere", "list_tasks", "Unavailable"]

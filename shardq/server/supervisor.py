@@ -1,0 +1,242 @@
+"""`shardq serve`: the supervisor. Starts the coordinator, the shards and the acceptor;
+restarts whichever dies; drains them all on SIGTERM/SIGINT.
+
+Rules:
+1. Children are started with ``spawn``: RocksDB handles and event loops are
+   opened in the child, never inherited.
+2. The supervisor binds the client port once and passes the listening socket to
+   the acceptor, so an acceptor restarted after a crash serves the same port at
+   once (and ``--port 0`` keeps the port it printed).
+3. A child that dies is restarted after a backoff (0.1 s, doubling while it
+   keeps dying young, at most 5 s), with a log line that says how it died. A
+   shard that exits EXIT_CONFIG before it ever served (its data dir is locked or
+   unusable) stops the whole server with that code instead.
+4. Drain order: the acceptor (no new connections), then the shards (each answers
+   what it read, flushes, closes its RocksDB), then the coordinator. A second
+   signal kills what is left and exits EXIT_FORCED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardq.config import Config
+from shardq.server.app import EXIT_BIND, EXIT_CONFIG, EXIT_FORCED, EXIT_OK, setup_logging
+from shardq.store.partitioned import record_shards, resolve_shards
+from shardq.store.rocks import StoreError
+
+log = logging.getLogger("shardq.supervisor")
+
+START_TIMEOUT_S = 120.0  # recovery of a large shard counts toward this
+DRAIN_TIMEOUT_S = 60.0
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+STABLE_AFTER_S = 10.0  # a child that lived this long restarts at the minimum backoff
+
+
+@dataclass
+class Child:
+    name: str
+    target: Callable[..., None]
+    args: tuple[Any, ...]
+    process: Any = None
+    started: float = 0.0
+    backoff: float = BACKOFF_MIN_S
+    restart_at: float | None = None
+    restarts: int = 0
+    served: bool = False
+    ready_conn: Any = field(default=None, repr=False)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Supervisor:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.ctx = multiprocessing.get_context("spawn")
+        self.children: list[Child] = []
+        self.signals = 0
+        self.listener: socket.socket | None = None
+        self.run_dir = ""
+
+    def run(self) -> int:
+        cfg = self.cfg
+        setup_logging(cfg, "supervisor")
+        data_dir = cfg.persistence.data_dir
+        try:
+            shards = resolve_shards(data_dir, cfg.broker.shards)
+            record_shards(data_dir, shards)
+        except (StoreError, OSError) as exc:
+            print(f"shardq serve: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            self.listener = socket.create_server(
+                (cfg.broker.host, cfg.broker.port), family=_family(cfg.broker.host),
+                backlog=1024, reuse_port=False)
+        except OSError as exc:
+            log.error("cannot listen on %s:%s: %s", cfg.broker.host, cfg.broker.port, exc)
+            return EXIT_BIND
+        port = self.listener.getsockname()[1]
+        # Unix socket paths are limited to ~108 bytes: keep the run dir short.
+        self.run_dir = tempfile.mkdtemp(prefix="shardq-")
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            return self._supervise(shards, port)
+        finally:
+            self.listener.close()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            log.warning("second signal: killing the children without draining")
+            for child in self.children:
+                if child.process is not None and child.process.is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.process.pid, signal.SIGKILL)
+            sys.stdout.flush()
+            os._exit(EXIT_FORCED)
+
+    def _supervise(self, shards: int, port: int) -> int:
+        from shardq.server.acceptor import acceptor_main
+        from shardq.server.app import shard_main
+        from shardq.server.coordinator import coordinator_main
+
+        cfg, run_dir = self.cfg, self.run_dir
+        self.children = [Child("coordinator", coordinator_main, (cfg, run_dir, shards))]
+        self.children += [Child(f"shard-{i}", shard_main, (cfg, i, shards, run_dir)) for i in range(shards)]
+        self.children.append(Child("acceptor", acceptor_main, (cfg, self.listener, run_dir, shards)))
+        for child in self.children:
+            self._start(child)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        waiting = {c.name for c in self.children}
+        while waiting:
+            if self.signals:
+                return self._drain()
+            for child in self.children:
+                if child.name not in waiting:
+                    continue
+                said_ready = False
+                if child.ready_conn.poll():
+                    with contextlib.suppress(EOFError, OSError):
+                        said_ready = child.ready_conn.recv() == "ready"
+                if said_ready:
+                    child.served = True
+                    waiting.discard(child.name)
+                elif child.ready_conn.closed or not child.process.is_alive() or child.ready_conn.poll():
+                    child.process.join(5)
+                    code = child.process.exitcode
+                    log.error("%s %s before it was ready", child.name, describe_exit(code))
+                    self._stop_all()
+                    return EXIT_BIND if code == EXIT_BIND else EXIT_CONFIG
+            if time.monotonic() > deadline:
+                log.error("not ready after %.0f s: %s", START_TIMEOUT_S, ", ".join(sorted(waiting)))
+                self._stop_all()
+                return EXIT_CONFIG
+            time.sleep(0.01)
+        log.info("serving on %s:%d with %d shard(s), data dir %s, sync=%s", cfg.broker.host, port,
+                 shards, cfg.persistence.data_dir, cfg.persistence.sync)
+        print(f"READY port={port}", flush=True)
+        while not self.signals:
+            self._watch()
+        return self._drain()
+
+    def _start(self, child: Child) -> None:
+        recv, send = self.ctx.Pipe(duplex=False)
+        child.ready_conn = recv
+        child.process = self.ctx.Process(target=child.target, args=(*child.args, send),
+                                         name=f"shardq-{child.name}", daemon=False)
+        child.process.start()
+        send.close()
+        child.started = time.monotonic()
+        child.restart_at = None
+        log.info("%s started (pid %d)", child.name, child.process.pid)
+
+    def _watch(self) -> None:
+        """Wait for a child to die (or a restart to fall due) and deal with it."""
+        now = time.monotonic()
+        due = [c.restart_at for c in self.children if c.restart_at is not None]
+        timeout = max(0.0, min(due) - now) if due else 0.5
+        sentinels = [c.process.sentinel for c in self.children if c.restart_at is None]
+        multiprocessing.connection.wait(sentinels, timeout=min(timeout, 0.5))
+        if self.signals:
+            return
+        now = time.monotonic()
+        for child in self.children:
+            if child.restart_at is None and not child.process.is_alive():
+                code = child.process.exitcode
+                lived = now - child.started
+                child.backoff = BACKOFF_MIN_S if lived >= STABLE_AFTER_S else min(
+                    BACKOFF_MAX_S, child.backoff * 2 if child.restarts else BACKOFF_MIN_S)
+                child.restart_at = now + child.backoff
+                child.restarts += 1
+                log.error("%s (pid %d) %s after %.1f s; restarting in %.1f s (restart #%d)",
+                          child.name, child.process.pid, describe_exit(code), lived, child.backoff,
+                          child.restarts)
+            elif child.restart_at is not None and child.restart_at <= now:
+                self._start(child)
+
+    def _drain(self) -> int:
+        log.info("draining: acceptor, then %d shard(s), then the coordinator",
+                 sum(1 for c in self.children if c.name.startswith("shard-")))
+        if self.listener is not None:
+            self.listener.close()  # connections not yet accepted are refused, not left hanging
+        order = [[c for c in self.children if c.name == "acceptor"],
+                 [c for c in self.children if c.name.startswith("shard-")],
+                 [c for c in self.children if c.name == "coordinator"]]
+        code = EXIT_OK
+        for group in order:
+            for child in group:
+                if child.process is not None and child.process.is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.process.pid, signal.SIGTERM)
+            for child in group:
+                if child.process is None:
+                    continue
+                child.process.join(DRAIN_TIMEOUT_S)
+                if child.process.is_alive():
+                    log.error("%s did not stop within %.0f s; killing it", child.name, DRAIN_TIMEOUT_S)
+                    child.process.kill()
+                    child.process.join(5)
+                    code = EXIT_FORCED
+                elif child.name.startswith("shard-") and child.process.exitcode not in (0, -signal.SIGTERM):
+                    log.error("%s %s while draining", child.name, describe_exit(child.process.exitcode))
+        log.info("stopped")
+        return code
+
+    def _stop_all(self) -> None:
+        for child in reversed(self.children):
+            if child.process is not None and child.process.is_alive():
+                child.process.terminate()
+        for child in self.children:
+            if child.process is not None:
+                child.process.join(10)
+                if child.process.is_alive():
+                    child.process.kill()
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
