@@ -26,6 +26,8 @@ class ServerProcess:
         self.env = env
         self.host = host
         self.port = 0
+        self.metrics_port = 0
+        self.ready_fields: dict[str, str] = {}
         self.proc: subprocess.Popen[str] | None = None
         self.stderr_lines: list[str] = []
         self.stdout_lines: list[str] = []
@@ -40,9 +42,12 @@ class ServerProcess:
         return self.proc.pid
 
     def start(self, timeout: float = 60.0, port: int | None = None) -> ServerProcess:
+        # /metrics on any free port unless asked otherwise: servers of parallel tests must not
+        # fight over 9091 (and a restart asks for the port it had).
+        metrics = [] if "--metrics-port" in self.args else ["--metrics-port", str(self.metrics_port)]
         cmd = [sys.executable, "-m", "shardq", "serve", "--host", self.host,
                "--port", str(self.port if port is None else port), "--data-dir", self.data_dir,
-               *self.args]
+               *metrics, *self.args]
         env = dict(os.environ)
         env.update(self.env or {})
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -63,6 +68,9 @@ class ServerProcess:
             if line.startswith("READY "):
                 fields = dict(kv.split("=", 1) for kv in line.split()[1:])
                 self.port = int(fields["port"])
+                self.ready_fields = fields
+                if "metrics_port" in fields:
+                    self.metrics_port = int(fields["metrics_port"])
                 threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines),
                                  daemon=True).start()
                 return self

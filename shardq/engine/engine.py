@@ -526,6 +526,16 @@ class Engine:
         """Ready entries per task type (a hint for other shards' claims)."""
         return {t: len(h) for t, h in self._ready.heaps.items()}
 
+    def ready_heads(self) -> list[Task]:
+        """The next task to be claimed of each type (queue-latency metrics)."""
+        out = []
+        for heap in self._ready.heaps.values():
+            if heap:
+                task = self.store.get_in(PENDING, _key_id(heap[0]))
+                if task is not None:
+                    out.append(task)
+        return out
+
     def waiting(self) -> list[ClaimWaiter]:
         """The long-poll CLAIMs not answered yet, in arrival order."""
         return [w for w in self._waiters.queue if not w.done]

@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shardq.protocol.frames import Message, MsgType
+from shardq.server.app import EXIT_BIND
 from shardq.server.mesh import Link, coordinator_path
 
 if TYPE_CHECKING:
@@ -152,17 +153,28 @@ class Coordinator:
 
     # -- the process ------------------------------------------------------------------
 
-    async def run(self, run_dir: str, ready: Connection | None) -> None:
+    async def run(self, run_dir: str, ready: Connection | None, metrics_port: int | None = None) -> int:
         loop = asyncio.get_running_loop()
         path = coordinator_path(run_dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         server = await loop.create_unix_server(lambda: Link("shard", self.on_message), path)
+        metrics = None
+        if metrics_port is not None:
+            from shardq.metrics import BrokerCollector, on_loop, start_metrics_server, stop_metrics_server
+            try:
+                metrics, metrics_port = start_metrics_server(
+                    metrics_port, self.cfg.broker.host, BrokerCollector(on_loop(loop, self.snapshot)))
+            except OSError as exc:
+                log.error("cannot serve /metrics on %s:%s: %s", self.cfg.broker.host, metrics_port, exc)
+                server.close()
+                return EXIT_BIND
+            log.info("serving /metrics on %s:%d", self.cfg.broker.host, metrics_port)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         period = max(0.02, min(0.25, self.liveness_ms / 4000))
         if ready is not None:
-            ready.send("ready")
+            ready.send({"ready": True, "metrics_port": metrics_port})
         log.info("coordinating %d shard(s); workers are dead after %d ms unheard", self.shards,
                  self.liveness_ms)
         while not stop.is_set():
@@ -170,17 +182,22 @@ class Coordinator:
                 await asyncio.wait_for(stop.wait(), period)
             self.check_workers(now_ms())
         server.close()
+        if metrics is not None:
+            stop_metrics_server(metrics)
         for link in list(self.links.values()):
             link.close()
         log.info("coordinator stopped: workers declared dead=%d", self.dead_declared)
+        return 0
 
 
-def coordinator_main(cfg: Config, run_dir: str, shards: int, ready: Connection | None = None) -> None:
-    """Entry point of the coordinator process (spawned by the supervisor)."""
+def coordinator_main(cfg: Config, run_dir: str, shards: int, metrics_port: int | None = None,
+                     ready: Connection | None = None) -> None:
+    """Entry point of the coordinator process (spawned by the supervisor). ``metrics_port``:
+    where /metrics is served (0: any free port, reported back on ``ready``; None: off)."""
     import uvloop
 
     from shardq.server.app import setup_logging
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the drain
     setup_logging(cfg, "coordinator")
-    uvloop.run(Coordinator(cfg, shards).run(run_dir, ready))
+    os._exit(uvloop.run(Coordinator(cfg, shards).run(run_dir, ready, metrics_port)))

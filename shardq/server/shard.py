@@ -30,12 +30,13 @@ import psutil
 
 from shardq.engine.engine import Engine, EngineSettings
 from shardq.errors import Unavailable
+from shardq.metrics import LoopLagProbe, shard_histograms, snapshot_histograms
 from shardq.protocol.frames import Message, MsgType
 from shardq.server.handoff import MAX_CARRIED, HandoffReceiver, connect_seqpacket, send_connection
 from shardq.server.mesh import Link, Peers, coordinator_path, handoff_path, open_link
 from shardq.store.partitioned import PartitionedStore
 from shardq.store.rocks import StoreSettings
-from shardq.task import STATUS_CODES, id_to_str, owner_of
+from shardq.task import STATUS_CODES, id_to_str, owner_of, tier_of
 
 if TYPE_CHECKING:
     from shardq.config import Config
@@ -107,9 +108,16 @@ class ShardServer:
         self.workers_gone: list[str] = []
         self._remote_claims: set[int] = set()  # ids of waiters with a remote claim in flight
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Metrics (shardq/metrics.py): recorded here, shipped in the stats REPORT.
+        self.histograms = shard_histograms()
+        self._lag_probe = LoopLagProbe(self.histograms["loop_lag_seconds"])
+        self._process = psutil.Process()
+        self._refused_seen = 0
+        self._refusing = False
         self.started = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._outbox: list[tuple[Session, bytes]] = []
+        self._sync_always = cfg.persistence.sync == "always" and cfg.persistence.enable_wal
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -137,6 +145,7 @@ class ShardServer:
         self._every(min(RETENTION_PERIOD_S, max(1.0, p.completed_retention_s / 4)), self._retention)
         self._every(float(p.compaction_interval_s), self._compact)
         self._every(IDLE_SWEEP_PERIOD_S, self._sweep_idle)
+        self._lag_probe.start(loop)
         if self.run_dir is not None:
             self._every(REPORT_PERIOD_S, self._report)
             self._every(DEPENDENCY_POLL_S, self._poll_remote_dependencies)
@@ -173,6 +182,7 @@ class ShardServer:
     def close(self) -> None:
         """Flush what is in hand and close the store (after sessions stopped reading)."""
         self.closing = True
+        self._lag_probe.stop()
         for handle in self._background:
             handle.cancel()
         if self._timer is not None:
@@ -216,10 +226,16 @@ class ShardServer:
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._after_change()
+        t0 = time.perf_counter()
         n = self.store.commit()
         if n:
+            took = time.perf_counter() - t0
             self.commits += 1
             self.committed_mutations += n
+            self.histograms["commit_batch_size"].observe(n)
+            self.histograms["wal_write_seconds"].observe(took)
+            if self._sync_always:
+                self.histograms["wal_fsync_seconds"].observe(took)  # the write includes the fsync
         outbox, self._outbox = self._outbox, []
         for session, frame in outbox:
             session.send(frame)
@@ -257,7 +273,11 @@ class ShardServer:
     def _sync_wal_blocking(self) -> None:
         try:
             if not self.closing:
+                t0 = time.perf_counter()
                 self.store.sync_wal()
+                took = time.perf_counter() - t0
+                if self.loop is not None:  # Histogram is the loop thread's
+                    self.loop.call_soon_threadsafe(self.histograms["wal_fsync_seconds"].observe, took)
         finally:
             self._wal_sync_running = False
 
@@ -382,7 +402,20 @@ class ShardServer:
         if self._report_soon is not None:
             self._report()
 
+    def _note_backpressure(self) -> None:
+        """One log line when this shard starts refusing SUBMITs, one when it stops."""
+        refused = self.engine.counters.get("queue_full", 0)
+        if refused != self._refused_seen and not self._refusing:
+            self._refusing = True
+            log.warning("QueueFull: refusing SUBMITs (broker depth %d, threshold %d)",
+                        self.engine.depth(), self.engine.s.depth_threshold)
+        elif refused == self._refused_seen and self._refusing:
+            self._refusing = False
+            log.info("QueueFull over: accepting SUBMITs again (broker depth %d)", self.engine.depth())
+        self._refused_seen = refused
+
     def _report(self, full: bool = False) -> None:
+        self._note_backpressure()
         link = self.coordinator
         if self._report_soon is not None:
             self._report_soon.cancel()
@@ -478,11 +511,32 @@ class ShardServer:
         row["rss"] = _rss()
         row["workers_here"] = e["workers"]
         row["waiting_claims"] = e["waiting_claims"]
+        row["counts"] = {k: row[k] for k in ("pending", "in_progress", "completed", "failed",
+                                             "dead_letter", "cancelled", "scheduled")}
         row["leases"] = {w.worker_id: len(w.leases) for w in self.engine.workers() if w.leases}
+        row.update(self._metrics_fields())
         row["counters"] = dict(self.engine.counters)
         if self.peers is not None:
             row["counters"]["forwarded"] = self.peers.forwarded
         return row
+
+    def _metrics_fields(self) -> dict[str, Any]:
+        """What the coordinator's /metrics needs beyond GET_STATS (metrics.py reads it)."""
+        processing = self.histograms["processing_seconds"]
+        for ms in self.engine.processing_ms:
+            processing.observe(ms / 1000)
+        self.engine.processing_ms.clear()
+        now = now_ms()
+        age = dict.fromkeys(("high", "normal", "low"), 0.0)
+        for task in self.engine.ready_heads():  # each type's next task: the queue latency served
+            tier = tier_of(task.priority)
+            age[tier] = max(age[tier], max(0, now - task.scheduled_ms) / 1000)
+        cpu = self._process.cpu_times()
+        return {"oldest_ready_age_s": age, "cpu_seconds": cpu.user + cpu.system,
+                "histograms": snapshot_histograms(self.histograms),
+                "rocksdb": {"live_data_size": self.store.property_int("rocksdb.estimate-live-data-size"),
+                            "pending_compaction_bytes": self.store.property_int(
+                                "rocksdb.estimate-pending-compaction-bytes")}}
 
     def stats(self, others: dict[str, Any] | None = None) -> dict[str, Any]:
         """GET_STATS: this shard's exact row and the others' last reports (coordinator)."""

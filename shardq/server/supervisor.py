@@ -126,13 +126,15 @@ class Supervisor:
         from shardq.server.coordinator import coordinator_main
 
         cfg, run_dir = self.cfg, self.run_dir
-        self.children = [Child("coordinator", coordinator_main, (cfg, run_dir, shards))]
+        metrics_port = cfg.monitoring.prometheus_port if cfg.monitoring.metrics_enabled else None
+        self.children = [Child("coordinator", coordinator_main, (cfg, run_dir, shards, metrics_port))]
         self.children += [Child(f"shard-{i}", shard_main, (cfg, i, shards, run_dir)) for i in range(shards)]
         self.children.append(Child("acceptor", acceptor_main, (cfg, self.listener, run_dir, shards)))
         for child in self.children:
             self._start(child)
         deadline = time.monotonic() + START_TIMEOUT_S
         waiting = {c.name for c in self.children}
+        bound: dict[str, int] = {}
         while waiting:
             if self.signals:
                 return self._drain()
@@ -142,7 +144,12 @@ class Supervisor:
                 said_ready = False
                 if child.ready_conn.poll():
                     with contextlib.suppress(EOFError, OSError):
-                        said_ready = child.ready_conn.recv() == "ready"
+                        said = child.ready_conn.recv()
+                        said_ready = said == "ready" or isinstance(said, dict)
+                        if isinstance(said, dict) and said.get("metrics_port") is not None:
+                            # A restarted coordinator serves /metrics on the same port.
+                            bound["metrics_port"] = said["metrics_port"]
+                            child.args = (*child.args[:-1], said["metrics_port"])
                 if said_ready:
                     child.served = True
                     waiting.discard(child.name)
@@ -159,7 +166,8 @@ class Supervisor:
             time.sleep(0.01)
         log.info("serving on %s:%d with %d shard(s), data dir %s, sync=%s", cfg.broker.host, port,
                  shards, cfg.persistence.data_dir, cfg.persistence.sync)
-        print(f"READY port={port}", flush=True)
+        extra = "".join(f" {k}={v}" for k, v in bound.items())
+        print(f"READY port={port}{extra}", flush=True)
         while not self.signals:
             self._watch()
         return self._drain()

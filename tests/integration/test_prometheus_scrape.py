@@ -7,6 +7,7 @@ OpenMetrics), ingestion without errors, and the dashboard's kind of queries over
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -70,8 +71,9 @@ def metrics_port() -> Iterator[int]:
     stop_metrics_server(server)
 
 
-@pytest.fixture
-def prometheus(tmp_path: Path, metrics_port: int) -> Iterator[int]:
+@contextlib.contextmanager
+def running_prometheus(tmp_path: Path, target_port: int) -> Iterator[int]:
+    """A real Prometheus scraping 127.0.0.1:``target_port`` every second; yields its API port."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is not installed: it is the Debian package `prometheus` "
@@ -84,7 +86,7 @@ global:
 scrape_configs:
   - job_name: shardq
     static_configs:
-      - targets: ["127.0.0.1:{metrics_port}"]
+      - targets: ["127.0.0.1:{target_port}"]
 """)
     port = free_port()
     log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 -- closed at teardown
@@ -103,20 +105,29 @@ scrape_configs:
         log.close()
 
 
-def test_prometheus_scrapes_per_shard_series(prometheus: int, tmp_path: Path) -> None:
+def query_until(prometheus_port: int, promql: str, tmp_path: Path, want: int) -> list[dict[str, Any]]:
+    """Query until ``want`` series come back (Prometheus needs a scrape or two first)."""
     deadline = time.monotonic() + 60
-    pending: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         try:
-            pending = query(prometheus, "tq_tasks_pending")
+            found = query(prometheus_port, promql)
         except OSError:
-            pending = []  # not listening yet
-        if len(pending) == 2:
-            break
+            found = []  # not listening yet
+        if len(found) >= want:
+            return found
         time.sleep(0.25)
-    else:
-        log = (tmp_path / "prometheus.log").read_text(errors="replace")
-        pytest.fail(f"no per-shard series after 60 s; prometheus said:\n{log[-4000:]}")
+    log = (tmp_path / "prometheus.log").read_text(errors="replace")
+    pytest.fail(f"no {promql} series after 60 s; prometheus said:\n{log[-4000:]}")
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, metrics_port: int) -> Iterator[int]:
+    with running_prometheus(tmp_path, metrics_port) as port:
+        yield port
+
+
+def test_prometheus_scrapes_per_shard_series(prometheus: int, tmp_path: Path) -> None:
+    pending = query_until(prometheus, "tq_tasks_pending", tmp_path, 2)
 
     assert {r["metric"]["shard"]: float(r["value"][1]) for r in pending} == {"0": 5.0, "1": 10.0}
     assert all(r["metric"]["job"] == "shardq" for r in pending)
