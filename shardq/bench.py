@@ -17,6 +17,17 @@ Scenarios (``--scenario``, repeatable or comma-separated; ``all`` runs every one
 ``submit-latency`` (5,000) -- name ``submit-latency_p{payload}B_sync-{sync}``
     One client submits one task per request and waits for each ACK; nothing else runs.
     Reports p50/p99/p999/max round trip in microseconds.
+``group-commit`` (20,000 per run) -- names ``group-commit_c{1,8,64}_p{payload}B_sync-{sync}``
+    One run each with 1, 8 and 64 concurrent producers submitting one task per request
+    (``--sync`` defaults to ``always`` here: every ACK waits for an fsync, which group commit
+    shares between the requests of a loop turn). Reports submits/s and p50/p99/p999 latency.
+``delayed-flood`` (100,000) -- name ``delayed-flood_b{batch}_d1000ms_sync-{sync}_shards{shards}``
+    The lifecycle with every task submitted with ``delay_ms`` 1000: the schedule heap takes
+    the flood and releases it as it falls due; the consumers drain it.
+``cross-shard`` (100,000) -- name ``cross-shard_b{batch}_p{payload}B_sync-{sync}``
+    Two shards (forced); the producers ask for shard 0 and the consumers for shard 1 (HELLO
+    hint), so every CLAIM is served by leasing from the other shard and every RESULT is
+    forwarded: the cost of a cross-shard hop. Reports ``hops_per_task`` from GET_STATS.
 ``recovery`` (1,000,000) -- name ``recovery_{tasks}``
     Always on a fresh server of its own (it has to restart it, so ``--server`` does not apply):
     RSS right after the empty start; fill with N pending tasks (batches of 1000, pipelined);
@@ -62,10 +73,14 @@ from shardq.errors import QueueFull, ShardqError, error_from_wire
 from shardq.protocol.frames import MAX_FRAME, MAX_PAYLOAD, Message, MsgType, frame_size
 from shardq.testing import ServerProcess
 
-SCENARIOS = ("lifecycle", "unpipelined", "submit-latency", "recovery")
+SCENARIOS = ("lifecycle", "unpipelined", "submit-latency", "group-commit", "delayed-flood",
+             "cross-shard", "recovery")
 DEFAULT_SCENARIOS = ("lifecycle", "unpipelined", "submit-latency")
 DEFAULT_TASKS = {"lifecycle": 200_000, "unpipelined": 30_000, "submit-latency": 5_000,
+                 "group-commit": 20_000, "delayed-flood": 100_000, "cross-shard": 100_000,
                  "recovery": 1_000_000}
+GROUP_COMMIT_PRODUCERS = (1, 8, 64)
+FLOOD_DELAY_MS = 1000
 
 TASK_TYPE = "bench"
 RECOVERY_BATCH = 1000
@@ -329,9 +344,12 @@ def _client_entry(fn: Callable[..., None], *args: Any) -> None:
         sys.exit(1)
 
 
-def _connect_and_wait(url: str, ctl: Control) -> tuple[Connection, float]:
-    """Connect, report ready, wait for the start; returns the connection and a deadline."""
+def _connect_and_wait(url: str, ctl: Control, shard: int | None = None) -> tuple[Connection, float]:
+    """Connect (asking for ``shard`` when given), report ready, wait for the start; returns
+    the connection and a deadline."""
     conn = Connection.from_url(url, timeout=30.0)
+    if shard is not None:
+        conn.call(MsgType.HELLO, {"client": f"shardq-bench/{__version__}", "protocol": 1, "shard": shard})
     with ctl.ready.get_lock():
         ctl.ready.value += 1
     if not ctl.go.wait(2 * CONNECT_TIMEOUT_S):
@@ -364,11 +382,14 @@ def _results(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _batched_producer(url: str, ctl: Control, share: int, batch: int, payload_bytes: int,
-                      inflight: int, counts: bool) -> None:
+                      inflight: int, counts: bool, delay_ms: int = 0, shard: int | None = None) -> None:
     """SUBMIT `share` tasks in batches, up to `inflight` requests outstanding."""
-    specs = [{"type": TASK_TYPE, "payload_len": payload_bytes}] * batch
+    spec: dict[str, Any] = {"type": TASK_TYPE, "payload_len": payload_bytes}
+    if delay_ms:
+        spec["delay_ms"] = delay_ms
+    specs = [spec] * batch
     blob = os.urandom(payload_bytes) * batch
-    conn, deadline = _connect_and_wait(url, ctl)
+    conn, deadline = _connect_and_wait(url, ctl, shard)
     with conn:
         outstanding: dict[int, int] = {}  # rid -> tasks in that SUBMIT
         remaining = share
@@ -392,10 +413,11 @@ def _batched_producer(url: str, ctl: Control, share: int, batch: int, payload_by
                 remaining += n
 
 
-def _batched_consumer(url: str, ctl: Control, worker_id: str, batch: int) -> None:
+def _batched_consumer(url: str, ctl: Control, worker_id: str, batch: int,
+                      shard: int | None = None) -> None:
     """CLAIM up to `batch`, then RESULT them and the next CLAIM back to back."""
     claim = {"worker_id": worker_id, "max": batch, "wait_ms": LIFECYCLE_CLAIM_WAIT_MS}
-    conn, deadline = _connect_and_wait(url, ctl)
+    conn, deadline = _connect_and_wait(url, ctl, shard)
     with conn:
         claim_rid = conn.send(MsgType.CLAIM, claim)
         while not ctl.should_stop(deadline):
@@ -564,6 +586,8 @@ def _server_metrics(stats: RunStats, meter: ServerMeter) -> dict[str, Any]:
         "server_cpu_s": None if stats.cpu_s is None else round(stats.cpu_s, 4),
         "server_cpu_us_per_task": (None if stats.cpu_s is None or not stats.done
                                    else round(stats.cpu_s * 1e6 / stats.done, 2)),
+        "server_cpu_s_per_10k_tasks": (None if stats.cpu_s is None or not stats.done
+                                       else round(stats.cpu_s * 10_000 / stats.done, 3)),
         "peak_server_rss_bytes": meter.peak_rss,
         "timed_out": stats.timed_out,
     }
@@ -708,9 +732,77 @@ def run_recovery(ctx: Any, opts: Options) -> dict[str, Any]:
                 "timed_out": fill.timed_out, "errors": errors}
 
 
-RUNNERS: dict[str, Callable[[Any, Options], dict[str, Any]]] = {
+def run_group_commit(ctx: Any, opts: Options) -> list[dict[str, Any]]:
+    tasks = opts.tasks_for("group-commit")
+    sync = opts.sync or "always"
+    out = []
+    for producers in GROUP_COMMIT_PRODUCERS:
+        run_opts = Options(**{**{f: getattr(opts, f) for f in Options.__dataclass_fields__}, "sync": sync})
+        with _target(run_opts, tasks) as target:
+            name = f"group-commit_c{producers}_p{opts.payload_bytes}B_sync-{target.sync}"
+            ctl = Control.create(ctx, tasks, opts.duration_limit)
+            shares = _split(tasks, producers)
+            arrays = [ctx.RawArray("q", share) for share in shares]
+            clients = [(_single_producer, (target.url, ctl, share, opts.payload_bytes, True, arr))
+                       for share, arr in zip(shares, arrays)]
+            stats = _drive(ctx, name, ctl, clients, target.meter)
+            samples = sorted(v for arr in arrays for v in arr[:] if v)
+            out.append({"scenario": name, "kind": "group-commit", "tasks": tasks, "producers": producers,
+                        "submitted": stats.done, "submits_per_s": round(stats.done / stats.elapsed_s, 1),
+                        "p50_us": _percentile_us(samples, 500), "p99_us": _percentile_us(samples, 990),
+                        "p999_us": _percentile_us(samples, 999), "max_us": _percentile_us(samples, 1000),
+                        "payload_bytes": opts.payload_bytes, **_server_metrics(stats, target.meter)})
+    return out
+
+
+def run_delayed_flood(ctx: Any, opts: Options) -> dict[str, Any]:
+    tasks = opts.tasks_for("delayed-flood")
+    with _target(opts, tasks) as target:
+        name = (f"delayed-flood_b{opts.batch}_d{FLOOD_DELAY_MS}ms_sync-{target.sync}"
+                f"_shards{target.shards}")
+        ctl = Control.create(ctx, tasks, opts.duration_limit)
+        clients = [(_batched_producer, (target.url, ctl, share, opts.batch, opts.payload_bytes,
+                                        opts.inflight, False, FLOOD_DELAY_MS))
+                   for share in _split(tasks, opts.producers)]
+        clients += [(_batched_consumer, (target.url, ctl, f"bench-{i}", opts.batch))
+                    for i in range(opts.consumers)]
+        stats = _drive(ctx, name, ctl, clients, target.meter)
+        return {"scenario": name, "kind": "delayed-flood", "tasks": tasks, "completed": stats.done,
+                "completed_per_s": round(stats.done / stats.elapsed_s, 1), "delay_ms": FLOOD_DELAY_MS,
+                "batch": opts.batch, **_server_metrics(stats, target.meter)}
+
+
+def _forwarded(url: str) -> int:
+    with Connection.from_url(url) as conn:
+        return sum(int(r.get("forwarded") or 0) for r in conn.call(MsgType.GET_STATS, {}).header["shards"])
+
+
+def run_cross_shard(ctx: Any, opts: Options) -> dict[str, Any]:
+    tasks = opts.tasks_for("cross-shard")
+    run_opts = Options(**{**{f: getattr(opts, f) for f in Options.__dataclass_fields__}, "shards": 2})
+    with _target(run_opts, tasks) as target:
+        if target.shards < 2:
+            raise RuntimeError("cross-shard needs a server with at least 2 shards")
+        name = f"cross-shard_b{opts.batch}_p{opts.payload_bytes}B_sync-{target.sync}"
+        ctl = Control.create(ctx, tasks, opts.duration_limit)
+        clients = [(_batched_producer, (target.url, ctl, share, opts.batch, opts.payload_bytes,
+                                        opts.inflight, False, 0, 0))
+                   for share in _split(tasks, opts.producers)]
+        clients += [(_batched_consumer, (target.url, ctl, f"bench-{i}", opts.batch, 1))
+                    for i in range(opts.consumers)]
+        before = _forwarded(target.url)
+        stats = _drive(ctx, name, ctl, clients, target.meter)
+        hops = _forwarded(target.url) - before
+        return {"scenario": name, "kind": "cross-shard", "tasks": tasks, "completed": stats.done,
+                "completed_per_s": round(stats.done / stats.elapsed_s, 1), "batch": opts.batch,
+                "hops": hops, "hops_per_task": round(hops / max(1, stats.done), 4),
+                **_server_metrics(stats, target.meter)}
+
+
+RUNNERS: dict[str, Callable[[Any, Options], Any]] = {
     "lifecycle": run_lifecycle, "unpipelined": run_unpipelined,
-    "submit-latency": run_submit_latency, "recovery": run_recovery,
+    "submit-latency": run_submit_latency, "group-commit": run_group_commit,
+    "delayed-flood": run_delayed_flood, "cross-shard": run_cross_shard, "recovery": run_recovery,
 }
 
 
@@ -728,15 +820,20 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value:,}{unit}"
 
 
+def _cpu10k(r: dict[str, Any]) -> str:
+    per_task = r.get("server_cpu_us_per_task", r.get("fill_server_cpu_us_per_task"))
+    return "-" if per_task is None else f"{per_task * 10_000 / 1e6:,.3f}"
+
+
 def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.1f} MiB"
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    head = ("scenario", "tasks/s", "p50", "p99", "server CPU us/task", "peak RSS")
+    head = ("scenario", "tasks/s", "p50", "p99", "p999", "server CPU s/10k tasks", "peak RSS")
     rows = [head] + [(r["scenario"] + (" (timed out)" if r.get("timed_out") else ""),
                       _fmt(_rate(r)), _fmt(r.get("p50_us"), " us"), _fmt(r.get("p99_us"), " us"),
-                      _fmt(r.get("server_cpu_us_per_task", r.get("fill_server_cpu_us_per_task"))),
+                      _fmt(r.get("p999_us"), " us"), _cpu10k(r),
                       _mib(r.get("peak_server_rss_bytes")))
                      for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -744,6 +841,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
                         enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     for r in results:
+        if r["kind"] == "cross-shard":
+            lines.append(f"{r['scenario']}: {r['hops']:,} cross-shard hops, {r['hops_per_task']} per task")
         if r["kind"] == "submit-latency":
             lines.append(f"{r['scenario']}: p999 {_fmt(r['p999_us'], ' us')}, "
                          f"max {_fmt(r['max_us'], ' us')}")
@@ -795,7 +894,8 @@ def _run(opts: Options) -> int:
     status = 0
     for scenario in opts.scenarios:
         try:
-            results.append(RUNNERS[scenario](ctx, opts))
+            outcome = RUNNERS[scenario](ctx, opts)
+            results.extend(outcome if isinstance(outcome, list) else [outcome])
         except KeyboardInterrupt:
             print(f"shardq bench: {scenario}: interrupted", file=sys.stderr)
             status = 130

@@ -15,7 +15,7 @@ COMMON_KEYS = {"scenario", "kind", "tasks", "elapsed_s", "server_cpu_s", "server
                "peak_server_rss_bytes", "timed_out"}
 
 
-def bench(*args: str) -> dict:
+def bench(*args: str, results: int = 1) -> dict:
     """Run one benchmark; if it must be stopped, SIGTERM lets it stop its own server first."""
     proc = subprocess.Popen([sys.executable, "-m", "shardq", "bench", *args, "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -32,8 +32,8 @@ def bench(*args: str) -> dict:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
     doc = orjson.loads(out)
     assert doc["benchmark"] == "shardq"
-    assert len(doc["results"]) == 1, doc
-    return doc["results"][0]
+    assert len(doc["results"]) == results, doc
+    return doc["results"][0] if results == 1 else doc["results"]
 
 
 def assert_server_measured(r: dict) -> None:
@@ -47,6 +47,8 @@ def assert_server_measured(r: dict) -> None:
 @pytest.mark.parametrize("scenario, tasks, name", [
     ("lifecycle", 2000, "lifecycle_b100_p100B_sync-interval_shards1"),
     ("unpipelined", 500, "unpipelined_c4_p100B_sync-interval_shards1"),
+    ("delayed-flood", 1000, "delayed-flood_b100_d1000ms_sync-interval_shards1"),
+    ("cross-shard", 1000, "cross-shard_b100_p100B_sync-interval"),
 ])
 def test_throughput_scenarios_complete_every_task(scenario: str, tasks: int, name: str) -> None:
     r = bench("--scenario", scenario, "--tasks", str(tasks))
@@ -84,3 +86,20 @@ def test_recovery_restores_every_pending_task() -> None:
     assert r["recovery_s"] is not None and r["recovery_s"] >= 0
     assert r["empty_rss_bytes"] > 0 and r["restarted_rss_bytes"] > 0
     assert r["timed_out"] is False
+
+
+def test_group_commit_runs_1_8_64_producers_with_fsync() -> None:
+    runs = bench("--scenario", "group-commit", "--tasks", "256", results=3)
+    assert [r["scenario"] for r in runs] == [f"group-commit_c{n}_p100B_sync-always" for n in (1, 8, 64)]
+    for r in runs:
+        assert r["submitted"] == r["tasks"] == 256
+        assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"] <= r["max_us"]
+        assert r["server_cpu_s_per_10k_tasks"] > 0
+        assert_server_measured(r)
+
+
+def test_cross_shard_counts_its_hops() -> None:
+    r = bench("--scenario", "cross-shard", "--tasks", "1000")
+    # Every CLAIM leased from the other shard and every RESULT was forwarded: 2 hops a batch.
+    assert r["hops"] >= 2 * (1000 // 100)
+    assert 0 < r["hops_per_task"] < 1
