@@ -162,7 +162,9 @@ def acceptor_main(cfg: Config, listener: socket.socket, run_dir: str, shards: in
     import uvloop
 
     from shardq.server.app import setup_logging
+    from shardq.server.supervisor import die_with_parent
 
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the drain
     setup_logging(cfg, "acceptor")
     uvloop.run(Acceptor(cfg, listener, run_dir, shards).run(ready))

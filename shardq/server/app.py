@@ -99,8 +99,10 @@ def shard_main(cfg: Config, index: int, shards: int, run_dir: str,
     """Entry point of shard process ``index`` (spawned by the supervisor)."""
     import uvloop
 
+    from shardq.server.supervisor import die_with_parent
     from shardq.store.rocks import StoreError
 
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the drain
     setup_logging(cfg, f"shard-{index}")
     try:

@@ -197,7 +197,9 @@ def coordinator_main(cfg: Config, run_dir: str, shards: int, metrics_port: int |
     import uvloop
 
     from shardq.server.app import setup_logging
+    from shardq.server.supervisor import die_with_parent
 
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the drain
     setup_logging(cfg, "coordinator")
     os._exit(uvloop.run(Coordinator(cfg, shards).run(run_dir, ready, metrics_port)))

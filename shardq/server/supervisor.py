@@ -100,7 +100,10 @@ class Supervisor:
             return EXIT_BIND
         port = self.listener.getsockname()[1]
         # Unix socket paths are limited to ~108 bytes: keep the run dir short.
+        clean_stale_run_dirs()
         self.run_dir = tempfile.mkdtemp(prefix="shardq-")
+        with open(os.path.join(self.run_dir, "supervisor.pid"), "w") as f:
+            f.write(str(os.getpid()))
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
@@ -244,6 +247,40 @@ class Supervisor:
                 child.process.join(10)
                 if child.process.is_alive():
                     child.process.kill()
+
+
+def die_with_parent() -> None:
+    """Ask Linux to send this child SIGTERM when the supervisor dies (even by SIGKILL), so no
+    shard outlives it holding its RocksDB lock: the SIGTERM drains it like a normal stop."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: a supervisor killed with SIGKILL leaves its children to be stopped by hand
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def clean_stale_run_dirs() -> None:
+    """Remove run dirs (Unix sockets) left in the temp dir by supervisors that were killed."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        if not name.startswith("shardq-"):
+            continue
+        path = os.path.join(base, name)
+        try:
+            with open(os.path.join(path, "supervisor.pid")) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or not a run dir
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _family(host: str) -> socket.AddressFamily:

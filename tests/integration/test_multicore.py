@@ -292,3 +292,24 @@ def test_kill_9_of_acceptor_or_coordinator(two, name) -> None:
         assert time.monotonic() < deadline, "the worker registry did not come back"
         time.sleep(0.1)
     assert two.stop() == 0
+
+
+def test_children_follow_a_killed_supervisor(two) -> None:
+    """kill -9 of `shardq serve` itself: its children drain and exit rather than linger with the
+    RocksDB locks, and the data dir serves again under a new supervisor."""
+    import psutil
+
+    children = [child_pid(two, name) for name in ("coordinator", "shard-0", "shard-1", "acceptor")]
+    conn = two.connect()
+    tid = submit_one(conn, uid())
+    os.kill(two.pid, signal.SIGKILL)
+    two.proc.wait(10)
+    deadline = time.monotonic() + 20
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in children):
+        assert time.monotonic() < deadline, "children outlived their supervisor"
+        time.sleep(0.1)
+    again = ServerProcess(two.data_dir, ["--shards", "2"]).start()
+    try:
+        assert query_one(again.connect(), tid)["status"] == "pending"
+    finally:
+        assert again.stop() == 0
