@@ -155,16 +155,22 @@ def priority_order(shards: int, tasks: int) -> dict[str, Any]:
             if not tasks_:
                 break
             got.append(tasks_[0]["priority"])
+        def tier(p: int) -> int:
+            return 2 if p >= 200 else 1 if p >= 100 else 0
+
         remaining = sorted(got)
-        inversions = 0
+        inversions = tier_inversions = 0
         gap = 0
         for p in got:
             best = remaining[-1]
             if best > p:
                 inversions += 1
                 gap += best - p
+            if tier(best) > tier(p):
+                tier_inversions += 1
             remaining.remove(p)
         return {"shards": shards, "tasks": len(got), "inversion_rate": round(inversions / max(1, len(got)), 3),
+                "tier_inversion_rate": round(tier_inversions / max(1, len(got)), 3),
                 "mean_priority_gap_when_inverted": round(gap / max(1, inversions), 1)}
     finally:
         srv.stop()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from shardq.engine import states
 from shardq.engine.deps import Dependencies
 from shardq.engine.leases import Lease, LeaseTable, Worker
-from shardq.engine.ready import ReadyQueue, _key_id, _ready_key, _schedule_key
+from shardq.engine.ready import _HEAD_SHIFT, ReadyQueue, _key_id, _ready_key, _schedule_key
 from shardq.engine.waiters import ClaimWaiter, Deliver, WaitingClaims
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
 from shardq.protocol.frames import MAX_FRAME, MAX_PAYLOAD
@@ -523,8 +523,15 @@ class Engine:
         return len(leases)
 
     def ready_types(self) -> dict[str, int]:
-        """Ready entries per task type (a hint for other shards' claims)."""
-        return {t: len(h) for t, h in self._ready.heaps.items()}
+        """For each task type with ready work, the tier of its best ready task (0 low, 1 normal,
+        2 high): what other shards need to know to send claims here (a hint, may be stale)."""
+        return {t: _rank(h[0]) for t, h in self._ready.heaps.items() if h}
+
+    def best_rank(self, types: frozenset[str] | None) -> int:
+        """The tier rank of the best ready task of ``types`` here; -1 when none is ready."""
+        heaps = self._ready.heaps
+        keys = [h[0] for t, h in heaps.items() if h and (types is None or t in types)]
+        return _rank(min(keys)) if keys else -1
 
     def ready_heads(self) -> list[Task]:
         """The next task to be claimed of each type (queue-latency metrics)."""
@@ -811,6 +818,12 @@ class Engine:
         return {"reclaimed_in_progress": moved, "pending": sum(counted[PENDING]),
                 "failed": sum(counted[FAILED]), "counts_corrected": len(corrected),
                 "index_repaired": repaired}
+
+
+def _rank(ready_key: int) -> int:
+    """0, 1, 2 for the low, normal, high tier of a ready-heap entry's priority."""
+    priority = 255 - (ready_key >> _HEAD_SHIFT)
+    return 2 if priority >= 200 else 1 if priority >= 100 else 0
 
 
 def _decode_cursor(cursor: str | None) -> bytes | None:

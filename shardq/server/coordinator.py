@@ -49,7 +49,7 @@ class Coordinator:
         self.links: dict[int, Link] = {}
         self.reports: dict[int, dict[str, Any]] = {}  # the last stats REPORT of each shard
         self.depths: dict[int, int] = {}
-        self.ready: dict[int, list[str]] = {}
+        self.ready: dict[int, dict[str, int]] = {}  # shard -> {type: best ready tier rank}
         self.workers: dict[str, dict[str, Any]] = {}
         self.liveness_ms = 2 * cfg.broker.heartbeat_interval_ms
         self.started = time.monotonic()

@@ -364,6 +364,11 @@ class Session(asyncio.Protocol):
             self.server.worker_heard(worker_id)
         if self.routed:
             type_set = frozenset(types) if types is not None else None
+            better = self._better_elsewhere(type_set)
+            if better:
+                # Another shard reported work of a higher priority tier: serve that first.
+                self.server.spawn(self._claim_better(rid, worker_id, max_tasks, wait_ms, type_set, better))
+                return None
             got = self.engine.claim(worker_id, max_tasks, type_set, now_ms())
             if got:
                 if len(got) < max_tasks and self._others_have(type_set) and \
@@ -378,6 +383,47 @@ class Session(asyncio.Protocol):
             return None
         self._wait_for_claim(rid, worker_id, max_tasks, wait_ms, types)
         return None
+
+    def _better_elsewhere(self, types: frozenset[str] | None) -> list[int]:
+        """Shards whose reported best ready tier (of these types) beats this shard's best,
+        best first; empty when this shard has nothing ready (the plain cross-shard path)."""
+        others = self.server.others_ready
+        if not others:
+            return []
+        local = self.engine.best_rank(types)
+        if local < 0:
+            return []
+        ranked = []
+        for shard, ready in others.items():
+            rank = max((r for t, r in ready.items() if types is None or t in types), default=-1)
+            if rank > local:
+                ranked.append((rank, shard))
+        return [shard for _, shard in sorted(ranked, reverse=True)]
+
+    async def _claim_better(self, rid: int | None, worker_id: str, max_tasks: int, wait_ms: int,
+                            types: frozenset[str] | None, shards: list[int]) -> None:
+        try:
+            tasks, blob = await routing.claim_remote(self.server, worker_id, max_tasks, types, shards)
+        except Exception:
+            log.exception("cross-shard claim failed")
+            tasks, blob = [], b""
+        got = []
+        if len(tasks) < max_tasks and len(blob) < MAX_FRAME // 2 and not self.closing:
+            got = self.engine.claim(worker_id, max_tasks - len(tasks), types, now_ms())
+            if got:
+                self.server.mutated()
+        if self.closing:
+            if got:
+                self.engine.result(worker_id, [_release(t) for t, _ in got], now_ms())
+                self.server.mutated()
+            if tasks:
+                await routing.release_remote(self.server, worker_id, tasks)
+            return
+        if not tasks and not got:
+            await self._claim_across(rid, worker_id, max_tasks, wait_ms, types, now_ms() + wait_ms)
+            return
+        body, local_blob = self._claim_answer(got)
+        self._ack(rid, {"tasks": tasks + body["tasks"]}, blob + local_blob)
 
     def _others_have(self, types: frozenset[str] | None) -> bool:
         return any(types is None or not types.isdisjoint(t) for t in self.server.others_ready.values())

@@ -99,8 +99,8 @@ class ShardServer:
         self._handoff_out: dict[int, socket.socket] = {}
         self.coordinator: Link | None = None
         self.coordinator_view: dict[str, Any] = {}  # the coordinator's last STATE
-        self.others_ready: dict[int, set[str]] = {}
-        self._reported_ready: list[str] | None = None
+        self.others_ready: dict[int, dict[str, int]] = {}  # shard -> {type: best tier rank}
+        self._reported_ready: dict[str, int] | None = None
         self._report_at = 0.0
         self._report_soon: asyncio.TimerHandle | None = None
         self.workers_heard: dict[str, dict[str, Any]] = {}  # since the last report
@@ -355,7 +355,7 @@ class ShardServer:
             self.coordinator_view = msg.header
             depths = msg.header.get("depths") or {}
             self.engine.remote_depth = sum(d for k, d in depths.items() if int(k) != self.index)
-            self.others_ready = {int(k): set(v) for k, v in (msg.header.get("ready") or {}).items()
+            self.others_ready = {int(k): dict(v) for k, v in (msg.header.get("ready") or {}).items()
                                  if int(k) != self.index}
             if self.others_ready:
                 self._claim_for_waiters()
@@ -389,7 +389,7 @@ class ShardServer:
         self._schedule_report()
 
     def _ready_changed(self) -> bool:
-        return self._reported_ready is None or self._reported_ready != sorted(self.engine.ready_types())
+        return self._reported_ready is None or self._reported_ready != self.engine.ready_types()
 
     def _schedule_report(self) -> None:
         if self._report_soon is not None or self.loop is None:
@@ -424,7 +424,7 @@ class ShardServer:
             return
         now = self.loop.time()
         counts = self.store.counts
-        ready = sorted(self.engine.ready_types())
+        ready = self.engine.ready_types()
         report: dict[str, Any] = {"shard": self.index, "depth": counts[0] + counts[3], "ready": ready}
         heard = self.workers_known if full else self.workers_heard
         if heard:

@@ -73,7 +73,9 @@ def two(server_factory) -> ServerProcess:
 def test_connections_spread_and_shard_hint(two) -> None:
     conns = [two.connect() for _ in range(6)]
     shards = [hello(c)["shard"] for c in conns]
-    assert sorted(shards) == [0, 0, 0, 1, 1, 1], "the acceptor balances by connection count"
+    # The acceptor balances by connection count (its counts are corrected by the shards' own
+    # reports, so a connection may land one off).
+    assert 2 <= shards.count(0) <= 4 and 2 <= shards.count(1) <= 4, shards
     assert all(hello(c)["shards"] == 2 for c in conns)
     for want in (0, 1, 1, 0):
         c = two.connect()
@@ -313,3 +315,15 @@ def test_children_follow_a_killed_supervisor(two) -> None:
         assert query_one(again.connect(), tid)["status"] == "pending"
     finally:
         assert again.stop() == 0
+
+
+def test_a_higher_tier_on_another_shard_is_claimed_first(two) -> None:
+    on0, on1 = pinned(two, 0), pinned(two, 1)
+    t, w = uid(), uid("w")
+    submit(on0, *[{"type": t, "priority": 10}] * 3)  # low tier, on the worker's own shard
+    high = submit(on1, *[{"type": t, "priority": 250}] * 2)  # high tier, on the other shard
+    time.sleep(0.3)  # the shards' ready reports reach each other through the coordinator
+    got = claim(on0, w, max=1, types=[t])
+    assert [x["id"] for x, _ in got] == high[:1]
+    got = claim(on0, w, max=3, types=[t])  # the rest of the high tier first, then local low
+    assert [x["priority"] for x, _ in got] == [250, 10, 10]
