@@ -155,11 +155,14 @@ class AsyncClient:
     """An asyncio connection to a shardq server, shared by any number of coroutines.
 
     Use it from one event loop. ``timeout`` (seconds, None for none) bounds every call;
-    ``retries`` is how many times a call reconnects and tries again."""
+    ``retries`` is how many times a call reconnects and tries again. ``shard``: connect to that
+    shard of a multi-shard server (the HELLO hint), as ``shardq.Client`` does."""
 
     def __init__(self, url: str = "shardq://127.0.0.1:7070", *, timeout: float | None = 30.0,
-                 api_key: str | None = None, retries: int = 3, name: str = "shardq-python-asyncio") -> None:
+                 api_key: str | None = None, retries: int = 3, name: str = "shardq-python-asyncio",
+                 shard: int | None = None) -> None:
         self.host, self.port = parse_url(url)
+        self.shard_hint = None if shard is None else rq.check_shard(shard)
         self.url = url
         self.timeout = timeout
         self.api_key = api_key
@@ -179,13 +182,18 @@ class AsyncClient:
             _, conn = await loop.create_connection(lambda: _Connection(loop), self.host, self.port)
             try:
                 msg = await conn.send(next(self._rids), MsgType.HELLO,
-                                      rq.hello_header(self.name, self.api_key), b"")
+                                      rq.hello_header(self.name, self.api_key, self.shard_hint), b"")
                 self.server_info = rq.server_info(rq.check_answer(msg))
             except BaseException:
                 conn.close()
                 raise
         self._conn = conn
         return conn
+
+    @property
+    def shard(self) -> int | None:
+        """The shard serving this connection (HELLO's ``shard``), once connected."""
+        return self.server_info.get("shard")
 
     async def _connection(self) -> _Connection:
         """The live connection, opening one when there is none (one attempt shared by all)."""

@@ -31,11 +31,21 @@ def next_backoff(delay: float) -> float:
     return min(delay * 2, BACKOFF_MAX)
 
 
-def hello_header(name: str, api_key: str | None) -> dict[str, Any]:
+def hello_header(name: str, api_key: str | None, shard: int | None = None) -> dict[str, Any]:
+    """HELLO's header. ``shard``: the shard hint, moving the connection to that shard (a shard
+    that is restarting, or out of range, leaves it where the acceptor put it)."""
     header: dict[str, Any] = {"client": f"{name}/{__version__}", "protocol": 1}
     if api_key is not None:
         header["api_key"] = api_key
+    if shard is not None:
+        header["shard"] = check_shard(shard)
     return header
+
+
+def check_shard(shard: Any) -> int:
+    if isinstance(shard, bool) or not isinstance(shard, int) or shard < 0:
+        raise ValueError(f"shard must be an integer >= 0, got {shard!r}")
+    return shard
 
 
 def server_info(msg: Message) -> dict[str, Any]:

@@ -30,11 +30,16 @@ _BROKEN = (OSError, ConnectionClosed)
 
 
 class Client:
-    """A connection to a shardq server. Not shared between threads: make one per thread."""
+    """A connection to a shardq server. Not shared between threads: make one per thread.
+
+    ``shard``: connect to that shard of a multi-shard server (the HELLO hint). Requests about
+    tasks owned there, and claims of work queued there, then never cross shards."""
 
     def __init__(self, url: str = "shardq://127.0.0.1:7070", *, timeout: float | None = 30.0,
-                 api_key: str | None = None, retries: int = 3, name: str = "shardq-python") -> None:
+                 api_key: str | None = None, retries: int = 3, name: str = "shardq-python",
+                 shard: int | None = None) -> None:
         self.host, self.port = parse_url(url)
+        self.shard_hint = None if shard is None else rq.check_shard(shard)
         self.url = url
         self.timeout = timeout
         self.api_key = api_key
@@ -48,11 +53,17 @@ class Client:
     def _connect(self) -> Connection:
         conn = Connection(self.host, self.port, timeout=self.timeout)
         try:
-            self.server_info = rq.server_info(conn.call(MsgType.HELLO, rq.hello_header(self.name, self.api_key)))
+            self.server_info = rq.server_info(conn.call(MsgType.HELLO, rq.hello_header(self.name, self.api_key,
+                                                                                 self.shard_hint)))
         except BaseException:
             conn.close()
             raise
         return conn
+
+    @property
+    def shard(self) -> int | None:
+        """The shard serving this connection (HELLO's ``shard``), once connected."""
+        return self.server_info.get("shard")
 
     def connect(self) -> Client:
         """Open the connection (and say HELLO) now rather than on the first call."""

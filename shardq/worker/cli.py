@@ -39,6 +39,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _shard(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Run the task handlers of an app: claim tasks from the broker, run them, "
                           "report their outcomes. SIGTERM drains and exits 0.")
@@ -67,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-timeout", type=_seconds, default=None, metavar="S",
                         help="on SIGTERM, seconds to wait for running tasks before releasing them "
                              "(default: worker.shutdown_timeout_s, 60)")
+    parser.add_argument("--shard", type=_shard, default=None, metavar="K",
+                        help="connect to shard K of a multi-shard broker (the HELLO shard hint): "
+                             "run one worker per shard and no claim crosses shards while its "
+                             "shard has work (default: the shard the acceptor picks)")
     parser.add_argument("--api-key", metavar="KEY", default=None,
                         help="the key to send in HELLO when the broker has auth on "
                              "(default: $SHARDQ_API_KEY)")
@@ -178,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
                                 else args.shutdown_timeout),
             max_inactivity_s=w.max_inactivity_s,
             api_key=args.api_key if args.api_key is not None else os.environ.get("SHARDQ_API_KEY"),
-            app_spec=args.app)
+            app_spec=args.app, shard=args.shard)
     except ValueError as exc:
         print(f"shardq worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG

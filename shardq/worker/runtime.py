@@ -50,6 +50,7 @@ from typing import Any
 from shardq import __version__
 from shardq.client.connection import ConnectionClosed, parse_url
 from shardq.client.models import to_bytes
+from shardq.client.requests import check_shard
 from shardq.errors import (
     Forbidden,
     Internal,
@@ -662,7 +663,8 @@ class Worker:
                  concurrency: int = 4, pool: str = "thread", types: list[str] | None = None,
                  burst: bool = False, heartbeat_interval_ms: int = 15000,
                  shutdown_timeout_s: float = 60.0, max_inactivity_s: float = 60.0,
-                 api_key: str | None = None, app_spec: str | None = None) -> None:
+                 api_key: str | None = None, app_spec: str | None = None,
+                 shard: int | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if pool not in ("thread", "process"):
@@ -687,6 +689,8 @@ class Worker:
         self.max_inactivity_s = max_inactivity_s
         self.api_key = api_key
         self.app_spec = app_spec
+        # The HELLO shard hint: a worker per shard claims that shard's work without a hop.
+        self.shard_hint = None if shard is None else check_shard(shard)
 
         self.state = "running"
         self.running: dict[str, Job] = {}
@@ -830,6 +834,8 @@ class Worker:
                 hello: dict[str, Any] = {"client": f"shardq-worker/{__version__}", "protocol": 1}
                 if self.api_key is not None:
                     hello["api_key"] = self.api_key
+                if self.shard_hint is not None:
+                    hello["shard"] = self.shard_hint
                 msg = await conn.request(MsgType.HELLO, hello, timeout=self.max_inactivity_s)
                 self.server_info = dict(msg.header)
                 await conn.request(MsgType.REGISTER_WORKER, {

@@ -164,6 +164,18 @@ def test_context_managers(shared_server: ServerProcess) -> None:
     asyncio.run(main())
 
 
+def test_shard_hint_pins_the_connection(shared_server: ServerProcess,
+                                        make_client: Callable[..., Any]) -> None:
+    for shard in (0, 1, 1, 0):
+        client = make_client(shared_server.url, shard=shard)
+        client.connect()
+        assert client.server_info["shard"] == shard
+        ids = client.submit_many([Job(uid("pin"), b"x") for _ in range(20)])
+        assert {int(i[:8], 16) % 2 for i in ids} == {shard}, "ids are made in that shard's partition"
+    with pytest.raises(ValueError, match="shard must be an integer >= 0, got -1"):
+        make_client(shared_server.url, shard=-1)
+
+
 def test_submit_status_list_stats(client: Any) -> None:
     t = uid()
     ids = [client.submit(t, b"raw", priority=50),

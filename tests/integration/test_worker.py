@@ -188,6 +188,33 @@ def test_burst_drains_the_queue_and_exits(server_factory, worker_factory) -> Non
     assert "burst: no ready task left" in worker.log
 
 
+def test_a_worker_pinned_to_a_shard_drains_that_shards_work(server_factory, worker_factory) -> None:
+    """``--shard K`` (the HELLO hint): the worker's connection is served by shard K, so the work
+    submitted there by a client pinned the same way is claimed and reported without a hop."""
+    srv = server_factory("--shards", "2")
+    with shardq.Client(srv.url, shard=1) as producer:
+        ids = producer.submit_many([shardq.Job("add", {"a": i, "b": 1}) for i in range(200)])
+        assert producer.shard == 1
+        assert {int(i[:8], 16) % 2 for i in ids} == {1}, "client ids are made in shard 1's partition"
+        worker = worker_factory(srv, "--shard", "1", "--concurrency", "8", "--worker-id", "w-pinned")
+        worker.wait_for_log(" ready: ")
+        wait_until(lambda: all(t.status == "completed" for t in producer.status_many(ids)),
+                   30, "the 200 tasks completed")
+        rows = {r["shard"]: r for r in producer.stats()["shards"]}
+        assert rows[1]["connections"] >= 2, rows  # the producer and the worker's claim connection
+        assert rows[0]["cross_shard_claims"] == rows[1]["cross_shard_claims"] == 0, rows
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0, worker.log
+
+
+@pytest.mark.parametrize("shard", ["-1", "x"])
+def test_a_bad_shard_flag_is_refused(shard) -> None:
+    proc = subprocess.run([sys.executable, "-m", "shardq.worker", "worker_apps:app", "--shard", shard],
+                          capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, PYTHONPATH=str(HERE)))
+    assert proc.returncode == 2 and "--shard" in proc.stderr, proc.stderr
+
+
 # -- failures --------------------------------------------------------------------------------------
 
 
