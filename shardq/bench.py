@@ -11,6 +11,8 @@ Scenarios (``--scenario``, repeatable or comma-separated; ``all`` runs every one
     ``--producers`` processes SUBMIT ``--batch`` tasks of ``--payload-bytes`` each, keeping up
     to ``--inflight`` requests outstanding; ``--consumers`` processes CLAIM up to ``--batch``
     tasks (wait 500 ms) and complete them with one RESULT, sent back to back with the next CLAIM.
+    Its p50/p99/p999 (and those of delayed-flood and cross-shard) are of the batched SUBMIT's
+    round trip under that load: send -> ACK, which the server sends once the batch is committed.
 ``unpipelined`` (30,000) -- name ``unpipelined_c{clients}_p{payload}B_sync-{sync}_shards{shards}``
     ``--clients`` producers submit one task per request and wait for its ACK; ``--clients``
     consumers CLAIM one task (wait 200 ms), complete it, and wait for each ACK.
@@ -331,6 +333,34 @@ class Control:
         return self.done.is_set() or self.stop.is_set() or time.monotonic() >= deadline
 
 
+@dataclass(slots=True)
+class LatencySink:
+    """Round trips (ns) recorded by several client processes into one shared array."""
+
+    samples: Any  # RawArray('q')
+    used: Any  # Value('q'): slots taken
+
+    @classmethod
+    def create(cls, ctx: Any, slots: int) -> LatencySink:
+        return cls(ctx.RawArray("q", max(1, slots)), ctx.Value("q", 0))
+
+    def add(self, ns: int) -> None:
+        with self.used.get_lock():
+            slot = self.used.value
+            if slot >= len(self.samples):
+                return
+            self.used.value = slot + 1
+        self.samples[slot] = ns
+
+    def sorted(self) -> list[int]:
+        return sorted(self.samples[:min(self.used.value, len(self.samples))])
+
+
+def _percentiles(samples: list[int]) -> dict[str, float | None]:
+    return {"p50_us": _percentile_us(samples, 500), "p99_us": _percentile_us(samples, 990),
+            "p999_us": _percentile_us(samples, 999), "max_us": _percentile_us(samples, 1000)}
+
+
 # --- client processes ------------------------------------------------------------------------
 
 def _client_entry(fn: Callable[..., None], *args: Any) -> None:
@@ -382,8 +412,10 @@ def _results(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _batched_producer(url: str, ctl: Control, share: int, batch: int, payload_bytes: int,
-                      inflight: int, counts: bool, delay_ms: int = 0, shard: int | None = None) -> None:
-    """SUBMIT `share` tasks in batches, up to `inflight` requests outstanding."""
+                      inflight: int, counts: bool, delay_ms: int = 0, shard: int | None = None,
+                      latencies: LatencySink | None = None) -> None:
+    """SUBMIT `share` tasks in batches, up to `inflight` requests outstanding; records each
+    SUBMIT's round trip (send -> durable ACK) in `latencies`."""
     spec: dict[str, Any] = {"type": TASK_TYPE, "payload_len": payload_bytes}
     if delay_ms:
         spec["delay_ms"] = delay_ms
@@ -391,21 +423,24 @@ def _batched_producer(url: str, ctl: Control, share: int, batch: int, payload_by
     blob = os.urandom(payload_bytes) * batch
     conn, deadline = _connect_and_wait(url, ctl, shard)
     with conn:
-        outstanding: dict[int, int] = {}  # rid -> tasks in that SUBMIT
+        outstanding: dict[int, tuple[int, int]] = {}  # rid -> (tasks in that SUBMIT, sent at ns)
         remaining = share
         while (remaining or outstanding) and not ctl.should_stop(deadline):
             while remaining and len(outstanding) < inflight:
                 n = min(batch, remaining)
                 header = {"tasks": specs if n == batch else specs[:n]}
+                sent_ns = time.perf_counter_ns()
                 rid = conn.send(MsgType.SUBMIT, header, blob if n == batch else blob[:n * payload_bytes])
-                outstanding[rid] = n
+                outstanding[rid] = (n, sent_ns)
                 remaining -= n
             msg = conn.receive()
             if msg.rid not in outstanding:
                 _answer(msg)  # a NACK that lost its rid (a framing error) raises here
                 raise RuntimeError(f"answer to unknown rid {msg.rid}")
-            n = outstanding.pop(msg.rid)
+            n, sent_ns = outstanding.pop(msg.rid)
             if msg.type == MsgType.ACK:
+                if latencies is not None:
+                    latencies.add(time.perf_counter_ns() - sent_ns)
                 if counts:
                     ctl.add(n)
             else:
@@ -609,14 +644,16 @@ def run_lifecycle(ctx: Any, opts: Options) -> dict[str, Any]:
         name = (f"lifecycle_b{opts.batch}_p{opts.payload_bytes}B_sync-{target.sync}"
                 f"_shards{target.shards}")
         ctl = Control.create(ctx, tasks, opts.duration_limit)
+        latencies = LatencySink.create(ctx, -(-tasks // opts.batch) + opts.producers)
         clients = [(_batched_producer, (target.url, ctl, share, opts.batch, opts.payload_bytes,
-                                        opts.inflight, False))
+                                        opts.inflight, False, 0, None, latencies))
                    for share in _split(tasks, opts.producers)]
         clients += [(_batched_consumer, (target.url, ctl, f"bench-{i}", opts.batch))
                     for i in range(opts.consumers)]
         stats = _drive(ctx, name, ctl, clients, target.meter)
         return {"scenario": name, "kind": "lifecycle", "tasks": tasks, "completed": stats.done,
                 "completed_per_s": round(stats.done / stats.elapsed_s, 1),
+                "latency_of": "SUBMIT batch round trip", **_percentiles(latencies.sorted()),
                 "batch": opts.batch, "payload_bytes": opts.payload_bytes,
                 "producers": opts.producers, "consumers": opts.consumers,
                 "inflight": opts.inflight, **_server_metrics(stats, target.meter)}
@@ -651,8 +688,7 @@ def run_submit_latency(ctx: Any, opts: Options) -> dict[str, Any]:
         samples = sorted(latencies[:stats.done])
         return {"scenario": name, "kind": "submit-latency", "tasks": tasks,
                 "submitted": stats.done, "submits_per_s": round(stats.done / stats.elapsed_s, 1),
-                "p50_us": _percentile_us(samples, 500), "p99_us": _percentile_us(samples, 990),
-                "p999_us": _percentile_us(samples, 999), "max_us": _percentile_us(samples, 1000), "payload_bytes": opts.payload_bytes,
+                **_percentiles(samples), "payload_bytes": opts.payload_bytes,
                 **_server_metrics(stats, target.meter)}
 
 
@@ -749,8 +785,7 @@ def run_group_commit(ctx: Any, opts: Options) -> list[dict[str, Any]]:
             samples = sorted(v for arr in arrays for v in arr[:] if v)
             out.append({"scenario": name, "kind": "group-commit", "tasks": tasks, "producers": producers,
                         "submitted": stats.done, "submits_per_s": round(stats.done / stats.elapsed_s, 1),
-                        "p50_us": _percentile_us(samples, 500), "p99_us": _percentile_us(samples, 990),
-                        "p999_us": _percentile_us(samples, 999), "max_us": _percentile_us(samples, 1000),
+                        **_percentiles(samples),
                         "payload_bytes": opts.payload_bytes, **_server_metrics(stats, target.meter)})
     return out
 
@@ -761,14 +796,16 @@ def run_delayed_flood(ctx: Any, opts: Options) -> dict[str, Any]:
         name = (f"delayed-flood_b{opts.batch}_d{FLOOD_DELAY_MS}ms_sync-{target.sync}"
                 f"_shards{target.shards}")
         ctl = Control.create(ctx, tasks, opts.duration_limit)
+        latencies = LatencySink.create(ctx, -(-tasks // opts.batch) + opts.producers)
         clients = [(_batched_producer, (target.url, ctl, share, opts.batch, opts.payload_bytes,
-                                        opts.inflight, False, FLOOD_DELAY_MS))
+                                        opts.inflight, False, FLOOD_DELAY_MS, None, latencies))
                    for share in _split(tasks, opts.producers)]
         clients += [(_batched_consumer, (target.url, ctl, f"bench-{i}", opts.batch))
                     for i in range(opts.consumers)]
         stats = _drive(ctx, name, ctl, clients, target.meter)
         return {"scenario": name, "kind": "delayed-flood", "tasks": tasks, "completed": stats.done,
                 "completed_per_s": round(stats.done / stats.elapsed_s, 1), "delay_ms": FLOOD_DELAY_MS,
+                "latency_of": "SUBMIT batch round trip", **_percentiles(latencies.sorted()),
                 "batch": opts.batch, **_server_metrics(stats, target.meter)}
 
 
@@ -785,8 +822,9 @@ def run_cross_shard(ctx: Any, opts: Options) -> dict[str, Any]:
             raise RuntimeError("cross-shard needs a server with at least 2 shards")
         name = f"cross-shard_b{opts.batch}_p{opts.payload_bytes}B_sync-{target.sync}"
         ctl = Control.create(ctx, tasks, opts.duration_limit)
+        latencies = LatencySink.create(ctx, -(-tasks // opts.batch) + opts.producers)
         clients = [(_batched_producer, (target.url, ctl, share, opts.batch, opts.payload_bytes,
-                                        opts.inflight, False, 0, 0))
+                                        opts.inflight, False, 0, 0, latencies))
                    for share in _split(tasks, opts.producers)]
         clients += [(_batched_consumer, (target.url, ctl, f"bench-{i}", opts.batch, 1))
                     for i in range(opts.consumers)]
@@ -795,6 +833,7 @@ def run_cross_shard(ctx: Any, opts: Options) -> dict[str, Any]:
         hops = _forwarded(target.url) - before
         return {"scenario": name, "kind": "cross-shard", "tasks": tasks, "completed": stats.done,
                 "completed_per_s": round(stats.done / stats.elapsed_s, 1), "batch": opts.batch,
+                "latency_of": "SUBMIT batch round trip", **_percentiles(latencies.sorted()),
                 "hops": hops, "hops_per_task": round(hops / max(1, stats.done), 4),
                 **_server_metrics(stats, target.meter)}
 

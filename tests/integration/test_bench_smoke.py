@@ -58,6 +58,9 @@ def test_throughput_scenarios_complete_every_task(scenario: str, tasks: int, nam
     assert r["completed"] == tasks
     assert r["completed_per_s"] > 0
     assert_server_measured(r)
+    if scenario != "unpipelined":  # batched producers time each SUBMIT's round trip
+        assert r["latency_of"] == "SUBMIT batch round trip"
+        assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"] <= r["max_us"]
 
 
 def test_submit_latency_reports_percentiles() -> None:
