@@ -17,6 +17,13 @@ queue is empty. Reported:
   handler, no threads, no logging): what the broker allows a worker that never holds more than C
   leases. ``--no-floor`` skips it.
 
+``--spread`` (with ``--shards S`` > 1): the N tasks are submitted evenly on every shard (a client
+pinned to each through the HELLO hint), and S workers run at once, each with ``--concurrency C``;
+with ``--pin`` worker k runs with ``--shard k``, without it the acceptor places them. Reported: the
+tasks/s of the whole drain (first "ready" to last completion), and the cross-shard hops (requests a
+shard forwarded to another, GET_STATS ``forwarded``) per task. HEARTBEATs always reach every shard,
+so a few hops remain even when pinned.
+
 The server (``shardq serve --shards S``, its own temp data dir) and the worker share this
 machine's cores; every task must end ``completed`` or the run fails. The handler is
 ``bench_worker:app`` below, so the worker imports this file (with ``loadtests/`` on its path).
@@ -138,6 +145,46 @@ def run_one(url: str, task_type: str, n: int, concurrency: int, pool: str, log_d
             "worker_cpu_s": cpu, "command": " ".join(cmd[1:])}
 
 
+def _forwarded(client: shardq.Client) -> int:
+    return sum(int(r.get("forwarded") or 0) for r in client.stats()["shards"])
+
+
+def run_spread(url: str, shards: int, task_type: str, n: int, concurrency: int, pool: str,
+               pin: bool, log_dir: str) -> dict:
+    """N tasks spread evenly over the shards, drained by one worker per shard at once."""
+    share = [n // shards + (1 if k < n % shards else 0) for k in range(shards)]
+    for k in range(shards):
+        with shardq.Client(url, shard=k) as producer:
+            fill(producer, task_type, share[k])
+    client = shardq.Client(url)
+    before_done, before_hops = client.stats()["totals"]["completed"], _forwarded(client)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    procs, logs = [], []
+    for k in range(shards):
+        cmd = [sys.executable, "-m", "shardq.worker", "bench_worker:app", "--server", url, "--burst",
+               "--concurrency", str(concurrency), "--pool", pool, "--types", task_type,
+               "--heartbeat-interval-ms", "1000"]
+        if pin:
+            cmd += ["--shard", str(k)]
+        log_path = os.path.join(log_dir, f"worker-spread-{k}.log")
+        logs.append(log_path)
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log_path, "w"), env=env))
+    for proc in procs:
+        if proc.wait(timeout=600) != 0:
+            raise SystemExit(f"a worker exited {proc.returncode}: see {logs}")
+    lines = [x for path in logs for x in Path(path).read_text().splitlines()]
+    ready = min(_when(x) for x in lines if " ready: " in x)
+    last = max(_when(x) for x in lines if " completed in " in x)
+    done = client.stats()["totals"]["completed"] - before_done
+    hops = _forwarded(client) - before_hops
+    client.close()
+    if done != n:
+        raise SystemExit(f"expected {n} completions, the broker counts {done}")
+    return {"tasks_per_s": n / max(last - ready, 1e-3), "run_s": last - ready, "hops": hops,
+            "hops_per_task": hops / n}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=20000)
@@ -147,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", default="1")
     parser.add_argument("--repeat", type=int, default=1, help="runs per concurrency (all printed)")
     parser.add_argument("--no-floor", action="store_true", help="skip the bare protocol loop")
+    parser.add_argument("--spread", action="store_true",
+                        help="tasks on every shard, one worker per shard at once (needs --shards > 1)")
+    parser.add_argument("--pin", action="store_true", help="with --spread: worker k runs with --shard k")
     args = parser.parse_args(argv)
+    if args.spread and int(args.shards) < 2:
+        parser.error("--spread needs --shards 2 or more")
+    if args.pin and not args.spread:
+        parser.error("--pin goes with --spread")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the server
 
     from shardq.testing import ServerProcess
@@ -155,6 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="shardq-bench-worker-") as tmp:
         srv = ServerProcess(os.path.join(tmp, "data"), ["--shards", args.shards]).start()
         try:
+            if args.spread:
+                shards = int(args.shards)
+                print(f"server {srv.url} (--shards {shards}); {args.tasks} {args.handler} no-op tasks "
+                      f"spread over the shards, {shards} workers {'pinned (--shard k)' if args.pin else 'placed by the acceptor'}")
+                print(f"{'concurrency':>11} | {'tasks/s':>9} | {'run s':>6} | {'hops':>6} | {'hops/task':>9}")
+                for c in (int(x) for x in args.concurrency.split(",")):
+                    for _ in range(args.repeat):
+                        r = run_spread(srv.url, shards, task_type, args.tasks, c, args.pool, args.pin, tmp)
+                        print(f"{c:>11} | {r['tasks_per_s']:>9,.0f} | {r['run_s']:>6.2f} | "
+                              f"{r['hops']:>6,} | {r['hops_per_task']:>9.4f}", flush=True)
+                return 0
             print(f"server {srv.url} (--shards {args.shards}); {args.tasks} {args.handler} no-op tasks "
                   f"per run, {args.pool} pool; {os.cpu_count()} CPUs")
             print(f"{'concurrency':>11} | {'tasks/s':>9} | {'run s':>6} | {'wall tasks/s':>12} | "
