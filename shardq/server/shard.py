@@ -274,9 +274,9 @@ class ShardServer:
         try:
             if not self.closing:
                 t0 = time.perf_counter()
-                self.store.sync_wal()
+                synced = self.store.sync_wal()
                 took = time.perf_counter() - t0
-                if self.loop is not None:  # Histogram is the loop thread's
+                if synced and self.loop is not None:  # Histogram is the loop thread's
                     self.loop.call_soon_threadsafe(self.histograms["wal_fsync_seconds"].observe, took)
         finally:
             self._wal_sync_running = False

@@ -159,9 +159,10 @@ class PartitionedStore:
     def commit(self) -> int:
         return sum(p.commit() for p in self.parts if p.staged)
 
-    def sync_wal(self) -> None:
-        for p in self.parts:
-            p.sync_wal()
+    def sync_wal(self) -> bool:
+        """fsync the WAL of every part written since its last sync; whether any was."""
+        synced = [p.sync_wal() for p in self.parts]
+        return any(synced)
 
     def scan_status(self, status: int, after: bytes | None, max_keys: int) -> Iterator[Task]:
         if self.shards == 1:

@@ -118,6 +118,9 @@ class Store:
         self._overlay_payloads: dict[bytes, bytes] = {}
         self._overlay_results: dict[bytes, bytes] = {}
         self.staged = 0  # mutations waiting for commit
+        # Written to the WAL since the last sync_wal(): set by commit() after its write, cleared
+        # by sync_wal() before its fsync, so a write racing the fsync is synced next time.
+        self.wal_unsynced = False
         self.counts = self._load_counts()
         self.last_commit_bytes = 0
         if self.settings.periodic_compaction_seconds:
@@ -316,6 +319,7 @@ class Store:
         self._batch.put(b"counts", _COUNTS.pack(*self.counts), self._cf["metadata"])
         self.last_commit_bytes = self._batch.size_in_bytes()
         self.db.write(self._batch, self._write_opts)
+        self.wal_unsynced = not self._write_opts.sync
         self._batch = rd.WriteBatch(raw_mode=True)
         self._overlay.clear()
         self._overlay_payloads.clear()
@@ -323,9 +327,14 @@ class Store:
         self.staged = 0
         return n
 
-    def sync_wal(self) -> None:
-        """fsync the WAL (persistence.sync = interval)."""
+    def sync_wal(self) -> bool:
+        """fsync the WAL (persistence.sync = interval) when anything was written since the last
+        time; returns whether it did (an idle shard costs no fsync)."""
+        if not self.wal_unsynced:
+            return False
+        self.wal_unsynced = False
         self.db.flush_wal(True)
+        return True
 
     # -- scans (bounded; callers resume from the returned position) ----------
 

@@ -16,7 +16,7 @@ from shardq.store.partitioned import (
     recorded_shards,
     resolve_shards,
 )
-from shardq.store.rocks import Store, StoreError
+from shardq.store.rocks import Store, StoreError, StoreSettings
 from shardq.task import (
     CANCELLED,
     COMPLETED,
@@ -159,6 +159,30 @@ def test_write_commit_close_reopen(tmp_path) -> None:
         assert [t.id for t in s.scan_status(PENDING, None, 100)] == sorted([a, b, big])
         assert list(s.scan_index("idx_type", b"alpha\x00", None, 100)) == sorted(
             [b"alpha\x00" + a, b"alpha\x00" + c])
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("sync, fsyncs", [("interval", [True, False, True, False]),
+                                           ("always", [False, False, False, False])])
+def test_sync_wal_fsyncs_only_what_was_written_since(tmp_path, sync, fsyncs) -> None:
+    """An idle shard costs no fsync per interval; with sync=always every write was synced."""
+    s = Store(str(tmp_path / "s"), StoreSettings(sync=sync))
+    try:
+        s.init_layout(0, 1)
+        s.sync_wal()
+        seen = []
+        (a, b) = new_ids(2, 0, 1)
+        s.insert(raw_task(a), b"x")
+        s.commit()
+        seen.append(s.sync_wal())
+        seen.append(s.sync_wal())
+        s.insert(raw_task(b), b"y")
+        s.commit()
+        seen.append(s.sync_wal())
+        assert s.commit() == 0  # nothing staged: no write, so nothing to sync
+        seen.append(s.sync_wal())
+        assert seen == fsyncs
     finally:
         s.close()
 
