@@ -765,10 +765,13 @@ class Worker:
                         self.request_stop("the process pool did not start")
             self._heartbeat = _Heartbeat(self, self.heartbeat_interval)
             self._heartbeat.start()
-            log.info("worker %s ready: %d task type(s) %s, concurrency %d, %s pool, broker %s, "
+            where = ""
+            if self.server_info.get("shards", 1) > 1:
+                where = f" (shard {self.server_info.get('shard')} of {self.server_info['shards']})"
+            log.info("worker %s ready: %d task type(s) %s, concurrency %d, %s pool, broker %s%s, "
                      "heartbeat every %.3g s%s", self.worker_id, len(self.types),
                      ",".join(self.types[:10]) + (",..." if len(self.types) > 10 else ""),
-                     self.concurrency, self.pool_kind, self.url, self.heartbeat_interval,
+                     self.concurrency, self.pool_kind, self.url, where, self.heartbeat_interval,
                      ", burst" if self.burst else "")
             self._started = True
             self._pump()
@@ -838,6 +841,7 @@ class Worker:
                     hello["shard"] = self.shard_hint
                 msg = await conn.request(MsgType.HELLO, hello, timeout=self.max_inactivity_s)
                 self.server_info = dict(msg.header)
+                self._check_shard()
                 await conn.request(MsgType.REGISTER_WORKER, {
                     "worker_id": self.worker_id, "hostname": socket.gethostname(), "pid": os.getpid(),
                     "types": self.types, "concurrency": self.concurrency},
@@ -861,6 +865,19 @@ class Worker:
             self._progress.set()
             self._schedule_pump()
             return
+
+    def _check_shard(self) -> None:
+        """The broker ignores a shard hint it cannot honour (out of range, or that shard is
+        restarting): say so, since claims will then cross shards."""
+        got, shards = self.server_info.get("shard"), self.server_info.get("shards")
+        if self.shard_hint is None or got == self.shard_hint:
+            return
+        if isinstance(shards, int) and self.shard_hint >= shards:
+            log.warning("--shard %d: the broker has %d shard(s) (0..%d); served by shard %s instead",
+                        self.shard_hint, shards, shards - 1, got)
+        else:
+            log.warning("--shard %d: that shard is not serving (restarting?); served by shard %s "
+                        "for this connection", self.shard_hint, got)
 
     async def _request(self, msg_type: MsgType, header: dict[str, Any], blob: bytes = b"",
                        timeout: float | None = None) -> Any:

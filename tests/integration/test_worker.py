@@ -198,6 +198,7 @@ def test_a_worker_pinned_to_a_shard_drains_that_shards_work(server_factory, work
         assert {int(i[:8], 16) % 2 for i in ids} == {1}, "client ids are made in shard 1's partition"
         worker = worker_factory(srv, "--shard", "1", "--concurrency", "8", "--worker-id", "w-pinned")
         worker.wait_for_log(" ready: ")
+        assert "broker " + srv.url + " (shard 1 of 2)" in worker.log
         wait_until(lambda: all(t.status == "completed" for t in producer.status_many(ids)),
                    30, "the 200 tasks completed")
         rows = {r["shard"]: r for r in producer.stats()["shards"]}
@@ -205,6 +206,10 @@ def test_a_worker_pinned_to_a_shard_drains_that_shards_work(server_factory, work
         assert rows[0]["cross_shard_claims"] == rows[1]["cross_shard_claims"] == 0, rows
     worker.signal(signal.SIGTERM)
     assert worker.wait(10) == 0, worker.log
+    # A hint the broker cannot honour is ignored by it; the worker says so and still works.
+    stray = worker_factory(srv, "--shard", "7", "--burst")
+    assert stray.wait(15) == 0, stray.log
+    assert "--shard 7: the broker has 2 shard(s) (0..1); served by shard" in stray.log
 
 
 @pytest.mark.parametrize("shard", ["-1", "x"])
