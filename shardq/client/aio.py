@@ -18,6 +18,8 @@ Rules:
    huge pipelined burst buffers at most the high-water mark plus one frame.
 5. NACKs become the typed exceptions of ``shardq.errors``; headers and answers are built and
    read by ``shardq.client.requests``, the same code the blocking ``Client`` uses.
+   ``Unavailable`` (the owning shard is restarting, or the server is at its connection limit)
+   is retried with the same backoff for up to 10 s when the request is safe to repeat.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, cast
 from shardq.client import requests as rq
 from shardq.client.connection import ConnectionClosed, parse_url
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
-from shardq.errors import ProtocolViolation, ShardqError, error_from_wire
+from shardq.errors import ProtocolViolation, ShardqError, Unavailable, error_from_wire
 from shardq.protocol.frames import RESPONSE_TYPES, FrameDecoder, Malformed, Message, MsgType, encode
 
 _BROKEN = (OSError, ConnectionClosed)
@@ -257,6 +259,7 @@ class AsyncClient:
         delay = rq.BACKOFF_START
         attempt = 0
         epoch = self._epoch
+        started = time.monotonic()
         while True:
             sent = False
             rid = next(self._rids)
@@ -270,6 +273,13 @@ class AsyncClient:
                 msg = await fut
             except TimeoutError:
                 raise  # opening the connection took too long: not a broken connection
+            except Unavailable as exc:  # HELLO refused: at the connection limit, or draining
+                if (not rq.retry_unavailable(exc, MsgType.HELLO, started, time.monotonic(), self.timeout)
+                        or self._epoch != epoch):
+                    raise
+                await asyncio.sleep(delay)
+                delay = rq.next_backoff(delay)
+                continue
             except _BROKEN:
                 attempt += 1
                 if (sent and not retryable) or attempt > self.retries or self._epoch != epoch:
@@ -289,6 +299,11 @@ class AsyncClient:
                 err = error_from_wire(msg.header.get("error") or {})
                 if err.closes_connection:
                     conn.close(f"closed after {err.code}")
+                if (rq.retry_unavailable(err, msg_type, started, time.monotonic(), self.timeout)
+                        and self._epoch == epoch):
+                    await asyncio.sleep(delay)  # the owning shard is restarting: ask again shortly
+                    delay = rq.next_backoff(delay)
+                    continue
                 raise err
             return msg
 

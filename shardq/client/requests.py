@@ -13,7 +13,7 @@ from typing import Any
 
 from shardq import __version__
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout, to_bytes
-from shardq.errors import NotFound, error_from_wire
+from shardq.errors import NotFound, Unavailable, error_from_wire
 from shardq.protocol.frames import Message, MsgType, split_blob
 from shardq.task import id_to_str, new_ids
 
@@ -29,6 +29,19 @@ BACKOFF_MAX = 2.0
 
 def next_backoff(delay: float) -> float:
     return min(delay * 2, BACKOFF_MAX)
+
+
+# Unavailable means the shard that owns the task is restarting (about a second) or the server is
+# at its connection limit: a request that is safe to repeat is repeated, with the same backoff,
+# for up to this long (and never past the call's timeout).
+UNAVAILABLE_RETRY_S = 10.0
+
+
+def retry_unavailable(err: BaseException, msg_type: int, started: float, now: float,
+                      timeout: float | None) -> bool:
+    """Whether to repeat a request that got ``err``, first sent at ``started`` (monotonic)."""
+    budget = UNAVAILABLE_RETRY_S if timeout is None else min(UNAVAILABLE_RETRY_S, timeout)
+    return isinstance(err, Unavailable) and msg_type in RETRYABLE and now - started < budget
 
 
 def hello_header(name: str, api_key: str | None, shard: int | None = None) -> dict[str, Any]:
@@ -278,7 +291,8 @@ def parse_heartbeat(msg: Message) -> tuple[int, list[str]]:
 
 
 __all__ = [
-    "RETRYABLE", "BACKOFF_START", "BACKOFF_MAX", "next_backoff", "hello_header", "server_info",
+    "RETRYABLE", "BACKOFF_START", "BACKOFF_MAX", "next_backoff", "UNAVAILABLE_RETRY_S",
+    "retry_unavailable", "hello_header", "server_info",
     "check_answer", "body", "submit_request", "parse_ids", "status_header", "parse_status", "Waiter",
     "Pager", "stats_header", "workers_header", "parse_workers", "requeue_header", "register_header",
     "claim_header", "parse_claim", "report_request", "parse_report", "completed_item", "failed_item",

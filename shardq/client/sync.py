@@ -7,7 +7,9 @@ Rules:
    on the next call with backoff (a connection the server closed while idle is noticed before
    sending); a request that never reached the server is always retried, one that did is
    retried on a fresh connection only when it is safe to repeat (reads, and SUBMIT, whose
-   tasks always carry a client id), the others raise ``ConnectionClosed``.
+   tasks always carry a client id), the others raise ``ConnectionClosed``. ``Unavailable`` (the
+   owning shard is restarting, or the server is at its connection limit) is retried with the
+   same backoff for up to 10 s when the request is safe to repeat.
 3. NACKs become the typed exceptions of ``shardq.errors`` (QueueFull carries
    ``retry_after_ms``).
 """
@@ -22,7 +24,7 @@ from typing import Any
 from shardq.client import requests as rq
 from shardq.client.connection import Connection, ConnectionClosed, parse_url
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
-from shardq.errors import error_from_wire
+from shardq.errors import Unavailable, error_from_wire
 from shardq.protocol.frames import Message, MsgType
 
 _RETRYABLE = rq.RETRYABLE
@@ -106,6 +108,8 @@ class Client:
         retryable = msg_type in _RETRYABLE
         delay = rq.BACKOFF_START
         attempt = 0
+        started = time.monotonic()
+        call_timeout = timeout if timeout is not None else self.timeout
         while True:
             sent = False
             try:
@@ -114,7 +118,7 @@ class Client:
                 if self._conn is None:
                     self._conn = self._connect()
                 conn = self._conn
-                conn.sock.settimeout(timeout if timeout is not None else self.timeout)
+                conn.sock.settimeout(call_timeout)
                 rid = conn.send(msg_type, dict(header), blob)
                 sent = True
                 msg = conn.wait_for(rid)
@@ -129,10 +133,21 @@ class Client:
                 time.sleep(delay)
                 delay = rq.next_backoff(delay)
                 continue
+            except Unavailable as exc:  # HELLO refused: at the connection limit, or draining
+                self.close()
+                if not rq.retry_unavailable(exc, MsgType.HELLO, started, time.monotonic(), call_timeout):
+                    raise
+                time.sleep(delay)
+                delay = rq.next_backoff(delay)
+                continue
             if msg.type == MsgType.NACK:
                 err = error_from_wire(msg.header.get("error") or {})
                 if err.closes_connection:
                     self.close()
+                if rq.retry_unavailable(err, msg_type, started, time.monotonic(), call_timeout):
+                    time.sleep(delay)  # the owning shard is restarting: ask again shortly
+                    delay = rq.next_backoff(delay)
+                    continue
                 raise err
             return msg
 

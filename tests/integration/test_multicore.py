@@ -327,3 +327,24 @@ def test_a_higher_tier_on_another_shard_is_claimed_first(two) -> None:
     assert [x["id"] for x, _ in got] == high[:1]
     got = claim(on0, w, max=3, types=[t])  # the rest of the high tier first, then local low
     assert [x["priority"] for x, _ in got] == [250, 10, 10]
+
+
+def test_bundled_client_rides_out_the_owners_restart(two) -> None:
+    """A safe request about a task whose owner is restarting is repeated until it is back; an
+    unsafe one (CANCEL) raises Unavailable at once, as the protocol says."""
+    import shardq
+    from shardq.errors import Unavailable
+
+    with shardq.Client(two.url, shard=0, timeout=20) as client:
+        tid = id_owned_by(1)
+        assert client.submit("t-restart", b"x", id=tid) == tid  # forwarded to shard 1
+        pid = child_pid(two, "shard-1")
+        os.kill(pid, signal.SIGKILL)
+        # Shard 0 answers at once that the owner is gone...
+        with pytest.raises(Unavailable):
+            client.cancel(tid)
+        # ...and a QUERY_STATUS waits out the restart instead of failing.
+        assert client.status(tid).status == "pending"
+        wait_restarted(two, "shard-1", pid)
+        client.cancel(tid)
+        assert client.status(tid).status == "cancelled"
