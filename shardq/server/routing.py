@@ -104,11 +104,12 @@ async def submit(server: ShardServer, specs: list[TaskSpec], raw_tasks: list[dic
             from shardq.errors import BadRequest
             raise BadRequest(f"tasks[{i}].depends_on: a task cannot depend on itself")
     Engine._batch_order(specs, batch_ids, {})  # a cycle across owners is a BadRequest too
-    # Dependencies outside the batch that live on another shard than their dependent.
+    # Every dependency outside the batch is looked up at its owner now, before any part is
+    # stored: an unknown one must refuse the whole batch, not just the part that names it.
     lookups: dict[int, list[bytes]] = {}
-    for i, spec in enumerate(specs):
+    for spec in specs:
         for dep in spec.depends_on:
-            if dep not in batch_ids and _owner(server, dep) != owners[i]:
+            if dep not in batch_ids:
                 lookups.setdefault(_owner(server, dep), []).append(dep)
     status: dict[bytes, int | None] = {}
     for shard, deps in lookups.items():

@@ -348,3 +348,22 @@ def test_bundled_client_rides_out_the_owners_restart(two) -> None:
         wait_restarted(two, "shard-1", pid)
         client.cancel(tid)
         assert client.status(tid).status == "cancelled"
+
+
+def test_an_unknown_dependency_refuses_the_whole_split_batch(two) -> None:
+    """Whichever shards own the tasks of a batch and its unknown dependency, nothing is stored."""
+    for here in (0, 1):
+        conn = pinned(two, here)
+        for x_owner in (0, 1):
+            for second_owner in (None, 0, 1):
+                for dep_owner in (0, 1):
+                    x = id_owned_by(x_owner)
+                    second: dict[str, Any] = {"type": uid(), "depends_on": [id_owned_by(dep_owner)]}
+                    if second_owner is not None:
+                        second["id"] = id_owned_by(second_owner)
+                    case = (here, x_owner, second_owner, dep_owner)
+                    with pytest.raises(NotFound):
+                        submit(conn, {"type": uid(), "id": x}, second)
+                    assert query(conn, [x]) == [None], case
+                    if second_owner is not None:
+                        assert query(conn, [second["id"]]) == [None], case
