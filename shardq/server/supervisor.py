@@ -72,6 +72,19 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def read_ready(conn: Any, is_alive: Callable[[], bool]) -> tuple[str, Any]:
+    """What a starting child's ready pipe says now: ("ready", message), ("dead", None) or
+    ("starting", None). The pipe is polled once: polling again after a liveness check would race
+    a "ready" sent in between and take a child that just became ready for one that died."""
+    if conn.poll():
+        try:
+            said = conn.recv()
+        except (EOFError, OSError):
+            return "dead", None  # the child closed its end without a word: it died
+        return ("ready", said) if said == "ready" or isinstance(said, dict) else ("dead", None)
+    return ("starting", None) if is_alive() else ("dead", None)
+
+
 class Supervisor:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -144,19 +157,15 @@ class Supervisor:
             for child in self.children:
                 if child.name not in waiting:
                     continue
-                said_ready = False
-                if child.ready_conn.poll():
-                    with contextlib.suppress(EOFError, OSError):
-                        said = child.ready_conn.recv()
-                        said_ready = said == "ready" or isinstance(said, dict)
-                        if isinstance(said, dict) and said.get("metrics_port") is not None:
-                            # A restarted coordinator serves /metrics on the same port.
-                            bound["metrics_port"] = said["metrics_port"]
-                            child.args = (*child.args[:-1], said["metrics_port"])
-                if said_ready:
+                state, said = read_ready(child.ready_conn, child.process.is_alive)
+                if state == "ready":
+                    if isinstance(said, dict) and said.get("metrics_port") is not None:
+                        # A restarted coordinator serves /metrics on the same port.
+                        bound["metrics_port"] = said["metrics_port"]
+                        child.args = (*child.args[:-1], said["metrics_port"])
                     child.served = True
                     waiting.discard(child.name)
-                elif child.ready_conn.closed or not child.process.is_alive() or child.ready_conn.poll():
+                elif state == "dead":
                     child.process.join(5)
                     code = child.process.exitcode
                     log.error("%s %s before it was ready", child.name, describe_exit(code))
