@@ -186,6 +186,8 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         recv, send = self.ctx.Pipe(duplex=False)
+        if child.ready_conn is not None:
+            child.ready_conn.close()  # the last run's pipe: one fd per restart otherwise
         child.ready_conn = recv
         child.process = self.ctx.Process(target=child.target, args=(*child.args, send),
                                          name=f"shardq-{child.name}", daemon=False)
