@@ -7,9 +7,11 @@
 A lifecycle is SUBMIT (batches of --batch) + CLAIM (max --batch) + RESULT completed, by
 --pairs producer/worker process pairs. ``plain`` clients connect without a hint (the
 acceptor places them); ``aware`` clients pin pair *k* to shard k mod N with the HELLO hint,
-so all their traffic is local. Server CPU is the user+system time of the supervisor and
-all its children (acceptor, shards, coordinator) over the run; hops are the requests the
-shards forwarded to each other (GET_STATS rows' ``forwarded``), per lifecycle.
+so all their traffic is local; ``crossed`` pins pair *k*'s producer to shard k mod N and its
+worker to shard k+1 mod N, so every CLAIM and RESULT crosses shards (the worst placement).
+Server CPU is the user+system time of the supervisor and all its children (acceptor, shards,
+coordinator) over the run; hops are the requests the shards forwarded to each other (GET_STATS
+rows' ``forwarded``), per lifecycle.
 """
 
 from __future__ import annotations
@@ -105,11 +107,13 @@ def run(shards: int, mode: str, pairs: int, batch: int, seconds: float, payload_
         out: Any = multiprocessing.Queue()
         procs = []
         for k in range(pairs):
-            pin = (k % shards) if mode == "aware" else None
+            pin = (k % shards) if mode in ("aware", "crossed") else None
+            # crossed: the worker sits on the next shard, so every CLAIM and RESULT crosses.
+            worker_pin = (k + 1) % shards if mode == "crossed" else pin
             procs.append(multiprocessing.Process(target=producer, args=(
                 srv.port, pin, batch, b"x" * payload_size, deadline, out)))
             procs.append(multiprocessing.Process(target=worker, args=(
-                srv.port, pin, batch, deadline, f"w{k}", out)))
+                srv.port, worker_pin, batch, deadline, f"w{k}", out)))
         for p in procs:
             p.start()
         results: dict[str, int] = {"submitted": 0, "completed": 0}
@@ -179,7 +183,7 @@ def priority_order(shards: int, tasks: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--modes", nargs="+", default=["plain", "aware"], choices=["plain", "aware"])
+    ap.add_argument("--modes", nargs="+", default=["plain", "aware"], choices=["plain", "aware", "crossed"])
     ap.add_argument("--pairs", type=int, default=2, help="producer/worker process pairs")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--payload", type=int, default=100)
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
             continue
         for mode in args.modes:
-            if mode == "aware" and shards == 1:
+            if mode in ("aware", "crossed") and shards == 1:
                 continue  # same as plain
             rows.append(run(shards, mode, args.pairs, args.batch, args.seconds, args.payload, args.sync))
             print(json.dumps(rows[-1]), flush=True)
