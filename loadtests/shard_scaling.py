@@ -7,8 +7,8 @@
 A lifecycle is SUBMIT (batches of --batch) + CLAIM (max --batch) + RESULT completed, by
 --pairs producer/worker process pairs. ``plain`` clients connect without a hint (the
 acceptor places them); ``aware`` clients pin pair *k* to shard k mod N with the HELLO hint,
-so all their traffic is local; ``crossed`` pins pair *k*'s producer to shard k mod N and its
-worker to shard k+1 mod N, so every CLAIM and RESULT crosses shards (the worst placement).
+so all their traffic is local; ``crossed`` pins every producer to shard 0 and every worker to
+shard 1, so every CLAIM and RESULT crosses shards (the worst placement).
 Server CPU is the user+system time of the supervisor and all its children (acceptor, shards,
 coordinator) over the run; hops are the requests the shards forwarded to each other (GET_STATS
 rows' ``forwarded``), per lifecycle.
@@ -96,9 +96,13 @@ def shard_rows(port: int) -> list[dict[str, Any]]:
 
 
 def run(shards: int, mode: str, pairs: int, batch: int, seconds: float, payload_size: int,
-        sync: str) -> dict[str, Any]:
+        sync: str, backlog: int) -> dict[str, Any]:
     data = tempfile.mkdtemp(prefix="shardq-scaling-")
-    srv = ServerProcess(data, ["--shards", str(shards), "--sync", sync]).start()
+    # The backlog bound (QueueFull beyond it; producers pause 10 ms) keeps the submits close to
+    # the completions, so that server CPU per completed lifecycle is not inflated by tasks
+    # submitted and never claimed within the run.
+    srv = ServerProcess(data, ["--shards", str(shards), "--sync", sync],
+                        env={"SHARDQ_BROKER__QUEUE_DEPTH_THRESHOLD": str(backlog)}).start()
     try:
         before_rows = shard_rows(srv.port)
         cpu0 = tree_cpu(srv.pid)
@@ -107,9 +111,10 @@ def run(shards: int, mode: str, pairs: int, batch: int, seconds: float, payload_
         out: Any = multiprocessing.Queue()
         procs = []
         for k in range(pairs):
-            pin = (k % shards) if mode in ("aware", "crossed") else None
-            # crossed: the worker sits on the next shard, so every CLAIM and RESULT crosses.
-            worker_pin = (k + 1) % shards if mode == "crossed" else pin
+            pin = (k % shards) if mode == "aware" else None
+            worker_pin = pin
+            if mode == "crossed":  # all work made on shard 0, all workers on shard 1
+                pin, worker_pin = 0, 1
             procs.append(multiprocessing.Process(target=producer, args=(
                 srv.port, pin, batch, b"x" * payload_size, deadline, out)))
             procs.append(multiprocessing.Process(target=worker, args=(
@@ -189,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--payload", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--sync", default="interval", choices=["always", "interval", "none"])
+    ap.add_argument("--backlog", type=int, default=5000,
+                    help="queue depth beyond which SUBMITs get QueueFull (default 5000)")
     ap.add_argument("--priority-order", action="store_true", help="measure cross-shard priority order")
     ap.add_argument("--tasks", type=int, default=2000, help="tasks for --priority-order")
     args = ap.parse_args(argv)
@@ -201,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             if mode in ("aware", "crossed") and shards == 1:
                 continue  # same as plain
-            rows.append(run(shards, mode, args.pairs, args.batch, args.seconds, args.payload, args.sync))
+            rows.append(run(shards, mode, args.pairs, args.batch, args.seconds, args.payload, args.sync,
+                            args.backlog))
             print(json.dumps(rows[-1]), flush=True)
     return 0
 
