@@ -157,13 +157,18 @@ def test_max_connections(server_factory) -> None:
         while True:
             new = srv.connect(timeout=5)
             try:
-                ping(new)
+                new.sock.settimeout(10)
+                msg = new.wait_for(new.send(MsgType.PING, {}))
+            except ConnectionClosed:
+                msg = None
+            if msg is not None and msg.type == MsgType.ACK:
                 conns.append(new)
                 break
-            except ConnectionClosed:
-                new.close()
-                assert time.monotonic() < deadline, "no slot came free after a close"
-                time.sleep(0.05)
+            # Refused while the close is not yet counted: the limit's NACK, or just the EOF.
+            assert msg is None or msg.header["error"]["message"] == "too many connections", msg
+            new.close()
+            assert time.monotonic() < deadline, "no slot came free after a close"
+            time.sleep(0.05)
         stats = conns[0].call(MsgType.GET_STATS, {}).header
         assert stats["connections"] == 5
     finally:
