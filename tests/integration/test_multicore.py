@@ -29,6 +29,7 @@ from wire import (
     uid,
 )
 
+from shardq.client.connection import ConnectionClosed
 from shardq.errors import NotFound, WireError
 from shardq.protocol.frames import MsgType
 from shardq.task import id_to_str, new_ids
@@ -47,12 +48,14 @@ def pinned(server: ServerProcess, shard: int) -> Any:
 
 
 def child_pid(server: ServerProcess, name: str, after: int = 0) -> int:
-    """The pid the supervisor logged for child ``name`` (the latest start)."""
+    """The pid the supervisor logged for child ``name`` (the latest start); with ``after``, the
+    first start logged after that pid's (an earlier pid would be a dead one)."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         pids = [int(m.group(1)) for line in server.stderr_lines
                 if (m := re.search(rf"supervisor .*: {name} started \(pid (\d+)\)", line))]
-        pids = [p for p in pids if p != after]
+        if after:
+            pids = pids[pids.index(after) + 1:] if after in pids else []
         if pids:
             return pids[-1]
         time.sleep(0.05)
@@ -367,3 +370,70 @@ def test_an_unknown_dependency_refuses_the_whole_split_batch(two) -> None:
                     assert query(conn, [x]) == [None], case
                     if second_owner is not None:
                         assert query(conn, [second["id"]]) == [None], case
+
+
+def pinned_when_back(server: ServerProcess, shard: int, timeout: float = 20.0) -> Any:
+    """A connection on ``shard`` once it serves again after a restart."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = server.connect(timeout=20)
+        try:
+            if hello(conn, shard=shard)["shard"] == shard:
+                return conn
+        except (OSError, WireError, ConnectionClosed):  # handed to a shard that was dying
+            pass
+        conn.close()
+        assert time.monotonic() < deadline, f"shard {shard} did not come back"
+        time.sleep(0.1)
+
+
+def kill_and_wait(server: ServerProcess, shard: int) -> None:
+    pid = child_pid(server, f"shard-{shard}")
+    os.kill(pid, signal.SIGKILL)
+    wait_restarted(server, f"shard-{shard}", pid)
+
+
+def wait_status(conn: Any, tid: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        task = query_one(conn, tid)
+        if task is not None and task["status"] == status:
+            return task
+        assert time.monotonic() < deadline, f"{tid} is {task and task['status']}, not {status}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("victim", ["dependent", "dependency"])
+def test_dependencies_across_shards_survive_a_crash_of_either_shard(two, victim) -> None:
+    """A child on shard 1 waits for its parent on shard 0. Whichever shard is killed (while the
+    parent is pending, and again right after it completed), the child runs once the parent is
+    done; a parent that fails while the child's shard is down takes the child with it."""
+    t, w = uid(), uid("w")
+    crash = 1 if victim == "dependent" else 0
+    on0 = pinned(two, 0)
+    parent = submit(on0, {"type": t, "id": id_owned_by(0)})[0]
+    child = submit(on0, {"type": t, "id": id_owned_by(1), "depends_on": [parent]})[0]
+
+    kill_and_wait(two, crash)  # the parent is pending, the child waits for it
+    on0, on1 = pinned_when_back(two, 0), pinned_when_back(two, 1)
+    assert query_one(on1, child)["status"] == "pending"
+    [(p, _)] = claim_until(on0, w, [t], 1)
+    assert p["id"] == parent
+    assert claim(on1, w, types=[t]) == []  # still waiting
+    complete(on0, w, p)
+    kill_and_wait(two, crash)  # right after the parent completed
+    on0, on1 = pinned_when_back(two, 0), pinned_when_back(two, 1)
+    [(c, _)] = claim_until(on1, w, [t], 1, timeout=10)
+    assert c["id"] == child
+    complete(on1, w, c)
+    assert wait_status(on0, child, "completed")["shard"] == 1
+
+    # A dependency that fails while the dependent's shard is down.
+    root = submit(on0, {"type": t, "id": id_owned_by(0)})[0]
+    leaf = submit(on0, {"type": t, "id": id_owned_by(1), "depends_on": [root]})[0]
+    pid = child_pid(two, "shard-1")
+    os.kill(pid, signal.SIGKILL)
+    assert on0.call(MsgType.CANCEL, {"id": root}).header["status"] == "cancelled"
+    wait_restarted(two, "shard-1", pid)
+    on1 = pinned_when_back(two, 1)
+    assert wait_status(on1, leaf, "dead_letter")["error"] == f"dependency failed: {root}"
