@@ -96,14 +96,15 @@ class Acceptor:
             if not live:
                 self._refuse(conn, "no shard is available; retry shortly")
                 return
-            shard = min(live, key=lambda i: self.counts[i])
-            channel = self.channels[shard]
-            assert channel is not None
-            if send_connection(channel, conn.fileno()):
-                self.counts[shard] += 1  # the shard's own report corrects this
-                self.accepted += 1
-            else:
-                self._refuse(conn, "no shard is available; retry shortly")
+            # Fewest connections first; a shard that just died (its channel not yet seen closed)
+            # fails the send, and the next one gets the connection.
+            for shard in sorted(live, key=lambda i: self.counts[i]):
+                channel = self.channels[shard]
+                if channel is not None and send_connection(channel, conn.fileno()):
+                    self.counts[shard] += 1  # the shard's own report corrects this
+                    self.accepted += 1
+                    return
+            self._refuse(conn, "no shard is available; retry shortly")
 
     def _refuse(self, conn: socket.socket, message: str) -> None:
         self.refused += 1

@@ -1,0 +1,75 @@
+"""Decisions of the supervisor and the acceptor that a live server hits only by chance: a starting
+child's ready pipe, and a handoff to a shard that just died (the rest runs in integration)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardq.server.supervisor import read_ready
+
+
+class FakePipe:
+    def __init__(self, *messages: Any) -> None:
+        self.messages = list(messages)
+
+    def poll(self) -> bool:
+        return bool(self.messages)
+
+    def recv(self) -> Any:
+        said = self.messages.pop(0)
+        if isinstance(said, BaseException):
+            raise said
+        return said
+
+
+def test_a_ready_sent_between_poll_and_liveness_check_is_not_a_death() -> None:
+    pipe = FakePipe()
+
+    def alive_and_says_ready_now() -> bool:
+        pipe.messages.append("ready")  # arrives just after the poll
+        return True
+
+    assert read_ready(pipe, alive_and_says_ready_now) == ("starting", None)
+    assert read_ready(pipe, lambda: True) == ("ready", "ready")
+
+
+def test_ready_messages_and_deaths() -> None:
+    assert read_ready(FakePipe({"metrics_port": 9091}), lambda: True) == ("ready", {"metrics_port": 9091})
+    assert read_ready(FakePipe(EOFError()), lambda: True) == ("dead", None)
+    assert read_ready(FakePipe("something else"), lambda: True) == ("dead", None)
+    assert read_ready(FakePipe(), lambda: False) == ("dead", None)
+    assert read_ready(FakePipe(), lambda: True) == ("starting", None)
+
+
+# -- the acceptor's placement ------------------------------------------------------------------
+
+
+def test_acceptor_places_on_the_next_shard_when_a_send_fails(monkeypatch) -> None:
+    """A shard that died before the acceptor noticed fails the handoff; the connection goes to
+    the next live shard instead of being refused."""
+    import socket
+
+    from shardq.config import load_config
+    from shardq.server import acceptor as acceptor_mod
+
+    sent: list[int] = []
+
+    def send(channel: Any, fd: int, carried: bytes = b"") -> bool:
+        sent.append(channel)
+        return channel != 0  # "channel" 0 is the dead shard's
+
+    monkeypatch.setattr(acceptor_mod, "send_connection", send)
+    acc = acceptor_mod.Acceptor(load_config(env={}), None, "/nonexistent", 3)  # type: ignore[arg-type]
+    acc.channels = [0, 1, None]  # type: ignore[list-item]  # shard 2 is not linked
+    acc.counts = [0, 5, 0]
+    a, b = socket.socketpair()
+    with b:
+        acc._place(a)
+    assert sent == [0, 1] and acc.counts == [0, 6, 0] and acc.accepted == 1 and acc.refused == 0
+
+    acc.channels = [0, None, None]  # type: ignore[list-item]
+    a, b = socket.socketpair()
+    with b:
+        acc._place(a)
+        assert b.recv(1024)  # the Unavailable NACK
+    assert acc.refused == 1
