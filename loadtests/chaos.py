@@ -2,6 +2,7 @@
 
     python loadtests/chaos.py --seconds 40                  # 2 shards, 3 producers, 2 workers
     python loadtests/chaos.py --seconds 120 --shards 4 --producers 4
+    python loadtests/chaos.py --seconds 40 --deps           # cross-shard dependency pairs
 
 A real ``shardq serve --shards S`` (short leases) runs in a temp dir. Producer threads submit
 batches of 20 through ``shardq.Client`` and record every id the server acknowledged; one
@@ -15,6 +16,10 @@ task to be completed. It prints:
 - acknowledged tasks missing from the broker or not completed (must be 0: the run exits 1);
 - handler runs: tasks run more than once (at-least-once: a shard that crashed before a result
   was committed hands the task out again), and acknowledged tasks never run (must be 0).
+
+``--deps``: each batch is 10 (dependency, dependent) pairs whose client ids put the two on
+different shards, so every SUBMIT is split across owners and every dependency is remote; the run
+also checks that no dependent's handler started before its dependency's did.
 
 Producer errors are expected only while a shard is down for longer than the client's 10 s
 ``Unavailable`` retry: when it is killed again within 10 s of a restart, the supervisor's
@@ -46,6 +51,7 @@ if str(ROOT) not in sys.path:
 
 import shardq  # noqa: E402 -- after the path fix, so that the checkout is what runs
 from shardq.errors import ShardqError  # noqa: E402
+from shardq.task import id_to_str, new_ids  # noqa: E402
 
 app = shardq.App()
 
@@ -53,16 +59,19 @@ app = shardq.App()
 @app.task("chaos")
 def chaos_task(ctx: shardq.worker.TaskContext) -> bytes:
     with open(os.environ["SHARDQ_CHAOS_MARKS"], "a") as marks:
-        marks.write(ctx.id + "\n")  # one short append: whole lines even with 8 threads
+        marks.write(f"{ctx.id} {time.time():.6f}\n")  # one short append: whole lines with 8 threads
     return b"ok"
 
 
 class Producers:
     """Threads that submit batches until stopped, keeping every acknowledged id."""
 
-    def __init__(self, url: str, count: int) -> None:
+    def __init__(self, url: str, count: int, shards: int, deps: bool) -> None:
         self.url = url
+        self.shards = shards
+        self.deps = deps
         self.acked: list[str] = []
+        self.pairs: list[tuple[str, str]] = []  # (dependency, dependent) with --deps
         self.errors: list[str] = []
         self.stop = threading.Event()
         self._lock = threading.Lock()
@@ -79,9 +88,19 @@ class Producers:
 
     def _run(self, k: int) -> None:
         client = shardq.Client(self.url, timeout=10, retries=20)
+        rng = random.Random(k)
         while not self.stop.is_set():
+            jobs = [shardq.Job("chaos", b"x" * 100) for _ in range(20)]
+            if self.deps:  # 10 pairs, each split over two shards: the batch is routed across owners
+                jobs = []
+                for _ in range(10):
+                    a, b = rng.sample(range(self.shards), 2)
+                    parent = id_to_str(new_ids(1, a, self.shards)[0])
+                    jobs.append(shardq.Job("chaos", b"x" * 100, id=parent))
+                    jobs.append(shardq.Job("chaos", b"x" * 100, id=id_to_str(new_ids(1, b, self.shards)[0]),
+                                           depends_on=[parent]))
             try:
-                ids = client.submit_many([shardq.Job("chaos", b"x" * 100) for _ in range(20)])
+                ids = client.submit_many(jobs)
             except (ShardqError, OSError) as exc:  # TimeoutError is an OSError
                 with self._lock:
                     self.errors.append(f"{time.strftime('%H:%M:%S')} producer {k}: "
@@ -90,6 +109,8 @@ class Producers:
                 continue
             with self._lock:
                 self.acked.extend(ids)
+                if self.deps:
+                    self.pairs.extend(zip(ids[0::2], ids[1::2]))
             time.sleep(0.005)
 
 
@@ -125,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=120.0,
                         help="seconds to wait for the backlog to complete afterwards (default 120)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--deps", action="store_true",
+                        help="submit (dependency, dependent) pairs on different shards, and check "
+                             "that no dependent ran before its dependency")
     args = parser.parse_args(argv)
     if args.shards < 2:
         parser.error("--shards must be 2 or more")
@@ -146,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
              "--log-level", "warning"],
             env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"worker-{k}.log"), "w"))
             for k in range(args.shards)]
-        producers = Producers(server.url, args.producers)
+        producers = Producers(server.url, args.producers, args.shards, args.deps)
         try:
             producers.start()
             kills: Counter[str] = Counter()
@@ -171,14 +195,25 @@ def main(argv: list[str] | None = None) -> int:
             missing, open_ = settle(server.url, acked, args.settle)
             print(f"missing from the broker: {len(missing)}; not completed after settling: {len(open_)}"
                   + (f" (first: {open_[:3]})" if open_ else ""))
-            runs = Counter(Path(marks).read_text().split())
+            runs: Counter[str] = Counter()
+            first_run: dict[str, float] = {}
+            for line in Path(marks).read_text().splitlines():
+                tid, when = line.split()
+                runs[tid] += 1
+                first_run[tid] = min(first_run.get(tid, float("inf")), float(when))
             never = len(set(acked) - runs.keys())
             print(f"handler runs: {sum(runs.values()):,} for {len(runs):,} tasks; run more than once: "
                   f"{sum(1 for n in runs.values() if n > 1)}; acknowledged but never run: {never}")
+            early = 0
+            if args.deps:
+                early = sum(1 for parent, child in producers.pairs
+                            if child in first_run and first_run[child] < first_run.get(parent, float("inf")))
+                print(f"dependency pairs across shards: {len(producers.pairs):,}; "
+                      f"dependents that ran before their dependency: {early}")
             if os.environ.get("SHARDQ_CHAOS_LOG"):
                 Path(os.environ["SHARDQ_CHAOS_LOG"]).write_text(
                     "".join(server.stderr_lines) + "\n".join(producers.errors) + "\n")
-            return 0 if not missing and not open_ and not never else 1
+            return 0 if not missing and not open_ and not never and not early else 1
         finally:
             producers.stop.set()
             for w in workers:
