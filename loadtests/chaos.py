@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=120.0,
                         help="seconds to wait for the backlog to complete afterwards (default 120)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--sync", choices=("always", "interval", "none"), default="interval",
+                        help="the server's persistence.sync (default interval; none is not crash-safe "
+                             "against a machine crash, but is against a process kill)")
     parser.add_argument("--deps", action="store_true",
                         help="submit (dependency, dependent) pairs on different shards, and check "
                              "that no dependent ran before its dependency")
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         marks = os.path.join(tmp, "marks")
         Path(marks).touch()
         server = ServerProcess(os.path.join(tmp, "data"), [
-            "--shards", str(args.shards), "--lease-timeout-ms", "3000",
+            "--shards", str(args.shards), "--sync", args.sync, "--lease-timeout-ms", "3000",
             "--heartbeat-interval-ms", "500"]).start()
         env = dict(os.environ, SHARDQ_CHAOS_MARKS=marks, PYTHONPATH=os.pathsep.join(
             [str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))

@@ -492,7 +492,12 @@ class Engine:
         for key in ("cpu_percent", "memory_rss", "memory_percent", "state"):
             if info.get(key) is not None:
                 setattr(w, key, info[key])
-        expires = self._leases.extend(w, now)
+        # With `active`, only the leases the worker lists are extended. A lease it does not know
+        # of (the CLAIM answer never reached it: its connection broke, or a shard relaying a
+        # cross-shard claim died) then expires and is reclaimed, instead of being kept alive by
+        # the heartbeats of a worker that will never run it. A lease just granted and not yet
+        # listed keeps its first expiry, a full lease away, which the next heartbeat renews.
+        expires = self._leases.extend(w, now, None if active is None else set(active))
         lost = [id_to_str(t) for t in (active or ()) if t not in w.leases]
         return expires, lost
 

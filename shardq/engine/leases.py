@@ -95,11 +95,12 @@ class LeaseTable:
             w.last_seen_ms = now
         return w
 
-    def extend(self, w: Worker, now: int) -> int:
-        """A heartbeat: every lease of ``w`` now expires a lease time from ``now``."""
+    def extend(self, w: Worker, now: int, only: set[bytes] | None = None) -> int:
+        """A heartbeat: the leases of ``w`` now expire a lease time from ``now`` -- all of them,
+        or with ``only`` (the heartbeat's ``active``) just those the worker says it holds."""
         expires = now + self.lease_ms
         by_id = self.by_id
-        for tid in w.leases:
+        for tid in w.leases if only is None else w.leases & only:
             by_id[tid].expires_ms = expires
         return expires
 

@@ -621,9 +621,11 @@ class _Heartbeat(threading.Thread):
     def beat(self, client: Any) -> None:
         w = self.worker
         jobs = list(w.running.values())
+        # Running, and finished but not yet acknowledged: the broker extends only these leases.
+        active = [j.ctx.id for j in jobs] + [tid for tid in list(w.unreported) if tid not in w.running]
         try:
             cpu, rss, mem = self._usage()
-            _expires, lost = client.heartbeat(w.worker_id, active=[j.ctx.id for j in jobs],
+            _expires, lost = client.heartbeat(w.worker_id, active=active,
                                               cpu_percent=cpu, memory_rss=rss, memory_percent=mem,
                                               state=w.state)
         except Exception as exc:  # noqa: BLE001 -- keep beating; the broker may come back
@@ -694,6 +696,9 @@ class Worker:
 
         self.state = "running"
         self.running: dict[str, Job] = {}
+        # Finished runs whose RESULT the broker has not acknowledged yet: HEARTBEAT lists them in
+        # `active` with the running ones, since the broker extends only the leases listed there.
+        self.unreported: dict[str, Job] = {}
         self.pool: Pool | None = None
         self.server_info: dict[str, Any] = {}
         self.max_result = MAX_PAYLOAD
@@ -1052,6 +1057,7 @@ class Worker:
         self._push_result(job, out)
 
     def _push_result(self, job: Job, out: Outcome) -> None:
+        self.unreported[job.ctx.id] = job
         self._results.append((job, out))
         self._ticks += 1
         self._burst_wait = False
@@ -1127,6 +1133,10 @@ class Worker:
         self._ticks += 1
         self._burst_wait = False
         self._progress.set()
+        if exc is None or (isinstance(exc, WireError) and not isinstance(exc, (Unavailable, Internal))):
+            for job, _ in batch:  # answered (or refused for good): no longer ours to keep alive
+                if self.unreported.get(job.ctx.id) is job:
+                    del self.unreported[job.ctx.id]
         if exc is None:
             self._log_results(batch, msg.header.get("results") or [])
         elif isinstance(exc, (Unavailable, Internal)):

@@ -413,6 +413,27 @@ def test_heartbeat_extends_lease(env: Env) -> None:
     assert task.status == PENDING and task.error == "lease expired"
 
 
+def test_heartbeat_with_active_extends_only_the_listed_leases(env: Env) -> None:
+    """A lease whose CLAIM answer never reached the worker is not in its `active`: the worker's
+    heartbeats do not keep it alive, so it expires and the task runs elsewhere."""
+    held, stranded = env.submit(TaskSpec("t", b""), TaskSpec("t", b""))
+    assert len(env.engine.claim("w", 2, ["t"], env.now)) == 2
+    granted = env.now
+    for _ in range(6):
+        env.tick(HB - 100)
+        expires, lost = env.engine.heartbeat("w", {}, [held], env.now)
+        assert lost == []
+        assert env.engine.query([held])[0].lease_expires_ms == expires
+        if env.status(stranded) == IN_PROGRESS:
+            assert env.engine.query([stranded])[0].lease_expires_ms == granted + LEASE
+    assert env.status(held) == IN_PROGRESS
+    task = env.get(stranded)
+    assert task.status == PENDING and task.error == "lease expired"
+    # Without `active` (the contract's plain form) every lease the worker holds is extended.
+    env.engine.heartbeat("w", {}, None, env.now)
+    assert env.engine.query([held])[0].lease_expires_ms == env.now + LEASE
+
+
 def test_heartbeat_reports_lost_ids(env: Env) -> None:
     a, b = env.submit(TaskSpec("t", b""), TaskSpec("t", b""))
     env.claim_one("w")
