@@ -17,6 +17,9 @@ task to be completed. It prints:
 - handler runs: tasks run more than once (at-least-once: a shard that crashed before a result
   was committed hands the task out again), and acknowledged tasks never run (must be 0).
 
+``--kill-workers``: the workers are victims too; a killed worker is replaced at once by a new
+one (a new worker id), and the dead one's leases come back when it is declared dead.
+
 ``--deps``: each batch is 10 (dependency, dependent) pairs whose client ids put the two on
 different shards, so every SUBMIT is split across owners and every dependency is remote; the run
 also checks that no dependent's handler started before its dependency's did.
@@ -146,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=120.0,
                         help="seconds to wait for the backlog to complete afterwards (default 120)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--kill-workers", action="store_true",
+                        help="also SIGKILL the workers now and then (a new one starts at once; the "
+                             "dead one's leases come back when the coordinator declares it dead)")
     parser.add_argument("--sync", choices=("always", "interval", "none"), default="interval",
                         help="the server's persistence.sync (default interval; none is not crash-safe "
                              "against a machine crash, but is against a process kill)")
@@ -167,21 +173,33 @@ def main(argv: list[str] | None = None) -> int:
             "--heartbeat-interval-ms", "500"]).start()
         env = dict(os.environ, SHARDQ_CHAOS_MARKS=marks, PYTHONPATH=os.pathsep.join(
             [str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-        workers = [subprocess.Popen(
-            [sys.executable, "-m", "shardq.worker", "chaos:app", "--server", server.url,
-             "--shard", str(k), "--concurrency", "8", "--heartbeat-interval-ms", "300",
-             "--log-level", "warning"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"worker-{k}.log"), "w"))
-            for k in range(args.shards)]
+        def start_worker(k: int) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "shardq.worker", "chaos:app", "--server", server.url,
+                 "--shard", str(k), "--concurrency", "8", "--heartbeat-interval-ms", "300",
+                 "--log-level", "warning"],
+                env=env, stdout=subprocess.DEVNULL,
+                stderr=open(os.path.join(tmp, f"worker-{k}.log"), "a"))
+
+        workers = [start_worker(k) for k in range(args.shards)]
         producers = Producers(server.url, args.producers, args.shards, args.deps)
         try:
             producers.start()
             kills: Counter[str] = Counter()
             victims = [f"shard-{k}" for k in range(args.shards)] * 2 + ["acceptor", "coordinator"]
+            if args.kill_workers:
+                victims += [f"worker-{k}" for k in range(args.shards)]
             end = time.monotonic() + args.seconds
             while time.monotonic() < end:
                 time.sleep(rng.uniform(1.5, 4.0))
                 name = rng.choice(victims)
+                if name.startswith("worker-"):  # a worker dies mid-task; another takes its place
+                    k = int(name.split("-")[1])
+                    workers[k].kill()
+                    workers[k].wait()
+                    workers[k] = start_worker(k)
+                    kills[name] += 1
+                    continue
                 pid = child_pids(server).get(name)
                 try:
                     if pid:
