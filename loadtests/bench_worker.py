@@ -73,6 +73,13 @@ def _when(line: str) -> float:
     return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
+def worker_env() -> dict[str, str]:
+    """The environment for ``python -m shardq.worker bench_worker:app``: this file and the
+    checkout importable."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+
+
 def fill(client: shardq.Client, task_type: str, n: int) -> float:
     from shardq.client.models import Job
     t0 = time.perf_counter()
@@ -118,8 +125,7 @@ def run_one(url: str, task_type: str, n: int, concurrency: int, pool: str, log_d
     before = client.stats()["totals"]["completed"]
     fill_s = fill(client, task_type, n)
     log_path = os.path.join(log_dir, f"worker-c{concurrency}.log")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = worker_env()
     cmd = [sys.executable, "-m", "shardq.worker", "bench_worker:app", "--server", url, "--burst",
            "--concurrency", str(concurrency), "--pool", pool, "--types", task_type]
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -158,8 +164,7 @@ def run_spread(url: str, shards: int, task_type: str, n: int, concurrency: int, 
             fill(producer, task_type, share[k])
     client = shardq.Client(url)
     before_done, before_hops = client.stats()["totals"]["completed"], _forwarded(client)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = worker_env()
     procs, logs = [], []
     for k in range(shards):
         cmd = [sys.executable, "-m", "shardq.worker", "bench_worker:app", "--server", url, "--burst",

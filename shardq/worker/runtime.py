@@ -47,10 +47,9 @@ import traceback
 from collections import deque
 from typing import Any
 
-from shardq import __version__
 from shardq.client.connection import ConnectionClosed, parse_url
 from shardq.client.models import to_bytes
-from shardq.client.requests import check_shard
+from shardq.client.requests import check_shard, hello_header
 from shardq.errors import (
     Forbidden,
     Internal,
@@ -839,11 +838,7 @@ class Worker:
             try:
                 _, conn = await asyncio.wait_for(self.loop.create_connection(
                     lambda: _Conn(self.loop, self._internal_error), self.host, self.port), self.max_inactivity_s)
-                hello: dict[str, Any] = {"client": f"shardq-worker/{__version__}", "protocol": 1}
-                if self.api_key is not None:
-                    hello["api_key"] = self.api_key
-                if self.shard_hint is not None:
-                    hello["shard"] = self.shard_hint
+                hello = hello_header("shardq-worker", self.api_key, self.shard_hint)
                 msg = await conn.request(MsgType.HELLO, hello, timeout=self.max_inactivity_s)
                 self.server_info = dict(msg.header)
                 self._check_shard()
