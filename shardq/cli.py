@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shardq: config error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        from shardq.server.app import serve
+        from shardq.server.supervisor import serve
         return serve(cfg)
     if args.command == "config":
         if args.action == "show":

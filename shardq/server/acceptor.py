@@ -20,14 +20,16 @@ import signal
 import socket
 from typing import TYPE_CHECKING
 
+import uvloop
+
+from shardq.config import BrokerConfig, MonitoringConfig
+from shardq.process import start_child
 from shardq.protocol.frames import encode_nack
 from shardq.server.handoff import ACCEPTOR_HELLO, connect_seqpacket, read_count, send_connection
 from shardq.server.mesh import handoff_path
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
-
-    from shardq.config import Config
 
 log = logging.getLogger("shardq.acceptor")
 
@@ -36,8 +38,8 @@ LINK_WAIT_S = 10.0
 
 
 class Acceptor:
-    def __init__(self, cfg: Config, listener: socket.socket, run_dir: str, shards: int) -> None:
-        self.cfg = cfg
+    def __init__(self, max_connections: int, listener: socket.socket, run_dir: str, shards: int) -> None:
+        self.max_connections = max_connections
         self.listener = listener
         self.run_dir = run_dir
         self.shards = shards
@@ -90,7 +92,7 @@ class Acceptor:
     def _place(self, conn: socket.socket) -> None:
         with conn:
             live = [i for i, ch in enumerate(self.channels) if ch is not None]
-            if sum(self.counts) >= self.cfg.broker.max_connections:
+            if sum(self.counts) >= self.max_connections:
                 self._refuse(conn, "too many connections")
                 return
             if not live:
@@ -157,15 +159,8 @@ class Acceptor:
                 log.warning("shard %d went away; its new connections go to the others", shard)
 
 
-def acceptor_main(cfg: Config, listener: socket.socket, run_dir: str, shards: int,
-                  ready: Connection | None = None) -> None:
+def acceptor_main(broker: BrokerConfig, monitoring: MonitoringConfig, listener: socket.socket,
+                  run_dir: str, shards: int, ready: Connection | None = None) -> None:
     """Entry point of the acceptor process (spawned by the supervisor)."""
-    import uvloop
-
-    from shardq.server.app import setup_logging
-    from shardq.server.supervisor import die_with_parent
-
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the drain
-    setup_logging(cfg, "acceptor")
-    uvloop.run(Acceptor(cfg, listener, run_dir, shards).run(ready))
+    start_child("acceptor", monitoring)
+    uvloop.run(Acceptor(broker.max_connections, listener, run_dir, shards).run(ready))

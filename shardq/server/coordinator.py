@@ -23,14 +23,17 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+import uvloop
+
+from shardq.clock import now_ms
+from shardq.config import BrokerConfig, MonitoringConfig
+from shardq.metrics import BrokerCollector, on_loop, start_metrics_server, stop_metrics_server
+from shardq.process import EXIT_BIND, start_child
 from shardq.protocol.frames import Message, MsgType
-from shardq.server.app import EXIT_BIND
 from shardq.server.mesh import Link, coordinator_path
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
-
-    from shardq.config import Config
 
 log = logging.getLogger("shardq.coordinator")
 
@@ -38,20 +41,16 @@ WORKER_FIELDS = ("hostname", "pid", "types", "concurrency", "cpu_percent", "memo
                  "memory_percent", "state")
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class Coordinator:
-    def __init__(self, cfg: Config, shards: int) -> None:
-        self.cfg = cfg
+    def __init__(self, broker: BrokerConfig, shards: int) -> None:
+        self.host = broker.host  # /metrics listens beside the client port
         self.shards = shards
         self.links: dict[int, Link] = {}
         self.reports: dict[int, dict[str, Any]] = {}  # the last stats REPORT of each shard
         self.depths: dict[int, int] = {}
         self.ready: dict[int, dict[str, int]] = {}  # shard -> {type: best ready tier rank}
         self.workers: dict[str, dict[str, Any]] = {}
-        self.liveness_ms = 2 * cfg.broker.heartbeat_interval_ms
+        self.liveness_ms = 2 * broker.heartbeat_interval_ms
         self.started = time.monotonic()
         self.dead_declared = 0
         self._state_dirty = False
@@ -161,15 +160,14 @@ class Coordinator:
         server = await loop.create_unix_server(lambda: Link("shard", self.on_message), path)
         metrics = None
         if metrics_port is not None:
-            from shardq.metrics import BrokerCollector, on_loop, start_metrics_server, stop_metrics_server
             try:
                 metrics, metrics_port = start_metrics_server(
-                    metrics_port, self.cfg.broker.host, BrokerCollector(on_loop(loop, self.snapshot)))
+                    metrics_port, self.host, BrokerCollector(on_loop(loop, self.snapshot)))
             except OSError as exc:
-                log.error("cannot serve /metrics on %s:%s: %s", self.cfg.broker.host, metrics_port, exc)
+                log.error("cannot serve /metrics on %s:%s: %s", self.host, metrics_port, exc)
                 server.close()
                 return EXIT_BIND
-            log.info("serving /metrics on %s:%d", self.cfg.broker.host, metrics_port)
+            log.info("serving /metrics on %s:%d", self.host, metrics_port)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         period = max(0.02, min(0.25, self.liveness_ms / 4000))
@@ -190,16 +188,9 @@ class Coordinator:
         return 0
 
 
-def coordinator_main(cfg: Config, run_dir: str, shards: int, metrics_port: int | None = None,
-                     ready: Connection | None = None) -> None:
+def coordinator_main(broker: BrokerConfig, monitoring: MonitoringConfig, run_dir: str, shards: int,
+                     metrics_port: int | None = None, ready: Connection | None = None) -> None:
     """Entry point of the coordinator process (spawned by the supervisor). ``metrics_port``:
     where /metrics is served (0: any free port, reported back on ``ready``; None: off)."""
-    import uvloop
-
-    from shardq.server.app import setup_logging
-    from shardq.server.supervisor import die_with_parent
-
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the drain
-    setup_logging(cfg, "coordinator")
-    os._exit(uvloop.run(Coordinator(cfg, shards).run(run_dir, ready, metrics_port)))
+    start_child("coordinator", monitoring)
+    os._exit(uvloop.run(Coordinator(broker, shards).run(run_dir, ready, metrics_port)))

@@ -18,19 +18,14 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from shardq.clock import now_ms
 from shardq.engine.engine import Engine, ResultItem, TaskSpec
-from shardq.errors import NotFound, TooLarge, Unavailable, WireError
-from shardq.protocol.frames import MAX_FRAME, MsgType
+from shardq.errors import BadRequest, NotFound, Unavailable, WireError
+from shardq.protocol.frames import MsgType
 from shardq.task import PENDING, STATUS_CODES, STATUS_NAMES, id_to_str, owner_of
 
 if TYPE_CHECKING:
     from shardq.server.shard import ShardServer
-
-
-def now_ms() -> int:
-    from shardq.server.shard import now_ms as _now
-
-    return _now()
 
 
 def _owner(server: ShardServer, raw: bytes) -> int:
@@ -85,9 +80,36 @@ async def release_remote(server: ShardServer, worker_id: str, tasks: list[dict[s
             pass  # the lease expires by itself
 
 
+# -- the wire form of what is forwarded ------------------------------------------------
+
+def spec_header(spec: TaskSpec) -> dict[str, Any]:
+    """One task of a SUBMIT, as the owner's mesh session parses it again."""
+    out: dict[str, Any] = {"type": spec.type, "payload_len": len(spec.payload)}
+    for key in ("priority", "delay_ms", "scheduled_ms", "max_retries", "timeout_seconds"):
+        value = getattr(spec, key)
+        if value is not None:
+            out[key] = value
+    if spec.depends_on:
+        out["depends_on"] = [id_to_str(d) for d in spec.depends_on]
+    if spec.id is not None:
+        out["id"] = id_to_str(spec.id)
+    return out
+
+
+def result_header(item: ResultItem) -> dict[str, Any]:
+    """One item of a RESULT, as the owner's mesh session parses it again."""
+    out: dict[str, Any] = {"id": id_to_str(item.id), "attempt": item.attempt, "status": item.status}
+    if item.status == "completed":
+        out["result_len"] = len(item.result)
+    elif item.status == "failed":
+        out["error"] = item.error
+        out["retry"] = item.retry
+    return out
+
+
 # -- SUBMIT ------------------------------------------------------------------------------
 
-async def submit(server: ShardServer, specs: list[TaskSpec], raw_tasks: list[dict[str, Any]]) -> list[str]:
+async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
     """A batch with client ids or dependencies that other shards own.
 
     Checked as a whole first (depth, cycles, unknown dependencies); then each
@@ -101,7 +123,6 @@ async def submit(server: ShardServer, specs: list[TaskSpec], raw_tasks: list[dic
     batch_ids = {s.id: i for i, s in enumerate(specs) if s.id is not None}
     for i, spec in enumerate(specs):
         if spec.id is not None and spec.id in spec.depends_on:
-            from shardq.errors import BadRequest
             raise BadRequest(f"tasks[{i}].depends_on: a task cannot depend on itself")
     Engine._batch_order(specs, batch_ids, {})  # a cycle across owners is a BadRequest too
     # Every dependency outside the batch is looked up at its owner now, before any part is
@@ -141,7 +162,7 @@ async def submit(server: ShardServer, specs: list[TaskSpec], raw_tasks: list[dic
     ids: list[str | None] = [None] * len(specs)
 
     async def store_part(shard: int, positions: list[int]) -> None:
-        header = {"tasks": [raw_tasks[i] for i in positions], "_skip_depth": True,
+        header = {"tasks": [spec_header(specs[i]) for i in positions], "_skip_depth": True,
                   "_remote_status": {d.hex(): st for d, st in remote_status(positions).items()}}
         answer, _ = await _forward(server, shard, MsgType.SUBMIT, header,
                                    b"".join(specs[i].payload for i in positions))
@@ -165,8 +186,7 @@ async def submit(server: ShardServer, specs: list[TaskSpec], raw_tasks: list[dic
 
 # -- RESULT / HEARTBEAT / DEREGISTER ----------------------------------------------------------
 
-async def result(server: ShardServer, worker_id: str, items: list[ResultItem],
-                 raw_items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def result(server: ShardServer, worker_id: str, items: list[ResultItem]) -> list[dict[str, Any]]:
     out: list[dict[str, Any] | None] = [None] * len(items)
     by_owner: dict[int, list[int]] = {}
     for i, item in enumerate(items):
@@ -182,7 +202,7 @@ async def result(server: ShardServer, worker_id: str, items: list[ResultItem],
         blob = b"".join(items[i].result for i in positions if items[i].status == "completed")
         try:
             answer, _ = await _forward(server, shard, MsgType.RESULT,
-                                       {"worker_id": worker_id, "results": [raw_items[i] for i in positions]},
+                                       {"worker_id": worker_id, "results": [result_header(items[i]) for i in positions]},
                                        blob)
             for i, a in zip(positions, answer["results"]):
                 out[i] = a
@@ -259,16 +279,12 @@ async def query(server: ShardServer, ids: list[bytes], with_result: bool,
             pos += n
 
     await asyncio.gather(*(forward(s, p) for s, p in by_owner.items()))
-    blob = b"".join(results) if with_result else b""
-    if len(blob) + 5 + 2048 * len(ids) > MAX_FRAME:
-        raise TooLarge(f"the results of these tasks add up to {len(blob)} bytes, more than "
-                       "one frame holds; ask for fewer ids at a time")
-    return tasks, blob
+    return tasks, b"".join(results) if with_result else b""
 
 
-async def cancel(server: ShardServer, raw: bytes) -> dict[str, Any]:
+async def cancel(server: ShardServer, raw: bytes) -> str:
     answer, _ = await _forward(server, _owner(server, raw), MsgType.CANCEL, {"id": id_to_str(raw)})
-    return {"id": answer["id"], "status": answer["status"]}
+    return str(answer["status"])
 
 
 async def requeue_ids(server: ShardServer, ids: list[bytes], local: Any) -> dict[str, Any]:

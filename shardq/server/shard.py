@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from shardq.clock import now_ms
 from shardq.engine.engine import Engine, EngineSettings
 from shardq.errors import Unavailable
 from shardq.metrics import LoopLagProbe, shard_histograms, snapshot_histograms
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from shardq.config import Config
     from shardq.server.session import Session
 
+SessionFactory = Callable[[bytes], asyncio.Protocol]  # bytes already read -> a client session
+
 log = logging.getLogger("shardq.shard")
 
 RETENTION_PERIOD_S = 60.0
@@ -53,10 +56,6 @@ REPORT_MIN_GAP_S = 0.01  # a change of ready types is reported this soon, not so
 STATS_PERIOD_S = 0.5
 DEPENDENCY_POLL_S = 0.1  # how often dependencies owned by other shards are looked up
 COORDINATOR_RETRY_S = 0.1
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def engine_settings(cfg: Config, shards: int, index: int = 0) -> EngineSettings:
@@ -106,7 +105,12 @@ class ShardServer:
         self.workers_heard: dict[str, dict[str, Any]] = {}  # since the last report
         self.workers_known: dict[str, dict[str, Any]] = {}  # every worker heard directly
         self.workers_gone: list[str] = []
-        self._remote_claims: set[int] = set()  # ids of waiters with a remote claim in flight
+        self.remote_claims: set[int] = set()  # ids of waiters with a remote claim in flight
+        # Set by the shard process (shard_process.py), which knows the transports and the
+        # operations layer: how to serve an adopted connection, and who to tell when another
+        # shard reports ready work.
+        self.session_factory: SessionFactory | None = None
+        self.on_others_ready: Callable[[], None] = lambda: None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Metrics (shardq/metrics.py): recorded here, shipped in the stats REPORT.
         self.histograms = shard_histograms()
@@ -308,10 +312,9 @@ class ShardServer:
 
     def adopt(self, sock: socket.socket, carried: bytes) -> None:
         """A TCP connection handed to this shard, with the bytes already read from it."""
-        from shardq.server.session import Session
-
-        assert self.loop is not None
-        self.spawn(self.loop.connect_accepted_socket(lambda: Session(self, carried=carried), sock))
+        assert self.loop is not None and self.session_factory is not None
+        factory = self.session_factory
+        self.spawn(self.loop.connect_accepted_socket(lambda: factory(carried), sock))
 
     def hand_over(self, fd: int, shard: int, carried: bytes) -> bool:
         """Pass a connection to ``shard`` (a HELLO asked for it); False: keep it here."""
@@ -358,7 +361,7 @@ class ShardServer:
             self.others_ready = {int(k): dict(v) for k, v in (msg.header.get("ready") or {}).items()
                                  if int(k) != self.index}
             if self.others_ready:
-                self._claim_for_waiters()
+                self.on_others_ready()
         elif msg.type is MsgType.WORKER_DEAD:
             wid = msg.header.get("worker_id")
             if type(wid) is str:
@@ -440,7 +443,7 @@ class ShardServer:
         self._report_at = now
         link.send(MsgType.REPORT, report)
 
-    # -- work on other shards: dependencies and waiting claims ---------------------------
+    # -- dependencies on other shards' tasks ----------------------------------------------
 
     def _poll_remote_dependencies(self) -> None:
         if self.closing or self.peers is None or getattr(self, "_polling", False):
@@ -471,32 +474,6 @@ class ShardServer:
                     self.mutated()
         finally:
             self._polling = False
-
-    def _claim_for_waiters(self) -> None:
-        """Another shard has ready work: offer it to the claims waiting here."""
-        for w in self.engine.waiting():
-            if id(w) in self._remote_claims or w.on_remote is None:
-                continue
-            shards = [i for i, types in self.others_ready.items()
-                      if w.types is None or not w.types.isdisjoint(types)]
-            if shards:
-                self._remote_claims.add(id(w))
-                self.spawn(self._remote_claim_for(w, shards))
-
-    async def _remote_claim_for(self, w: Any, shards: list[int]) -> None:
-        from shardq.server.routing import claim_remote, release_remote
-
-        try:
-            tasks, blob = await claim_remote(self, w.worker_id, w.max, w.types, shards)
-        finally:
-            self._remote_claims.discard(id(w))
-        if not tasks:
-            return
-        if w.done:
-            await release_remote(self, w.worker_id, tasks)  # answered meanwhile: give them back
-            return
-        w.done = True
-        w.on_remote(tasks, blob)
 
     # -- stats -----------------------------------------------------------------------
 

@@ -34,7 +34,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardq.config import Config
-from shardq.server.app import EXIT_BIND, EXIT_CONFIG, EXIT_FORCED, EXIT_OK, setup_logging
+from shardq.process import (
+    EXIT_BIND,
+    EXIT_CONFIG,
+    EXIT_FORCED,
+    EXIT_OK,
+    describe_exit,
+    set_title,
+    setup_logging,
+)
+from shardq.server.acceptor import acceptor_main
+from shardq.server.coordinator import coordinator_main
+from shardq.server.shard_process import shard_main
 from shardq.store.partitioned import record_shards, resolve_shards
 from shardq.store.rocks import StoreError
 
@@ -61,17 +72,6 @@ class Child:
     ready_conn: Any = field(default=None, repr=False)
 
 
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
-
-
 def read_ready(conn: Any, is_alive: Callable[[], bool]) -> tuple[str, Any]:
     """What a starting child's ready pipe says now: ("ready", message), ("dead", None) or
     ("starting", None). The pipe is polled once: polling again after a liveness check would race
@@ -96,7 +96,7 @@ class Supervisor:
 
     def run(self) -> int:
         cfg = self.cfg
-        setup_logging(cfg, "supervisor")
+        setup_logging(cfg.monitoring, "supervisor")
         data_dir = cfg.persistence.data_dir
         try:
             shards = resolve_shards(data_dir, cfg.broker.shards)
@@ -112,6 +112,7 @@ class Supervisor:
             log.error("cannot listen on %s:%s: %s", cfg.broker.host, cfg.broker.port, exc)
             return EXIT_BIND
         port = self.listener.getsockname()[1]
+        set_title(f"supervisor {cfg.broker.host}:{port} {data_dir}")
         # Unix socket paths are limited to ~108 bytes: keep the run dir short.
         clean_stale_run_dirs()
         self.run_dir = tempfile.mkdtemp(prefix="shardq-")
@@ -137,15 +138,14 @@ class Supervisor:
             os._exit(EXIT_FORCED)
 
     def _supervise(self, shards: int, port: int) -> int:
-        from shardq.server.acceptor import acceptor_main
-        from shardq.server.app import shard_main
-        from shardq.server.coordinator import coordinator_main
-
         cfg, run_dir = self.cfg, self.run_dir
         metrics_port = cfg.monitoring.prometheus_port if cfg.monitoring.metrics_enabled else None
-        self.children = [Child("coordinator", coordinator_main, (cfg, run_dir, shards, metrics_port))]
+        # Each child gets the part of the configuration it uses.
+        self.children = [Child("coordinator", coordinator_main,
+                               (cfg.broker, cfg.monitoring, run_dir, shards, metrics_port))]
         self.children += [Child(f"shard-{i}", shard_main, (cfg, i, shards, run_dir)) for i in range(shards)]
-        self.children.append(Child("acceptor", acceptor_main, (cfg, self.listener, run_dir, shards)))
+        self.children.append(Child("acceptor", acceptor_main,
+                                   (cfg.broker, cfg.monitoring, self.listener, run_dir, shards)))
         for child in self.children:
             self._start(child)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -260,20 +260,6 @@ class Supervisor:
                     child.process.kill()
 
 
-def die_with_parent() -> None:
-    """Ask Linux to send this child SIGTERM when the supervisor dies (even by SIGKILL), so no
-    shard outlives it holding its RocksDB lock: the SIGTERM drains it like a normal stop."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: a supervisor killed with SIGKILL leaves its children to be stopped by hand
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def clean_stale_run_dirs() -> None:
     """Remove run dirs (Unix sockets) left in the temp dir by supervisors that were killed."""
     base = tempfile.gettempdir()
@@ -292,6 +278,11 @@ def clean_stale_run_dirs() -> None:
             shutil.rmtree(path, ignore_errors=True)
         except PermissionError:
             pass  # alive, someone else's
+
+
+def serve(cfg: Config) -> int:
+    """`shardq serve`: the supervisor and its processes."""
+    return Supervisor(cfg).run()
 
 
 def _family(host: str) -> socket.AddressFamily:

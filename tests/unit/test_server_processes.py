@@ -59,7 +59,7 @@ def test_acceptor_places_on_the_next_shard_when_a_send_fails(monkeypatch) -> Non
         return channel != 0  # "channel" 0 is the dead shard's
 
     monkeypatch.setattr(acceptor_mod, "send_connection", send)
-    acc = acceptor_mod.Acceptor(load_config(env={}), None, "/nonexistent", 3)  # type: ignore[arg-type]
+    acc = acceptor_mod.Acceptor(load_config(env={}).broker.max_connections, None, "/nonexistent", 3)  # type: ignore[arg-type]
     acc.channels = [0, 1, None]  # type: ignore[list-item]  # shard 2 is not linked
     acc.counts = [0, 5, 0]
     a, b = socket.socketpair()

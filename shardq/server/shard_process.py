@@ -1,10 +1,9 @@
 """A shard process: open its RocksDB, recover, serve the connections handed to it, drain.
 
-`shardq serve` itself is the supervisor (supervisor.py); this is what it runs
-once per shard. Exit codes, named so the supervisor and scripts can tell them
-apart: EXIT_OK 0, EXIT_CONFIG 2 (bad configuration or an unusable data dir),
-EXIT_BIND 3 (a port or socket could not be bound), EXIT_FORCED 4 (a second
-signal cut the drain short).
+`shardq serve` itself is the supervisor (supervisor.py); this is what it runs once per shard.
+It wires the parts together: the shard service (shard.py: engine, store, group commit), the
+operations layer (operations.py) and the transports that call it (session.py for the TCP
+protocol, over client connections and over the mesh).
 """
 
 from __future__ import annotations
@@ -17,49 +16,38 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+import uvloop
+
 from shardq.config import Config
+from shardq.process import EXIT_BIND, EXIT_CONFIG, EXIT_OK, start_child
+from shardq.server.handoff import HandoffReceiver
+from shardq.server.mesh import handoff_path, mesh_path
+from shardq.server.operations import Operations
+from shardq.server.session import Session
+from shardq.server.shard import ShardServer
+from shardq.store.rocks import StoreError
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-log = logging.getLogger("shardq.serve")
-
-EXIT_OK = 0
-EXIT_CONFIG = 2  # bad configuration, flags, or a data dir that cannot be used as asked
-EXIT_BIND = 3  # the port could not be bound
-EXIT_FORCED = 4  # a second signal cut the drain short
-
-
-def setup_logging(cfg: Config, role: str = "server") -> None:
-    level = getattr(logging, cfg.monitoring.log_level.upper(), logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    if cfg.monitoring.json_logs:
-        from shardq.logs import JsonFormatter
-        handler.setFormatter(JsonFormatter(role))
-    else:
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s %(levelname)s {role} %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+log = logging.getLogger("shardq.shard")
 
 
 async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
                        ready: Connection | None) -> int:
-    from shardq.server.handoff import HandoffReceiver
-    from shardq.server.mesh import handoff_path, mesh_path
-    from shardq.server.session import Session
-    from shardq.server.shard import ShardServer
-
     loop = asyncio.get_running_loop()
     shard = ShardServer(cfg, cfg.persistence.data_dir, shards, index, run_dir)
     summary = shard.recover()
+    client_ops = Operations(shard)
+    peer_ops = Operations(shard, forwarded=True)
+    shard.session_factory = lambda carried: Session(shard, client_ops, carried=carried)
+    shard.on_others_ready = client_ops.claims.offer_to_waiters
     shard.start(loop)
     path = mesh_path(run_dir, index)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     try:
-        mesh = await loop.create_unix_server(lambda: Session(shard, peer=True), path)
+        mesh = await loop.create_unix_server(lambda: Session(shard, peer_ops, peer=True), path)
         shard.handoff = HandoffReceiver(loop, handoff_path(run_dir, index), shard.adopt)
     except OSError as exc:
         log.error("cannot listen on the run dir %s: %s", run_dir, exc)
@@ -97,14 +85,7 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
 def shard_main(cfg: Config, index: int, shards: int, run_dir: str,
                ready: Connection | None = None) -> None:
     """Entry point of shard process ``index`` (spawned by the supervisor)."""
-    import uvloop
-
-    from shardq.server.supervisor import die_with_parent
-    from shardq.store.rocks import StoreError
-
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the drain
-    setup_logging(cfg, f"shard-{index}")
+    start_child(f"shard-{index}", cfg.monitoring)
     try:
         code = uvloop.run(_serve_shard(cfg, index, shards, run_dir, ready))
     except StoreError as exc:
@@ -112,10 +93,3 @@ def shard_main(cfg: Config, index: int, shards: int, run_dir: str,
         code = EXIT_CONFIG
     sys.stdout.flush()
     os._exit(code)
-
-
-def serve(cfg: Config) -> int:
-    """`shardq serve`: the supervisor and its processes (see supervisor.py)."""
-    from shardq.server.supervisor import Supervisor
-
-    return Supervisor(cfg).run()
