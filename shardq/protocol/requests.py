@@ -215,7 +215,7 @@ def parse_query(header: dict[str, Any]) -> tuple[list[bytes], bool]:
 
 def parse_list(header: dict[str, Any]) -> tuple[int, str | None, int, int, int, str | None]:
     status = header.get("status")
-    if status not in STATUS_CODES:
+    if type(status) is not str or status not in STATUS_CODES:  # a list or object is not hashable
         raise BadRequest(f"status: must be one of {', '.join(STATUS_CODES)}, got {_describe(status)}")
     lo = get_int(header, "min_priority", "", 0, 255, default=0)
     hi = get_int(header, "max_priority", "", 0, 255, default=255)

@@ -352,6 +352,12 @@ FIELD_CASES = [
     (MsgType.LIST_TASKS, {"status": "done"}, b"", "status"),
     (MsgType.LIST_TASKS, {"status": "PENDING"}, b"", "status"),
     (MsgType.LIST_TASKS, {"status": 0}, b"", "status"),
+    # Unhashable values were answered Internal (a set lookup raised TypeError).
+    (MsgType.LIST_TASKS, {"status": []}, b"", "status"),
+    (MsgType.LIST_TASKS, {"status": {}}, b"", "status"),
+    (MsgType.LIST_TASKS, {"status": ["pending"]}, b"", "status"),
+    (MsgType.REQUEUE, {"status": ["dead_letter"]}, b"", "status"),
+    (MsgType.HEARTBEAT, {"worker_id": "w", "state": {"a": 1}}, b"", "state"),
     (MsgType.LIST_TASKS, {"status": "pending", "limit": 0}, b"", "limit"),
     (MsgType.LIST_TASKS, {"status": "pending", "limit": 1001}, b"", "limit"),
     (MsgType.LIST_TASKS, {"status": "pending", "limit": "10"}, b"", "limit"),
