@@ -23,6 +23,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+from shardq.clock import now_ms
 from shardq.protocol.frames import Message, MsgType
 from shardq.server.app import EXIT_BIND
 from shardq.server.mesh import Link, coordinator_path
@@ -36,10 +37,6 @@ log = logging.getLogger("shardq.coordinator")
 
 WORKER_FIELDS = ("hostname", "pid", "types", "concurrency", "cpu_percent", "memory_rss",
                  "memory_percent", "state")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Coordinator:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from shardq.clock import now_ms
 from shardq.engine.engine import Engine, ResultItem, TaskSpec
 from shardq.errors import NotFound, TooLarge, Unavailable, WireError
 from shardq.protocol.frames import MAX_FRAME, MsgType
@@ -25,12 +26,6 @@ from shardq.task import PENDING, STATUS_CODES, STATUS_NAMES, id_to_str, owner_of
 
 if TYPE_CHECKING:
     from shardq.server.shard import ShardServer
-
-
-def now_ms() -> int:
-    from shardq.server.shard import now_ms as _now
-
-    return _now()
 
 
 def _owner(server: ShardServer, raw: bytes) -> int:

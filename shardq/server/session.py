@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shardq import __version__
+from shardq.clock import now_ms
 from shardq.engine.engine import ClaimWaiter, ResultItem, Task
 from shardq.errors import (
     BadRequest,
@@ -53,7 +54,6 @@ from shardq.protocol.frames import (
     encode_nack,
 )
 from shardq.server import routing
-from shardq.server.shard import now_ms
 from shardq.task import id_to_str
 
 if TYPE_CHECKING:
