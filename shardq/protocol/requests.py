@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardq.engine.engine import ResultItem, TaskSpec
 from shardq.errors import BadRequest, TooLarge
 from shardq.protocol.frames import MAX_PAYLOAD, split_blob
+from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_CODES, id_to_bytes, is_canonical_id
 
 MAX_RID = 2**63
@@ -99,7 +99,7 @@ def parse_ids(values: list[Any], where: str) -> list[bytes]:
 
 
 def parse_types(header: dict[str, Any]) -> list[str] | None:
-    types = get_list(header, "types", "", 1000, default=None)
+    types: list[Any] | None = get_list(header, "types", "", 1000, default=None)
     if types is None:
         return None
     for i, t in enumerate(types):
