@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardq import __version__
 from shardq.clock import now_ms
+from shardq.config import PERMISSIONS
 from shardq.engine.engine import ClaimWaiter, ResultItem, Task
 from shardq.errors import (
     BadRequest,
@@ -44,7 +45,6 @@ from shardq.errors import (
 from shardq.protocol import requests as rq
 from shardq.protocol.frames import (
     MAX_FRAME,
-    MAX_PAYLOAD,
     PROTOCOL_VERSION,
     FrameDecoder,
     Malformed,
@@ -79,7 +79,7 @@ OUT_HIGH_WATER = 4 * MAX_FRAME
 REQUEUE_SLICE = 200
 
 
-ALL_PERMISSIONS = frozenset(("submit", "claim", "read", "admin"))
+ALL_PERMISSIONS = frozenset(PERMISSIONS)
 
 
 class Session(asyncio.Protocol):
@@ -310,7 +310,7 @@ class Session(asyncio.Protocol):
         b = self.server.cfg.broker
         return {"server": f"shardq/{__version__}", "protocol": PROTOCOL_VERSION,
                 "shard": self.server.index, "shards": self.server.shards, "max_frame": MAX_FRAME,
-                "max_payload": MAX_PAYLOAD, "lease_ms": b.lease_timeout_ms,
+                "max_payload": self.engine.s.max_payload, "lease_ms": b.lease_timeout_ms,
                 "heartbeat_ms": b.heartbeat_interval_ms}, b""
 
     def _hand_over(self, shard: int, hello: Message) -> bool:
