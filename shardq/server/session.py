@@ -35,7 +35,6 @@ from shardq.errors import (
     Forbidden,
     InvalidState,
     NotFound,
-    ProtocolError,
     ProtocolViolation,
     TooLarge,
     Unauthorized,
@@ -231,6 +230,7 @@ class Session(asyncio.Protocol):
             if perm is not None and self.permissions is not None and perm not in self.permissions \
                     and "admin" not in self.permissions:
                 raise Forbidden(f"this API key lacks the '{perm}' permission for {msg.type.name}")
+            rq.check_blob(msg.type, msg.header, msg.blob)
             answer = self._handlers[msg.type](msg)
         except WireError as err:
             self._nack(rid, err)
@@ -293,9 +293,7 @@ class Session(asyncio.Protocol):
 
     def on_hello(self, msg: Message) -> Answer:
         h = msg.header
-        if h.get("protocol") != PROTOCOL_VERSION:
-            raise ProtocolError(f"protocol version {h.get('protocol')!r} is not supported "
-                                    f"(this server speaks {PROTOCOL_VERSION})")
+        rq.parse_hello(h)
         hint = h.get("shard")
         if (self.routed and self.frames == 1 and type(hint) is int and 0 <= hint < self.server.shards
                 and hint != self.server.index and self._hand_over(hint, msg)):
@@ -546,7 +544,7 @@ class Session(asyncio.Protocol):
         return {}, b""
 
     def on_deregister(self, msg: Message) -> Answer:
-        worker_id = rq.get_str(msg.header, "worker_id", "", rq.MAX_WORKER_ID_LEN)
+        worker_id = rq.parse_deregister(msg.header)
         if not self.peer:
             self.server.worker_gone(worker_id)
         if self.routed:
@@ -582,7 +580,7 @@ class Session(asyncio.Protocol):
         return {"tasks": wire}, blob
 
     def on_cancel(self, msg: Message) -> Answer:
-        raw = rq.parse_id(msg.header.get("id"), "id")
+        raw = rq.parse_cancel(msg.header)
         if self.routed and not self.server.owns(raw):
             async def routed() -> tuple[dict[str, Any], bytes]:
                 return await routing.cancel(self.server, raw), b""
@@ -603,7 +601,7 @@ class Session(asyncio.Protocol):
         return {"tasks": page, "cursor": nxt}, b""
 
     def on_stats(self, msg: Message) -> Answer:
-        detail = rq.get_bool(msg.header, "workers_detail", "", False)  # shardq extension
+        detail = rq.parse_stats(msg.header)
         coordinator = self.server.coordinator
         if self.peer or coordinator is None:
             stats = self.server.stats()

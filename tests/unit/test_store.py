@@ -598,7 +598,7 @@ def test_retention_slice_is_bounded(make_node) -> None:
 
 
 def test_recovery_repairs_a_damaged_status_index(tmp_path) -> None:
-    from shardq.engine.engine import Engine, EngineSettings, TaskSpec
+    from shardq.engine.engine import Engine, TaskSpec
 
     path = str(tmp_path / "d")
     ps = PartitionedStore(path, 2)
