@@ -10,4 +10,5 @@ import time
 
 
 def now_ms() -> int:
+    """Epoch milliseconds: the unit of every time field of the protocol and the records."""
     return int(time.time() * 1000)

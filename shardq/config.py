@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from shardq.errors import ConfigError
+from shardq.protocol.frames import MAX_PAYLOAD
 
 __all__ = [
     "FLAG_TO_KEY", "ApiConfig", "ApiKey", "AuthConfig", "BrokerConfig", "Config", "MonitoringConfig",
@@ -40,7 +41,7 @@ __all__ = [
     "dump_config", "load_config",
 ]
 
-MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # the protocol's cap on one payload
+# What an API key may be granted; the server maps each message to one of them (server/session.py).
 PERMISSIONS = ("submit", "claim", "read", "admin")
 
 # Command-line flag -> the dotted key it overrides (shared by every subcommand that loads config).
@@ -257,7 +258,7 @@ class BrokerConfig:
     lease_timeout_ms: int = _opt(30000, Int(100))
     heartbeat_interval_ms: int = _opt(15000, Int(50))          # silent for 2x this = dead
     claim_batch: int = _opt(10, Int(1, 1000))
-    max_payload_bytes: int = _opt(MAX_PAYLOAD_BYTES, Int(1, MAX_PAYLOAD_BYTES))
+    max_payload_bytes: int = _opt(MAX_PAYLOAD, Int(1, MAX_PAYLOAD))  # at most the protocol's cap
     retry_backoff_base_ms: int = _opt(1000, Int(1))
     retry_backoff_max_ms: int = _opt(3600000, Int(1))          # >= retry_backoff_base_ms
     retry_jitter: float = _opt(0.2, Float(0.0, 1.0))

@@ -30,6 +30,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from shardq.task import STATUS_NAMES, TIERS
+
 if TYPE_CHECKING:
     import asyncio
     from wsgiref.simple_server import WSGIServer
@@ -145,8 +147,7 @@ class LoopLagProbe:
 
 # --- the report ----------------------------------------------------------------------------------
 
-STATUSES = ("pending", "in_progress", "completed", "failed", "dead_letter", "cancelled")
-TIERS = ("high", "normal", "low")
+STATUSES = STATUS_NAMES  # task.py's, in status-code order; TIERS (low, normal, high) is task.py's too
 OUTCOMES = ("submitted", "claimed", "completed", "retried", "dead_lettered", "cancelled", "released",
             "requeued")
 RECLAIM_REASONS = ("lease_expired", "worker_lost", "timeout")  # REPORT counters reclaimed_<reason>

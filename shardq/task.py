@@ -40,11 +40,19 @@ STATUS_CODES = {name: code for code, name in enumerate(STATUS_NAMES)}
 TERMINAL = frozenset((COMPLETED, DEAD_LETTER, CANCELLED))
 
 # Priority tiers as the protocol defines them: low 0-99, normal 100-199, high 200-255.
+# In rank order: TIERS[tier_rank(p)] is the tier of priority p (a higher rank is served first).
 TIERS = ("low", "normal", "high")
+NORMAL_MIN_PRIORITY = 100
+HIGH_MIN_PRIORITY = 200
+
+
+def tier_rank(priority: int) -> int:
+    """0, 1, 2 for a priority in the low, normal, high tier."""
+    return 2 if priority >= HIGH_MIN_PRIORITY else 1 if priority >= NORMAL_MIN_PRIORITY else 0
 
 
 def tier_of(priority: int) -> str:
-    return "high" if priority >= 200 else "normal" if priority >= 100 else "low"
+    return TIERS[tier_rank(priority)]
 
 
 _FIXED = struct.Struct(">BBBBQQQQQQHHIIIIHHHI")

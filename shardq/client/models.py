@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,6 +124,3 @@ def to_bytes(value: Any) -> bytes:
         return value.encode()
     return orjson.dumps(value)
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

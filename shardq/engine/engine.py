@@ -24,16 +24,17 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from shardq.engine import states
 from shardq.engine.deps import Dependencies
 from shardq.engine.leases import Lease, LeaseTable, Worker
 from shardq.engine.ready import _HEAD_SHIFT, ReadyQueue, _key_id, _ready_key, _schedule_key
+from shardq.engine.storage import Store
 from shardq.engine.waiters import ClaimWaiter, Deliver, WaitingClaims
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
-from shardq.protocol.frames import MAX_FRAME, MAX_PAYLOAD
+from shardq.specs import ResultItem, TaskSpec
 from shardq.task import (
     CANCELLED,
     COMPLETED,
@@ -47,10 +48,8 @@ from shardq.task import (
     id_to_str,
     new_ids,
     tier_of,
+    tier_rank,
 )
-
-if TYPE_CHECKING:  # the engine is handed a store; it never opens one
-    from shardq.store.partitioned import PartitionedStore
 
 # A CLAIM answer carries fewer tasks rather than exceed a frame; this much of
 # the frame is kept for the header (each task's JSON is well under 1 KiB).
@@ -74,40 +73,20 @@ class EngineSettings:
     default_priority: int = 100
     default_max_retries: int = 3
     default_timeout_seconds: int = 300
-    max_payload: int = MAX_PAYLOAD
     retention_ms: int = 7 * 24 * 3600 * 1000
     # False in the multi-process broker: a shard hears only some of a worker's
-    # messages, so the coordinator declares workers dead (``worker_lost``).
+    # messages, so the coordinator declares workers dead (``worker_liveness``).
     worker_liveness: bool = True
-
-
-@dataclass(slots=True)
-class TaskSpec:
-    """One task of a SUBMIT, validated by protocol.requests."""
-
-    type: str
-    payload: bytes
-    priority: int | None = None
-    delay_ms: int | None = None
-    scheduled_ms: int | None = None
-    max_retries: int | None = None
-    timeout_seconds: int | None = None
-    depends_on: tuple[bytes, ...] = ()
-    id: bytes | None = None
-
-
-@dataclass(slots=True)
-class ResultItem:
-    id: bytes
-    attempt: int
-    status: str  # completed | failed | released
-    result: bytes = b""
-    error: str | None = None
-    retry: bool = True
+    # The wire's budgets, which the protocol layer owns (protocol/frames.py): the largest
+    # frame an answer may fill (a CLAIM answer carries fewer tasks rather than exceed it), and
+    # the largest payload or result (a bigger result is TooLarge). No defaults: the engine has
+    # no opinion on them; whoever builds the settings passes the protocol's (or a config's).
+    max_frame: int = field(kw_only=True)
+    max_payload: int = field(kw_only=True)
 
 
 class Engine:
-    def __init__(self, store: PartitionedStore, settings: EngineSettings, rng: random.Random | None = None) -> None:
+    def __init__(self, store: Store, settings: EngineSettings, rng: random.Random | None = None) -> None:
         self.store = store
         self.s = settings
         self.rng = rng or random.Random()
@@ -300,7 +279,7 @@ class Engine:
     def _take(self, worker_id: str, max_tasks: int, types: frozenset[str] | None,
               now: int) -> list[tuple[Task, bytes]]:
         out: list[tuple[Task, bytes]] = []
-        budget = MAX_FRAME - _CLAIM_HEADER_RESERVE
+        budget = self.s.max_frame - _CLAIM_HEADER_RESERVE
         ready = self._ready
         pop_best = ready.pop_best
         grant = self._leases.grant
@@ -656,11 +635,11 @@ class Engine:
                 scanned += 1
                 raw = key[len(prefix):]
                 last = raw
-                task = self.store.get(raw)
-                if task is None or task.status != status:
+                found = self.store.get(raw)
+                if found is None or found.status != status:
                     continue
-                if full_range or min_priority <= task.priority <= max_priority:
-                    out.append(task)
+                if full_range or min_priority <= found.priority <= max_priority:
+                    out.append(found)
                     if len(out) >= limit:
                         break
         exhausted = len(out) < limit and scanned < SCAN_SLICE
@@ -755,9 +734,6 @@ class Engine:
         # of pending records below counts every pending task (them included) again.
         self.pending_by_tier = dict.fromkeys(self.pending_by_tier, 0)
         seq = 0
-        slot = store.slot
-        parts = len(store.parts)
-        counted = {PENDING: [0] * parts, FAILED: [0] * parts}
         ready: dict[str, list[int]] = {}  # per type, unordered until restored
         schedule: list[int] = []
         scheduled: set[bytes] = set()
@@ -767,7 +743,6 @@ class Engine:
         for raw, data in store.iter_records(PENDING):
             task = decode(raw, data)
             seen[PENDING].append(raw)
-            counted[PENDING][slot(raw)] += 1
             if task.seq > seq:
                 seq = task.seq
             self.pending_by_tier[tier_of(task.priority)] += 1
@@ -784,18 +759,17 @@ class Engine:
         for raw, data in store.iter_records(FAILED):
             task = decode(raw, data)
             seen[FAILED].append(raw)
-            counted[FAILED][slot(raw)] += 1
             seq = max(seq, task.seq)
             schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
         self._ready.restore(ready, schedule, scheduled)
         self._seq = seq + 1
         # Correct the persisted counts to what was scanned *before* any dependent is
         # dead-lettered below: those moves adjust the counts themselves.
-        corrected = [STATUS_NAMES[st] for st, per_part in counted.items()
-                     if store.recount(st, per_part)]
+        corrected = [STATUS_NAMES[st] for st, ids in seen.items() if store.recount(st, ids)]
         # Verify the id -> status index of every task that can still run (a multi-get,
         # ~0.7 us a task); an entry that disagrees with where the record is gets repaired.
         repaired = sum(store.verify_status_index(st, ids) for st, ids in seen.items())
+        found = {st: len(ids) for st, ids in seen.items()}
         del seen
         for task in with_deps:
             unmet = []
@@ -820,15 +794,14 @@ class Engine:
                 self._ready.enqueue(task, now)
         store.commit()
         self._ready.dirty = bool(self._ready.heaps)
-        return {"reclaimed_in_progress": moved, "pending": sum(counted[PENDING]),
-                "failed": sum(counted[FAILED]), "counts_corrected": len(corrected),
+        return {"reclaimed_in_progress": moved, "pending": found[PENDING],
+                "failed": found[FAILED], "counts_corrected": len(corrected),
                 "index_repaired": repaired}
 
 
 def _rank(ready_key: int) -> int:
     """0, 1, 2 for the low, normal, high tier of a ready-heap entry's priority."""
-    priority = 255 - (ready_key >> _HEAD_SHIFT)
-    return 2 if priority >= 200 else 1 if priority >= 100 else 0
+    return tier_rank(255 - (ready_key >> _HEAD_SHIFT))
 
 
 def _decode_cursor(cursor: str | None) -> bytes | None:
@@ -843,7 +816,7 @@ def _decode_cursor(cursor: str | None) -> bytes | None:
     return raw
 
 
-# ClaimWaiter, Deliver, Lease and Worker live in waiters.py and leases.py; they stay
-# importable from here, where the server and the protocol layer import them.
+# ClaimWaiter, Deliver, Lease and Worker live in waiters.py and leases.py, TaskSpec and
+# ResultItem in specs.py; they stay importable from here, where the server imports them.
 __all__ = ["Engine", "EngineSettings", "TaskSpec", "ResultItem", "ClaimWaiter", "Deliver", "Lease",
            "Worker", "Task", "STATUS_CODES"]

@@ -3,15 +3,21 @@
 Rule: every range and type the protocol states is checked here, once, with a
 message that names the field (``tasks[2].priority: must be an integer 0..255,
 got 300``). The engine receives only valid values. Unknown fields are ignored.
+
+Rule: the blob is exactly the sections the header announces. SUBMIT and RESULT
+announce theirs, and their parsers cut the blob (``split_blob``); every other
+request announces none, and ``check_blob`` (run once for every request, before
+its handler) refuses a blob on those.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from shardq.engine.engine import ResultItem, TaskSpec
-from shardq.errors import BadRequest, TooLarge
-from shardq.protocol.frames import MAX_PAYLOAD, split_blob
+from shardq.errors import BadRequest, ProtocolError, TooLarge
+from shardq.protocol.frames import MAX_PAYLOAD, PROTOCOL_VERSION, MsgType, split_blob
+from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_CODES, id_to_bytes, is_canonical_id
 
 MAX_RID = 2**63
@@ -99,7 +105,7 @@ def parse_ids(values: list[Any], where: str) -> list[bytes]:
 
 
 def parse_types(header: dict[str, Any]) -> list[str] | None:
-    types = get_list(header, "types", "", 1000, default=None)
+    types: list[Any] | None = get_list(header, "types", "", 1000, default=None)
     if types is None:
         return None
     for i, t in enumerate(types):
@@ -234,6 +240,52 @@ def parse_requeue(header: dict[str, Any]) -> tuple[list[bytes] | None, int, str 
     return (None if ids is None else parse_ids(ids, "ids"), STATUS_CODES[status],
             get_str(header, "type", "", MAX_TYPE_LEN, default=None),
             get_int(header, "limit", "", 1, MAX_REQUEUE_LIMIT, default=1000))
+
+
+def parse_hello(header: dict[str, Any]) -> None:
+    if header.get("protocol") != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {header.get('protocol')!r} is not supported "
+                            f"(this server speaks {PROTOCOL_VERSION})")
+
+
+def parse_cancel(header: dict[str, Any]) -> bytes:
+    return parse_id(header.get("id"), "id")
+
+
+def parse_deregister(header: dict[str, Any]) -> str:
+    worker_id: str = get_str(header, "worker_id", "", MAX_WORKER_ID_LEN)
+    return worker_id
+
+
+def parse_stats(header: dict[str, Any]) -> bool:
+    """GET_STATS: whether to list every worker (``workers_detail``, a shardq extension)."""
+    return get_bool(header, "workers_detail", "", False)
+
+
+# -- the blob ------------------------------------------------------------------------
+
+# The requests whose header announces blob sections (their parsers check the blob's size).
+BLOB_REQUESTS = frozenset((MsgType.SUBMIT, MsgType.RESULT))
+
+# The field checks of the requests that announce no blob: run before the blob's size is judged,
+# because the contract checks every field of a message, then the blob's size (protocol.md).
+_FIELDS: dict[MsgType, Callable[[dict[str, Any]], object]] = {
+    MsgType.HELLO: parse_hello, MsgType.CLAIM: parse_claim, MsgType.HEARTBEAT: parse_heartbeat,
+    MsgType.QUERY_STATUS: parse_query, MsgType.CANCEL: parse_cancel, MsgType.LIST_TASKS: parse_list,
+    MsgType.GET_STATS: parse_stats, MsgType.REGISTER_WORKER: parse_register,
+    MsgType.DEREGISTER_WORKER: parse_deregister, MsgType.REQUEUE: parse_requeue,
+}
+
+
+def check_blob(msg_type: MsgType, header: dict[str, Any], blob: bytes) -> None:
+    """BadRequest when a request that announces no blob sections carries a blob (after the
+    BadRequest of a bad field, if it has one). SUBMIT and RESULT: their parsers check it."""
+    if not blob or msg_type in BLOB_REQUESTS:
+        return
+    fields = _FIELDS.get(msg_type)
+    if fields is not None:
+        fields(header)
+    raise BadRequest(f"blob is {len(blob)} bytes but the header announces 0")
 
 
 def parse_rid(header: dict[str, Any]) -> int:

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shardq.clock import now_ms
-from shardq.engine.engine import ResultItem, Task
 from shardq.protocol.frames import MAX_FRAME
 from shardq.server import routing
+from shardq.specs import ResultItem
+from shardq.task import Task
 
 if TYPE_CHECKING:
     from shardq.server.shard import ShardServer

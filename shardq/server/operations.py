@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from shardq.clock import now_ms
 from shardq.config import PERMISSIONS
-from shardq.engine.engine import ResultItem, TaskSpec
 from shardq.errors import Forbidden, InvalidState, NotFound, TooLarge, Unauthorized, WireError
 from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.server import routing
 from shardq.server.claims import Caller, Claimed, Claims
+from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_NAMES, id_to_str
 
 if TYPE_CHECKING:

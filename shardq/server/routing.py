@@ -19,9 +19,10 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from shardq.clock import now_ms
-from shardq.engine.engine import Engine, ResultItem, TaskSpec
+from shardq.engine.engine import Engine
 from shardq.errors import BadRequest, NotFound, Unavailable, WireError
 from shardq.protocol.frames import MsgType
+from shardq.specs import ResultItem, TaskSpec
 from shardq.task import PENDING, STATUS_CODES, STATUS_NAMES, id_to_str, owner_of
 
 if TYPE_CHECKING:

@@ -26,11 +26,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shardq import __version__
-from shardq.errors import ProtocolError, ProtocolViolation, Unauthorized, WireError
+from shardq.errors import ProtocolViolation, Unauthorized, WireError
 from shardq.protocol import requests as rq
 from shardq.protocol.frames import (
     MAX_FRAME,
-    MAX_PAYLOAD,
     PROTOCOL_VERSION,
     FrameDecoder,
     Malformed,
@@ -235,6 +234,7 @@ class Session(asyncio.Protocol, Caller):
                 rq.parse_rid(msg.header)  # raises BadRequest naming the field
             if self.identity is None and msg.type is not MsgType.HELLO:
                 raise Unauthorized("authentication required: send HELLO with a valid api_key first")
+            rq.check_blob(msg.type, msg.header, msg.blob)
             self._handlers[msg.type](msg)
         except WireError as err:
             self._nack(rid, err)
@@ -308,9 +308,7 @@ class Session(asyncio.Protocol, Caller):
 
     def on_hello(self, msg: Message) -> None:
         h = msg.header
-        if h.get("protocol") != PROTOCOL_VERSION:
-            raise ProtocolError(f"protocol version {h.get('protocol')!r} is not supported "
-                                f"(this server speaks {PROTOCOL_VERSION})")
+        rq.parse_hello(h)
         hint = h.get("shard")
         server = self.server
         if (self.ops.routed and self.frames == 1 and type(hint) is int and 0 <= hint < server.shards
@@ -320,7 +318,7 @@ class Session(asyncio.Protocol, Caller):
         b = server.cfg.broker
         self._ack(msg.rid, {"server": f"shardq/{__version__}", "protocol": PROTOCOL_VERSION,
                             "shard": server.index, "shards": server.shards, "max_frame": MAX_FRAME,
-                            "max_payload": MAX_PAYLOAD, "lease_ms": b.lease_timeout_ms,
+                            "max_payload": server.engine.s.max_payload, "lease_ms": b.lease_timeout_ms,
                             "heartbeat_ms": b.heartbeat_interval_ms})
 
     def _hand_over(self, shard: int, hello: Message) -> bool:
@@ -374,7 +372,7 @@ class Session(asyncio.Protocol, Caller):
         self._ack(msg.rid, {})
 
     def on_deregister(self, msg: Message) -> None:
-        worker_id = rq.get_str(msg.header, "worker_id", "", rq.MAX_WORKER_ID_LEN)
+        worker_id = rq.parse_deregister(msg.header)
         assert self.identity is not None
         self._answer(msg.rid, self.ops.deregister(self.identity, worker_id), _released)
 
@@ -384,7 +382,7 @@ class Session(asyncio.Protocol, Caller):
         self._answer(msg.rid, self.ops.query(self.identity, ids, with_result), _queried)
 
     def on_cancel(self, msg: Message) -> None:
-        raw = rq.parse_id(msg.header.get("id"), "id")
+        raw = rq.parse_cancel(msg.header)
         assert self.identity is not None
         self._answer(msg.rid, self.ops.cancel(self.identity, raw),
                      lambda status: ({"id": id_to_str(raw), "status": status}, b""))
@@ -396,7 +394,7 @@ class Session(asyncio.Protocol, Caller):
                      _page)
 
     def on_stats(self, msg: Message) -> None:
-        detail = rq.get_bool(msg.header, "workers_detail", "", False)  # shardq extension
+        detail = rq.parse_stats(msg.header)  # workers_detail: a shardq extension
         assert self.identity is not None
         self._answer(msg.rid, self.ops.stats(self.identity, detail), _as_is)
 

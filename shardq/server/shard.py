@@ -32,7 +32,7 @@ from shardq.clock import now_ms
 from shardq.engine.engine import Engine, EngineSettings
 from shardq.errors import Unavailable
 from shardq.metrics import LoopLagProbe, shard_histograms, snapshot_histograms
-from shardq.protocol.frames import Message, MsgType
+from shardq.protocol.frames import MAX_FRAME, Message, MsgType
 from shardq.server.handoff import MAX_CARRIED, HandoffReceiver, connect_seqpacket, send_connection
 from shardq.server.mesh import Link, Peers, coordinator_path, handoff_path, open_link
 from shardq.store.partitioned import PartitionedStore
@@ -66,6 +66,7 @@ def engine_settings(cfg: Config, shards: int, index: int = 0) -> EngineSettings:
         backoff_max_ms=b.retry_backoff_max_ms, jitter=b.retry_jitter,
         default_max_retries=b.default_max_retries,
         default_timeout_seconds=b.default_timeout_seconds, max_payload=b.max_payload_bytes,
+        max_frame=MAX_FRAME,
         retention_ms=p.completed_retention_s * 1000)
 
 

@@ -190,8 +190,16 @@ class PartitionedStore:
             by_part[self.slot(raw)].append(raw)
         return sum(p.verify_status_index(status, part) for p, part in zip(self.parts, by_part))
 
-    def recount(self, status: int, actual_by_part: list[int]) -> bool:
-        """Correct persisted counts found wrong at recovery; True if any was."""
+    def recount(self, status: int, ids: list[bytes]) -> bool:
+        """Recovery found exactly ``ids`` in ``status``: correct each part's persisted count
+        that disagrees (staged); True if any did."""
+        if len(self.parts) == 1:
+            actual_by_part = [len(ids)]
+        else:
+            actual_by_part = [0] * len(self.parts)
+            slot = self.slot
+            for raw in ids:
+                actual_by_part[slot(raw)] += 1
         wrong = False
         for p, n in zip(self.parts, actual_by_part):
             if p.counts[status] != n:

@@ -9,34 +9,31 @@ Rules:
 3. The store counts tasks per status as it moves them and persists the counts
    with every commit, so start-up need not scan terminal tasks to count them.
 
-Key layout (SCHEMA_VERSION 1). ``id`` is the 16-byte UUID, integers are big-endian:
-
-    pending, in_progress, completed,      id -> task record (task.py)
-    failed, dead_letter, cancelled
-    payloads                              id -> payload bytes (written once)
-    results                               id -> result bytes
-    idx_status                            id -> status u8
-    idx_type                              type utf-8 | 0x00 | id -> b""
-    idx_priority                          priority u8 | id -> b""
-    idx_scheduled                         scheduled_ms u64 | id -> b""   (delayed and retrying tasks)
-    idx_finished                          updated_ms u64 | id -> b""     (completed and cancelled: retention)
-    metadata                              b"schema_version", b"shards", b"shard", b"counts", b"created_ms"
-
-Bump SCHEMA_VERSION when a key or record layout changes, and add a migration
-in ``_check_schema`` (a data dir with a newer version is refused).
+The key layout and SCHEMA_VERSION are in ``store/layout.py`` (shared with store/memory.py).
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import rocksdict as rd
 
+from shardq.store.layout import (
+    ALL_CFS,
+    COUNTS,
+    SCHEMA_VERSION,
+    STATUS_BYTES,
+    STATUS_CFS,
+    finished_key,
+    index_keys,
+    priority_key,
+    scheduled_key,
+    type_key,
+)
 from shardq.task import (
     CANCELLED,
     COMPLETED,
@@ -48,17 +45,6 @@ from shardq.task import (
     STATUS_NAMES,
     Task,
 )
-
-SCHEMA_VERSION = 1
-STATUS_CFS = STATUS_NAMES  # one column family per status, in status-code order
-INDEX_CFS = ("idx_status", "idx_type", "idx_priority", "idx_scheduled", "idx_finished")
-BLOB_CFS = ("payloads", "results")
-ALL_CFS = (*STATUS_CFS, *BLOB_CFS, *INDEX_CFS, "metadata")
-
-_U64 = struct.Struct(">Q")
-_COUNTS = struct.Struct(">6Q")
-_STATUS_BYTES = tuple(bytes([s]) for s in range(6))
-_FINISHED = (COMPLETED, CANCELLED)
 
 
 class StoreError(Exception):
@@ -76,19 +62,6 @@ class StoreSettings:
     level0_file_num_compaction_trigger: int = 4
     periodic_compaction_seconds: int = 86400
     block_cache_size: int = 128 * 1024 * 1024
-
-
-def _scheduled_key(task: Task) -> bytes | None:
-    """idx_scheduled holds waiting tasks that were delayed or are retrying."""
-    if task.status == FAILED or (task.status == PENDING and task.scheduled_ms > task.created_ms):
-        return _U64.pack(task.scheduled_ms) + task.id
-    return None
-
-
-def _finished_key(task: Task) -> bytes | None:
-    if task.status in _FINISHED:
-        return _U64.pack(task.updated_ms) + task.id
-    return None
 
 
 class Store:
@@ -179,7 +152,7 @@ class Store:
 
     def _load_counts(self) -> list[int]:
         raw = self._views["metadata"].get(b"counts")
-        return list(_COUNTS.unpack(raw)) if raw else [0] * 6
+        return list(COUNTS.unpack(raw)) if raw else [0] * 6
 
     # -- reads (overlay first) ----------------------------------------------
 
@@ -241,13 +214,13 @@ class Store:
             b.put(rid, payload, cf["payloads"])
             self._overlay_payloads[rid] = payload
         b.put(rid, task.encode(), self._status_cf[task.status])
-        b.put(rid, _STATUS_BYTES[task.status], cf["idx_status"])
-        b.put(task.type.encode() + b"\x00" + rid, b"", cf["idx_type"])
-        b.put(bytes((task.priority,)) + rid, b"", cf["idx_priority"])
-        sk = _scheduled_key(task)
+        b.put(rid, STATUS_BYTES[task.status], cf["idx_status"])
+        b.put(type_key(task), b"", cf["idx_type"])
+        b.put(priority_key(task), b"", cf["idx_priority"])
+        sk = scheduled_key(task)
         if sk is not None:
             b.put(sk, b"", cf["idx_scheduled"])
-        fk = _finished_key(task)
+        fk = finished_key(task)
         if fk is not None:
             b.put(fk, b"", cf["idx_finished"])
         self._overlay[rid] = task
@@ -264,17 +237,17 @@ class Store:
         b, rid = self._batch, task.id
         if old_status != task.status:
             b.delete(rid, self._status_cf[old_status])
-            b.put(rid, _STATUS_BYTES[task.status], self._cf["idx_status"])
+            b.put(rid, STATUS_BYTES[task.status], self._cf["idx_status"])
             self.counts[old_status] -= 1
             self.counts[task.status] += 1
         b.put(rid, task.encode(), self._status_cf[task.status])
-        new_sk = _scheduled_key(task)
+        new_sk = scheduled_key(task)
         if new_sk != old_scheduled_key:
             if old_scheduled_key is not None:
                 b.delete(old_scheduled_key, self._cf["idx_scheduled"])
             if new_sk is not None:
                 b.put(new_sk, b"", self._cf["idx_scheduled"])
-        new_fk = _finished_key(task)
+        new_fk = finished_key(task)
         if new_fk != old_finished_key:
             if old_finished_key is not None:
                 b.delete(old_finished_key, self._cf["idx_finished"])
@@ -283,10 +256,7 @@ class Store:
         self._overlay[rid] = task
         self.staged += 1
 
-    @staticmethod
-    def index_keys(task: Task) -> tuple[bytes | None, bytes | None]:
-        """The task's current time-index keys; pass them to ``update`` after changing it."""
-        return _scheduled_key(task), _finished_key(task)
+    index_keys = staticmethod(index_keys)
 
     def put_result(self, raw_id: bytes, result: bytes) -> None:
         self._batch.put(raw_id, result, self._cf["results"])
@@ -298,11 +268,11 @@ class Store:
         b, cf, rid = self._batch, self._cf, task.id
         b.delete(rid, self._status_cf[task.status])
         b.delete(rid, cf["idx_status"])
-        b.delete(task.type.encode() + b"\x00" + rid, cf["idx_type"])
-        b.delete(bytes((task.priority,)) + rid, cf["idx_priority"])
+        b.delete(type_key(task), cf["idx_type"])
+        b.delete(priority_key(task), cf["idx_priority"])
         b.delete(rid, cf["payloads"])
         b.delete(rid, cf["results"])
-        sk, fk = _scheduled_key(task), _finished_key(task)
+        sk, fk = scheduled_key(task), finished_key(task)
         if sk is not None:
             b.delete(sk, cf["idx_scheduled"])
         if fk is not None:
@@ -316,7 +286,7 @@ class Store:
         n = self.staged
         if not n:
             return 0
-        self._batch.put(b"counts", _COUNTS.pack(*self.counts), self._cf["metadata"])
+        self._batch.put(b"counts", COUNTS.pack(*self.counts), self._cf["metadata"])
         self.last_commit_bytes = self._batch.size_in_bytes()
         self.db.write(self._batch, self._write_opts)
         self.wal_unsynced = not self._write_opts.sync
@@ -380,7 +350,7 @@ class Store:
     def verify_status_index(self, status: int, ids: list[bytes], chunk: int = 10_000) -> int:
         """Check that idx_status says ``status`` for every id (records of that status);
         repair the entries that do not, in the current batch. Returns how many."""
-        want = _STATUS_BYTES[status]
+        want = STATUS_BYTES[status]
         view = self._views["idx_status"]
         repaired = 0
         for start in range(0, len(ids), chunk):

@@ -475,6 +475,52 @@ def test_result_blob_size_mismatch_changes_nothing(conn: Connection, blob_len: i
     assert now["result_len"] is None
 
 
+# A message whose header announces no blob sections must carry an empty blob: "a blob whose size is
+# not exactly the sum of the announced lengths is a BadRequest" (the sum is 0 here). Each header is
+# valid, so only the blob is wrong; what the request would have done must not happen.
+BLOBLESS = [MsgType.PING, MsgType.HELLO, MsgType.GET_STATS, MsgType.QUERY_STATUS, MsgType.CANCEL,
+            MsgType.LIST_TASKS, MsgType.CLAIM, MsgType.HEARTBEAT, MsgType.REGISTER_WORKER,
+            MsgType.DEREGISTER_WORKER, MsgType.REQUEUE]
+
+
+def _blobless_header(mtype: MsgType, task_id: str, ttype: str) -> dict[str, Any]:
+    return {
+        MsgType.PING: {}, MsgType.HELLO: {"protocol": 1, "client": "tests/1"}, MsgType.GET_STATS: {},
+        MsgType.QUERY_STATUS: {"ids": [task_id]}, MsgType.CANCEL: {"id": task_id},
+        MsgType.LIST_TASKS: {"status": "pending", "type": ttype},
+        MsgType.CLAIM: {"worker_id": "w-blob", "types": [ttype]},
+        MsgType.HEARTBEAT: {"worker_id": "w-blob"}, MsgType.REGISTER_WORKER: {"worker_id": "w-blob"},
+        MsgType.DEREGISTER_WORKER: {"worker_id": "w-blob"}, MsgType.REQUEUE: {"ids": [task_id]},
+    }[mtype]
+
+
+@pytest.mark.parametrize("blob_len", [1, 100])
+@pytest.mark.parametrize("mtype", BLOBLESS, ids=[m.name for m in BLOBLESS])
+def test_blob_on_a_message_that_announces_none_is_bad_request(conn: Connection, mtype: MsgType,
+                                                              blob_len: int) -> None:
+    ttype = f"blob-{uid()}"
+    (tid,) = submit(conn, [{"type": ttype, "payload_len": 0}])
+    before = stats_totals(conn)
+    conn.send_raw(raw_frame(mtype, {"rid": 31, **_blobless_header(mtype, tid, ttype)}, b"b" * blob_len))
+    err = expect_nack(conn, "BadRequest", 31)
+    assert err["message"] == f"blob is {blob_len} bytes but the header announces 0", err
+    assert_kept(conn)
+    # Nothing happened: the task was neither cancelled nor claimed, nothing else changed.
+    assert conn.call(MsgType.QUERY_STATUS, {"ids": [tid]}).header["tasks"][0]["status"] == "pending"
+    assert stats_totals(conn) == before
+
+
+def test_blob_on_a_message_that_announces_none_after_a_bad_field(conn: Connection) -> None:
+    """The contract checks every field first, then the blob's size: a bad field is what is named."""
+    conn.send_raw(raw_frame(MsgType.CANCEL, {"rid": 32, "id": "nope"}, b"xyz"))
+    err = expect_nack(conn, "BadRequest", 32)
+    assert err["message"].startswith("id:"), err
+    conn.send_raw(raw_frame(MsgType.CLAIM, {"rid": 33, "worker_id": "w", "max": 0}, b"xyz"))
+    err = expect_nack(conn, "BadRequest", 33)
+    assert err["message"].startswith("max:"), err
+    assert_kept(conn)
+
+
 # -- TooLarge -------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Fixtures for the metrics tests: a synthetic coordinator snapshot, and promtool."""
+"""Fixtures: the store kind engine tests run on; for the metrics tests, a synthetic coordinator
+snapshot and promtool."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ import pytest
 from shardq.metrics import shard_histograms, snapshot_histograms
 
 Snapshot = dict[str, Any]
+
+# The engine tests run on each: the in-memory store (fast, no disk) and RocksDB (the real one).
+STORE_KINDS = ("memory", "rocksdb")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Which store an engine test runs on: store/memory.py or store/partitioned.py (RocksDB)."""
+    return str(request.param)
 
 
 def shard_report(shard: int) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The engine with a fake clock: the transition table and every queue behaviour."""
+"""The engine with a fake clock: the transition table and every queue behaviour.
+
+Every test that takes ``env`` or ``make_env`` runs twice: on the in-memory store
+(store/memory.py) and on RocksDB (store/partitioned.py); ``-k memory`` runs the fast half.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import pytest
 from shardq.engine import states
 from shardq.engine.engine import Engine, EngineSettings, ResultItem, TaskSpec
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
+from shardq.protocol.frames import MAX_FRAME, MAX_PAYLOAD
+from shardq.store.memory import MemoryDisk, MemoryStore
 from shardq.store.partitioned import PartitionedStore
 from shardq.task import (
     CANCELLED,
@@ -29,17 +35,38 @@ HB = 500
 
 
 class Env:
-    """An engine on a real store, with a fake clock."""
+    """An engine on a store of ``kind`` (memory | rocksdb), with a fake clock."""
 
-    def __init__(self, path, shards: int = 1, seed: int = 1, **settings) -> None:
+    def __init__(self, kind: str, path, shards: int = 1, seed: int = 1, **settings) -> None:
+        self.kind = kind
         self.path = path
         self.shards = shards
         self.now = T0
-        self.store = PartitionedStore(str(path), shards)
-        kw = dict(shards=shards, lease_ms=LEASE, heartbeat_ms=HB)
+        self.disk = MemoryDisk()  # the memory store's "data dir"
+        self.store = self._open()
+        kw = dict(shards=shards, lease_ms=LEASE, heartbeat_ms=HB, max_frame=MAX_FRAME,
+                  max_payload=MAX_PAYLOAD)
         kw.update(settings)
         self.settings = EngineSettings(**kw)
         self.engine = Engine(self.store, self.settings, rng=random.Random(seed))
+
+    def _open(self):
+        if self.kind == "memory":
+            return MemoryStore(self.shards, disk=self.disk)
+        return PartitionedStore(str(self.path), self.shards)
+
+    def restart(self) -> dict:
+        """Close and reopen the store (what was committed survives), a new engine recovers."""
+        self.store.close()
+        self.store = self._open()
+        self.engine = Engine(self.store, self.settings, rng=random.Random(2))
+        return self.engine.recover(self.now)
+
+    def count_keys(self, family: str) -> int:
+        """Committed keys of one column family (store/layout.py), over every part."""
+        if self.kind == "memory":
+            return self.store.count_keys(family)
+        return sum(p.count_keys(family) for p in self.store.parts)
 
     def advance(self, ms: int) -> int:
         self.now += ms
@@ -91,11 +118,11 @@ class Env:
 
 
 @pytest.fixture
-def make_env(tmp_path):
+def make_env(tmp_path, store_kind: str):
     envs: list[Env] = []
 
     def make(shards: int = 1, **kw) -> Env:
-        env = Env(tmp_path / f"d{len(envs)}", shards, **kw)
+        env = Env(store_kind, tmp_path / f"d{len(envs)}", shards, **kw)
         envs.append(env)
         return env
 
@@ -227,10 +254,7 @@ def ev_requeue(env: Env, source: int) -> bytes:
 
 def ev_recover(env: Env, source: int) -> bytes:
     task = _to_in_progress(env)
-    env.store.close()
-    env.store = PartitionedStore(str(env.path), env.shards)
-    env.engine = Engine(env.store, env.settings, rng=random.Random(2))
-    env.engine.recover(env.now)
+    env.restart()
     return task.id
 
 
@@ -260,7 +284,7 @@ def test_transition(env: Env, event: str, source: int, target: int) -> None:
     assert task.status == target, f"{event}: expected {STATUS_NAMES[target]}, got {STATUS_NAMES[task.status]}"
     # The store agrees after a commit: the record lives in the target's status family.
     env.store.commit()
-    assert env.store.part(tid)._status_view[target].get(tid) is not None
+    assert env.store.get_in(target, tid) is not None
 
 
 @pytest.mark.parametrize("transition", states.TRANSITIONS, ids=[t.event for t in states.TRANSITIONS])
@@ -580,7 +604,8 @@ def test_failed_retries_with_backoff(env: Env) -> None:
 
 @pytest.mark.parametrize("retry_count", [0, 1, 3, 10, 12, 30, 62, 200])
 def test_backoff_bounds_over_many_seeds(tmp_path, retry_count: int) -> None:
-    settings = EngineSettings(backoff_base_ms=1000, backoff_max_ms=3_600_000, jitter=0.2)
+    settings = EngineSettings(backoff_base_ms=1000, backoff_max_ms=3_600_000, jitter=0.2,
+                              max_frame=MAX_FRAME, max_payload=MAX_PAYLOAD)
     base = min(1000 * 2 ** retry_count, 3_600_000)
     seen = set()
     for seed in range(300):
@@ -803,7 +828,7 @@ def test_self_dependency_is_bad_request(env: Env) -> None:
 def test_unknown_dependency_is_not_found_and_stores_nothing(env: Env) -> None:
     env.add()
     counts_before = list(env.store.counts)
-    payload_keys_before = env.store.parts[0].count_keys("payloads")
+    payload_keys_before = env.count_keys("payloads")
     a, ghost = new_ids(2, 0, 1)
     with pytest.raises(NotFound):
         env.engine.submit([TaskSpec("t", b"first", id=a),
@@ -813,9 +838,9 @@ def test_unknown_dependency_is_not_found_and_stores_nothing(env: Env) -> None:
     env.store.commit()
     assert env.store.counts == counts_before
     assert env.status(a) is None
-    assert env.store.parts[0].count_keys("pending") == 1
-    assert env.store.parts[0].count_keys("payloads") == payload_keys_before
-    assert env.store.parts[0].count_keys("idx_status") == 1
+    assert env.count_keys("pending") == 1
+    assert env.count_keys("payloads") == payload_keys_before
+    assert env.count_keys("idx_status") == 1
     assert env.engine.stats()["by_tier"]["normal"] == 1
     assert len(env.claim("w", 10)) == 1
 
@@ -838,7 +863,7 @@ def test_idempotent_submit(env: Env) -> None:
     env.complete(env.claim_one("w"), "w")
     assert env.submit(TaskSpec("t", b"three", id=cid)) == [cid]
     assert env.status(cid) == COMPLETED
-    assert env.store.parts[0].count_keys("idx_status") == 2
+    assert env.count_keys("idx_status") == 2
 
 
 def test_same_id_twice_in_batch_is_bad_request(env: Env) -> None:
@@ -849,7 +874,7 @@ def test_same_id_twice_in_batch_is_bad_request(env: Env) -> None:
     assert env.store.staged == 0
     env.store.commit()
     assert env.store.counts == [0] * 6
-    assert env.store.parts[0].count_keys("idx_status") == 0
+    assert env.count_keys("idx_status") == 0
 
 
 # -- backpressure ------------------------------------------------------------------

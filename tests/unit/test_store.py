@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from shardq.engine.engine import Engine, EngineSettings, ResultItem, TaskSpec
+from shardq.protocol.frames import MAX_FRAME, MAX_PAYLOAD
 from shardq.store.partitioned import (
     LAYOUT_FILE,
     PartitionedStore,
@@ -35,7 +36,8 @@ U64 = struct.Struct(">Q")
 
 
 def settings(shards: int, **kw) -> EngineSettings:
-    base = dict(shards=shards, lease_ms=1000, heartbeat_ms=500)
+    base = dict(shards=shards, lease_ms=1000, heartbeat_ms=500, max_frame=MAX_FRAME,
+                max_payload=MAX_PAYLOAD)
     base.update(kw)
     return EngineSettings(**base)
 
@@ -596,11 +598,11 @@ def test_retention_slice_is_bounded(make_node) -> None:
 
 
 def test_recovery_repairs_a_damaged_status_index(tmp_path) -> None:
-    from shardq.engine.engine import Engine, EngineSettings, TaskSpec
+    from shardq.engine.engine import Engine, TaskSpec
 
     path = str(tmp_path / "d")
     ps = PartitionedStore(path, 2)
-    engine = Engine(ps, EngineSettings(shards=2))
+    engine = Engine(ps, settings(2))
     ids = engine.submit([TaskSpec("a", b"x") for _ in range(10)], T0)
     ps.commit()
     victim = ps.part(ids[3])
@@ -612,7 +614,7 @@ def test_recovery_repairs_a_damaged_status_index(tmp_path) -> None:
 
     ps = PartitionedStore(path, 2)
     try:
-        summary = Engine(ps, EngineSettings(shards=2)).recover(T0 + 1)
+        summary = Engine(ps, settings(2)).recover(T0 + 1)
         assert summary["index_repaired"] == 1
         assert ps.status_of(ids[3]) == PENDING
         assert all(ps.status_of(raw) == PENDING for raw in ids)

@@ -13,6 +13,7 @@ from shardq.task import (
     RECORD_VERSION,
     STATUS_NAMES,
     TERMINAL,
+    TIERS,
     Task,
     id_to_bytes,
     id_to_str,
@@ -20,6 +21,7 @@ from shardq.task import (
     new_ids,
     owner_of,
     tier_of,
+    tier_rank,
 )
 
 U8 = st.integers(0, 255)
@@ -125,6 +127,8 @@ def test_status_names_and_tiers() -> None:
     assert TERMINAL == {2, 4, 5}
     assert [tier_of(p) for p in (0, 99, 100, 199, 200, 255)] == ["low", "low", "normal", "normal",
                                                                    "high", "high"]
+    assert [tier_rank(p) for p in (0, 99, 100, 199, 200, 255)] == [0, 0, 1, 1, 2, 2]
+    assert all(TIERS[tier_rank(p)] == tier_of(p) for p in range(256))
 
 
 # -- ids -----------------------------------------------------------------------
