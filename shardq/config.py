@@ -37,7 +37,7 @@ from shardq.errors import ConfigError
 __all__ = [
     "FLAG_TO_KEY", "ApiConfig", "ApiKey", "AuthConfig", "BrokerConfig", "Config", "MonitoringConfig",
     "PersistenceConfig", "RaftConfig", "WorkerConfig", "config_as_dict", "default_data_dir",
-    "dump_config", "load_config",
+    "default_of", "dump_config", "load_config",
 ]
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # the protocol's cap on one payload
@@ -378,6 +378,14 @@ _CROSS_RULES: tuple[tuple[str, Callable[[Config], bool], Callable[[Config], str]
     ("auth.api_keys", lambda c: len({k.key for k in c.auth.api_keys}) == len(c.auth.api_keys),
      lambda c: "holds the same key twice (allowed: distinct keys)"),
 )
+
+
+def default_of(dotted: str) -> Any:
+    """The built-in default of a dotted key (``broker.port`` -> 7070), before any file, env or flag."""
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS or key not in KEYS[section]:
+        raise KeyError(dotted)
+    return getattr(SECTIONS[section](), key)
 
 
 # --- the layers --------------------------------------------------------------------------------
