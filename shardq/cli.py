@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from shardq import __version__
-from shardq.config import FLAG_TO_KEY, dump_config, load_config
+from shardq.config import FLAG_TO_KEY, default_of, dump_config, load_config
 from shardq.errors import ConfigError
 
 # How each serve flag parses; every one overrides config file and environment.
@@ -27,8 +27,11 @@ _FLAG_TYPES: dict[str, Any] = {
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="config.yaml to read (default: none)")
     for flag, key in FLAG_TO_KEY.items():
+        # default=None means "not given" (the file and environment then decide); the help shows
+        # the built-in default, read from the config schema so it cannot drift.
+        default = str(default_of(key)).replace("%", "%%")  # argparse formats help with %
         p.add_argument(flag, type=_FLAG_TYPES.get(flag, str), default=None, metavar="V",
-                       help=f"overrides {key}")
+                       help=f"overrides {key} (default: {default})")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

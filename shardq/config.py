@@ -17,6 +17,10 @@ Rules (docs/configuration.md says the same for users):
   ``broker.shards`` takes the text of an int, as its flag does); an int is a fine float.
 - Every error is a ConfigError ``<section.key>: <repr(value)> <what is wrong> (allowed: ...)``,
   plus where the value came from; the first error found is the one reported.
+- Secrets (``Secret`` checks: the API keys) are never shown, in an error or in ``dump_config``:
+  each check's ``show`` masks them as ``'***' (N characters)``, also inside the list or mapping
+  that holds them, and a value that may be one (an API key entry that is not a mapping) is masked
+  whole.
 - The schema is the dataclasses themselves: each field carries its check (``_opt``); the few rules
   that tie two keys together are in ``_CROSS_RULES``.
 
@@ -38,7 +42,7 @@ from shardq.protocol.frames import MAX_PAYLOAD
 __all__ = [
     "FLAG_TO_KEY", "ApiConfig", "ApiKey", "AuthConfig", "BrokerConfig", "Config", "MonitoringConfig",
     "PersistenceConfig", "RaftConfig", "WorkerConfig", "config_as_dict", "default_data_dir",
-    "dump_config", "load_config",
+    "default_of", "dump_config", "load_config",
 ]
 
 # What an API key may be granted; the server maps each message to one of them (server/session.py).
@@ -73,16 +77,35 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> str:
 class Check:
     allowed = ""
     verbatim_env = False  # True: an environment value is taken as text, not parsed as YAML
+    secret = False        # True: this value, or part of it, must never be shown
 
     def __call__(self, key: str, value: Any) -> Any:
         raise NotImplementedError
 
+    def show(self, value: Any) -> str:
+        """The value as an error message shows it: its repr, secrets masked."""
+        return _show(value)
+
+    def hide(self, value: Any) -> Any:
+        """A valid value as plain data (``config_as_dict``), each secret replaced by ``MASK``."""
+        return value
+
     def fail(self, key: str, value: Any, what: str) -> ConfigError:
-        return ConfigError(f"{key}: {_show(value)} {what} (allowed: {self.allowed})")
+        return ConfigError(f"{key}: {self.show(value)} {what} (allowed: {self.allowed})")
 
 
 def _show(value: Any) -> str:
     return repr(list(value) if isinstance(value, tuple) else value)
+
+
+MASK = "***"
+
+
+def _masked(value: Any) -> str:
+    """What is shown instead of a secret: no character of it, only its length or type."""
+    if isinstance(value, str):
+        return f"{MASK!r} ({len(value)} character{'' if len(value) == 1 else 's'})"
+    return f"{MASK!r} ({type(value).__name__})"
 
 
 class Int(Check):
@@ -138,6 +161,18 @@ class Text(Check):
         if len(value) < self.min_len:
             raise self.fail(key, value, "is too short")
         return value
+
+
+class Secret(Text):
+    """A Text that is never shown: errors and ``dump_config`` mask it."""
+
+    secret = True
+
+    def show(self, value: Any) -> str:
+        return _masked(value)
+
+    def hide(self, value: Any) -> Any:
+        return MASK
 
 
 class Path(Text):
@@ -205,6 +240,17 @@ class ListOf(Check):
     def __init__(self, item: Check) -> None:
         self.item = item
         self.allowed = f"a list of: {item.allowed}"
+        self.secret = item.secret
+
+    def show(self, value: Any) -> str:
+        if not self.secret:
+            return _show(value)
+        if not isinstance(value, list | tuple):
+            return _masked(value)
+        return "[" + ", ".join(self.item.show(v) for v in value) + "]"
+
+    def hide(self, value: Any) -> Any:
+        return [self.item.hide(v) for v in value]
 
     def __call__(self, key: str, value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list | tuple):
@@ -219,6 +265,21 @@ class Record(Check):
         self.cls, self.checks = cls, checks
         self.names = ", ".join(checks)
         self.allowed = f"a mapping with {self.names}"
+        self.secret = any(check.secret for check in checks.values())
+
+    def show(self, value: Any) -> str:
+        if not self.secret:
+            return _show(value)
+        if isinstance(value, self.cls):
+            value = {name: getattr(value, name) for name in self.checks}
+        if not isinstance(value, Mapping):
+            return _masked(value)  # an entry written as the bare secret, say
+        return "{" + ", ".join(
+            f"{name!r}: " + (self.checks[name].show(v) if name in self.checks else _masked(v))
+            for name, v in value.items()) + "}"
+
+    def hide(self, value: Any) -> Any:
+        return {name: check.hide(value[name]) for name, check in self.checks.items()}
 
     def __call__(self, key: str, value: Any) -> Any:
         if isinstance(value, self.cls):
@@ -313,7 +374,7 @@ class ApiKey:
     permissions: tuple[str, ...]
 
 
-API_KEY = Record(ApiKey, {"key": Text(min_len=16), "name": Text(),
+API_KEY = Record(ApiKey, {"key": Secret(min_len=16), "name": Text(),
                           "permissions": ListOf(Choice(*PERMISSIONS))})
 
 
@@ -381,6 +442,14 @@ _CROSS_RULES: tuple[tuple[str, Callable[[Config], bool], Callable[[Config], str]
 )
 
 
+def default_of(dotted: str) -> Any:
+    """The built-in default of a dotted key (``broker.port`` -> 7070), before any file, env or flag."""
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS or key not in KEYS[section]:
+        raise KeyError(dotted)
+    return getattr(SECTIONS[section](), key)
+
+
 # --- the layers --------------------------------------------------------------------------------
 
 Layers = dict[str, tuple[Any, str]]  # dotted key -> (raw value, where it came from)
@@ -420,8 +489,9 @@ def _read_file(path: str | os.PathLike[str], layers: Layers) -> None:
         if body is None:
             continue
         if not isinstance(body, dict):
+            shown = _masked(body) if any(c.secret for c in KEYS[section].values()) else _show(body)
             raise ConfigError(f"config file {where}: section {section!r} must be a mapping of keys, "
-                              f"not {_show(body)}")
+                              f"not {shown}")
         for key, value in body.items():
             if key not in KEYS[section]:
                 raise ConfigError(f"config file {where}: {_unknown_key(section, key)}")
@@ -491,7 +561,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
         if not holds(cfg):
             section, _, key = dotted.partition(".")
             value = config_as_dict(cfg)[section][key]
-            raise ConfigError(f"{dotted}: {_show(value)} {what(cfg)}")
+            raise ConfigError(f"{dotted}: {KEYS[section][key].show(value)} {what(cfg)}")
     return cfg
 
 
@@ -510,6 +580,15 @@ def config_as_dict(cfg: Config) -> dict[str, Any]:
     return _plain(cfg)
 
 
-def dump_config(cfg: Config) -> str:
-    """YAML text that ``load_config`` reads back into an equal Config (``shardq config show``)."""
-    return yaml.safe_dump(config_as_dict(cfg), sort_keys=False, default_flow_style=False)
+def dump_config(cfg: Config, *, reveal_secrets: bool = False) -> str:
+    """YAML text of the config (``shardq config show``), each API key shown as ``'***'``.
+
+    With ``reveal_secrets`` it is text that ``load_config`` reads back into an equal Config.
+    Without, it loads back only when there are no API keys: a masked key is too short, so a
+    copy of the output can never run with ``'***'`` as a key.
+    """
+    data = config_as_dict(cfg)
+    if not reveal_secrets:
+        data = {section: {key: KEYS[section][key].hide(value) for key, value in values.items()}
+                for section, values in data.items()}
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

@@ -250,10 +250,21 @@ def test_bad_table_covers_every_key():
     assert {key for key, _ in BAD} == set(ALL_KEYS)
 
 
+def _secrets_in(value) -> list[str]:
+    """The API keys in a bad auth.api_keys value: every "key", and every entry that is not a mapping."""
+    items = value if isinstance(value, list) else [value]
+    return [item.get("key") if isinstance(item, dict) else item for item in items]
+
+
 def _assert_names(exc: ConfigError, dotted: str, value) -> None:
     msg = str(exc)
     assert dotted in msg
-    if isinstance(value, list) and len(value) == 1 and not isinstance(value[0], dict):
+    if dotted == "auth.api_keys":  # the key is named; an API key is never shown
+        if isinstance(value, list) and isinstance(value[0], dict):
+            assert "auth.api_keys[0]" in msg
+        for secret in _secrets_in(value):
+            assert repr(secret) not in msg and (len(secret) < 8 or secret not in msg), msg
+    elif isinstance(value, list) and len(value) == 1 and not isinstance(value[0], dict):
         assert repr(value[0]) in msg  # a list item is named as key[0] with the item's value
     elif isinstance(value, list) and value and isinstance(value[0], dict):
         assert "auth.api_keys[0]" in msg
@@ -300,7 +311,7 @@ def test_error_messages_read_well():
     assert "raft.peers[1]: 'b' is not a valid 'host:port'" in msg(o={"raft.peers": ["a:1", "b"]})
     assert "auth.api_keys[0].permissions[1]: 'write' is not one of submit, claim, read, admin" in msg(
         o={"auth.api_keys": [{"key": GOOD_KEY, "name": "n", "permissions": ["read", "write"]}]})
-    assert "auth.api_keys[0].key: 'short' is too short (allowed: a string of at least 16" in msg(
+    assert "auth.api_keys[0].key: '***' (5 characters) is too short (allowed: a string of at least 16" in msg(
         o={"auth.api_keys": [{"key": "short", "name": "n", "permissions": []}]})
 
 
@@ -506,8 +517,41 @@ def _busy_config(tmp_path) -> Config:
 @pytest.mark.parametrize("which", ["defaults", "busy"])
 def test_dump_round_trips(tmp_path, which):
     cfg = load_config(env={}) if which == "defaults" else _busy_config(tmp_path)
-    p = write(tmp_path, dump_config(cfg), "dumped.yaml")
+    p = write(tmp_path, dump_config(cfg, reveal_secrets=True), "dumped.yaml")
     assert load_config(p, env={}) == cfg
+
+
+def test_dump_masks_the_api_keys_and_does_not_load_back(tmp_path):
+    cfg = _busy_config(tmp_path)
+    text = dump_config(cfg)
+    assert GOOD_KEY not in text
+    assert yaml.safe_load(text)["auth"]["api_keys"] == [
+        {"key": "***", "name": "n", "permissions": ["submit", "claim"]}]
+    with pytest.raises(ConfigError, match=r"auth\.api_keys\[0\]\.key: '\*\*\*' \(3 characters\) is too short"):
+        load_config(write(tmp_path, text, "shown.yaml"), env={})
+    defaults = load_config(env={})
+    assert dump_config(defaults) == dump_config(defaults, reveal_secrets=True)
+
+
+@pytest.mark.parametrize("bad", [
+    {"auth.api_keys": [{"key": GOOD_KEY, "name": "n", "permissions": []}] * 2},  # twice
+    {"auth.api_keys": [{"key": GOOD_KEY, "name": "n"}]},                         # lacks a field
+    {"auth.api_keys": [{"key": GOOD_KEY, "name": "n", "permissions": [], "role": "x"}]},
+    {"auth.api_keys": [GOOD_KEY]},                                               # not a mapping
+    {"auth.api_keys": GOOD_KEY},                                                 # not a list
+    {"auth.api_keys": [{"key": [GOOD_KEY], "name": "n", "permissions": []}]},    # not a string
+])
+def test_no_error_shows_an_api_key(bad):
+    with pytest.raises(ConfigError) as err:
+        load_config(env={}, overrides=bad)
+    assert GOOD_KEY not in str(err.value) and "auth.api_keys" in str(err.value)
+
+
+def test_a_section_that_holds_secrets_is_masked_when_malformed(tmp_path):
+    p = write(tmp_path, f"auth:\n  - key: {GOOD_KEY}\n")
+    with pytest.raises(ConfigError, match="section 'auth' must be a mapping") as err:
+        load_config(p, env={})
+    assert GOOD_KEY not in str(err.value)
 
 
 def test_config_as_dict_is_plain(tmp_path):

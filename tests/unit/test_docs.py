@@ -17,6 +17,8 @@ def test_readme_starts_with_the_two_commands() -> None:
     text = (ROOT / "README.md").read_text()
     first_block = text.split("```sh\n", 1)[1].split("```", 1)[0]
     assert "shardq serve --shards auto" in first_block
-    assert "pip install -e '.[dev]'" in first_block and "python -m pytest" in first_block
+    assert "\nscripts/test\n" in first_block, "command 2 is scripts/test"
+    script = (ROOT / "scripts" / "test").read_text()
+    assert "-e '.[dev]'" in script and "-m pytest" in script
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "-e '.[dev]'" in ci and "-m pytest" in ci
+    assert "scripts/test" in ci and "loadtests/ci_locust.py" in ci
