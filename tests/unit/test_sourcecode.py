@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # The pure core: bytes in / messages out, state changes with a passed-in clock.
 PURE_MODULES = ["shardq.protocol.frames", "shardq.protocol.requests", "shardq.engine.engine",
                 "shardq.engine.ready", "shardq.engine.leases", "shardq.engine.deps", "shardq.engine.waiters",
-                "shardq.engine.states", "shardq.task", "shardq.errors", "shardq.config"]
+                "shardq.engine.states", "shardq.task", "shardq.errors", "shardq.config",
+                "shardq.client.core"]
 IO_MODULES = {"asyncio", "socket", "rocksdict", "multiprocessing", "uvloop", "selectors",
               "subprocess", "psutil"}
 
