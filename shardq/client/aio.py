@@ -253,7 +253,7 @@ class AsyncClient:
         await self.call(MsgType.REGISTER_WORKER, rq.register_header(worker_id, info))
 
     async def deregister_worker(self, worker_id: str) -> int:
-        msg = await self.call(MsgType.DEREGISTER_WORKER, {"worker_id": worker_id})
+        msg = await self.call(MsgType.DEREGISTER_WORKER, rq.deregister_header(worker_id))
         return int(msg.header["released"])
 
     async def claim(self, worker_id: str, max: int = 1, wait: float = 0.0,

@@ -157,7 +157,7 @@ def setup_logging(level: str, json_logs: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     from shardq.config import load_config
     from shardq.worker.app import load_app
-    from shardq.worker.runtime import EXIT_CONFIG, Worker
+    from shardq.worker.runtime import EXIT_CONFIG, WorkerRuntime
 
     overrides: dict[str, Any] = {
         "worker.concurrency": args.concurrency, "worker.pool": args.pool,
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     types = [t.strip() for t in args.types.split(",") if t.strip()] if args.types else None
     w = cfg.worker
     try:
-        worker = Worker(
+        worker = WorkerRuntime(
             app, url=args.server or os.environ.get("SHARDQ_URL") or DEFAULT_URL,
             worker_id=args.worker_id, concurrency=w.concurrency, pool=w.pool, types=types,
             burst=args.burst, heartbeat_interval_ms=w.heartbeat_interval_ms,
