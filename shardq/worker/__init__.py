@@ -2,8 +2,8 @@
 
 ``App``, ``TaskContext``, ``Retry`` and ``Fail`` live in ``shardq.worker.app`` (no I/O); the run
 loop is ``shardq.worker.runtime.WorkerRuntime``, with its parts in ``outcome`` (a run and how it
-ended), ``pool`` (where sync handlers run) and ``heartbeat``; the command line is
-``shardq.worker.cli``. docs/worker.md is the guide.
+ended), ``pool`` (where sync handlers run), ``heartbeat`` and ``reports`` (RESULTs and their
+log lines); the command line is ``shardq.worker.cli``. docs/worker.md is the guide.
 """
 
 from shardq.worker.app import App, Fail, Retry, TaskContext, TaskDef, load_app

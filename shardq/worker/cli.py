@@ -100,7 +100,7 @@ class _LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit_lines(self, levelno: int, name: str, lines: list[tuple[float, str]]) -> None:
         """Many (unix time, message) lines at once (the per-task lines): one record reused, one
-        write. The worker calls it when this is the only handler (runtime._log_lines)."""
+        write. The worker calls it when this is the only handler (reports.log_lines)."""
         record = logging.LogRecord(name, levelno, "", 0, "", None, None)
         try:
             fmt = self.format

@@ -84,7 +84,7 @@ class Heartbeat(threading.Thread):
         w = self.worker
         runs = list(w.running.values())
         # Running, and finished but not yet acknowledged: the broker extends only these leases.
-        active = [r.ctx.id for r in runs] + [tid for tid in list(w.unreported) if tid not in w.running]
+        active = [r.ctx.id for r in runs] + [tid for tid in list(w.reports.unreported) if tid not in w.running]
         try:
             cpu, rss, mem = self._usage()
             _expires, lost = client.heartbeat(w.worker_id, active=active,

@@ -1,7 +1,8 @@
 """The worker run loop behind ``shardq worker``: ``WorkerRuntime``.
 
 The parts: ``outcome`` (a run and how it ended), ``pool`` (where sync handlers run),
-``heartbeat`` (the heartbeat thread), ``shardq.client.aio_connection`` (the broker connection).
+``heartbeat`` (the heartbeat thread), ``reports`` (outcomes on their way to the broker), and
+``shardq.client.aio_connection`` (the broker connection).
 
 **The loop thread** (the main thread; uvloop when installed) owns all bookkeeping and one broker
 connection. It claims, starts handlers, runs async handlers, enforces timeouts, reports results
@@ -15,8 +16,7 @@ Rules:
 2. A run ends exactly once (``shardq.worker.outcome``). A timed-out or released thread-pool
    handler cannot be stopped: its thread is retired and replaced, and its late result is
    dropped. Async handlers are cancelled; pool processes killed.
-3. Results are batched: one RESULT carries everything finished while the previous one was in
-   flight. The outcome is logged when the broker answers, one line per task.
+3. Results are batched and logged when the broker answers (``shardq.worker.reports``).
 4. Shutdown (SIGTERM/SIGINT, or the queue running dry with ``burst``): stop claiming, wait up to
    ``shutdown_timeout`` for running tasks, release the rest, deliver every outcome, deregister
    (which also releases any lease this worker still holds), exit 0. A second signal exits at
@@ -45,19 +45,18 @@ from shardq.client import requests as rq
 from shardq.client.aio_connection import AsyncConnection
 from shardq.client.connection import ConnectionClosed, parse_url
 from shardq.client.models import TaskInfo
-from shardq.errors import Forbidden, Internal, ProtocolError, Unauthorized, Unavailable, WireError
+from shardq.errors import Forbidden, ProtocolError, Unauthorized, WireError
 from shardq.protocol.frames import MAX_PAYLOAD, MsgType
 from shardq.protocol.requests import MAX_CLAIM
 from shardq.worker.app import App, TaskContext
 from shardq.worker.heartbeat import Heartbeat
 from shardq.worker.outcome import ABANDONED, DONE, RUNNING, Outcome, Run, failure, success
 from shardq.worker.pool import Pool
+from shardq.worker.reports import Reports, flush_logs
 
 log = logging.getLogger("shardq.worker")
 
 CLAIM_WAIT_S = 1.0          # long-poll per CLAIM: an idle worker sends one a second
-RESULT_BATCH = 1000         # items per RESULT (the protocol allows 10,000)
-RESULT_BATCH_BYTES = 8 << 20  # result bytes per RESULT (a frame is at most 16 MiB)
 SWEEP_S = 0.05              # timeout and log-flush granularity
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_FORCED = 0, 1, 2, 4
 
@@ -110,21 +109,17 @@ class WorkerRuntime:
         self.running: dict[str, Run] = {}
         # Finished runs whose RESULT the broker has not acknowledged yet: HEARTBEAT lists them in
         # `active` with the running ones, since the broker extends only the leases listed there.
-        self.unreported: dict[str, Run] = {}
         self.pool: Pool | None = None
         self.server_info: dict[str, Any] = {}
         self.max_result = MAX_PAYLOAD
         self.exit_code = EXIT_OK
-        self.completed = self.failed = 0
-        self._results: list[tuple[Run, Outcome]] = []
-        self._info_lines: list[tuple[float, str]] = []  # per-task INFO lines, written every SWEEP_S
-        self._reporting = False     # a RESULT is in flight
+        self.reports = Reports(self.worker_id, max_inactivity_s, self._retry_later, self._answered)
         self._claiming = False      # a CLAIM is in flight
         self._claim_idle = False
         self._burst_wait = False
         self._ticks = 0             # runs ended + RESULT answers (for --burst)
         self._claim_ticks = 0
-        self._claim_not_before = self._report_not_before = 0.0
+        self._claim_not_before = 0.0
         self._pump_scheduled = False
         self._started = False
         self._done: deque[tuple[Run, Outcome]] = deque()
@@ -152,7 +147,7 @@ class WorkerRuntime:
             # exit, and one that holds the GIL would hang it: leave now.
             log.warning("%d handler thread(s) still running; exiting without waiting for them",
                         self.pool.busy())
-            _flush_logs()
+            flush_logs()
             os._exit(code)
         return code
 
@@ -321,8 +316,8 @@ class WorkerRuntime:
                 self._reconnect()
                 return
             now = time.monotonic()
-            if self._results and not self._reporting and now >= self._report_not_before:
-                self._send_results(conn)
+            if self.reports.ready(now):
+                self.reports.send(conn)
             if (not self._claiming and not self._stop.is_set() and not self._burst_wait
                     and now >= self._claim_not_before):
                 free = self.concurrency - len(self.running)
@@ -358,7 +353,7 @@ class WorkerRuntime:
         wait_ms = 0 if self.burst else int(CLAIM_WAIT_S * 1000)
         # For --burst: an empty answer means "done" only if nothing could have made a task ready
         # since this claim left (a run ending, an outcome not yet acknowledged).
-        self._claim_idle = not self.running and not self._results and not self._reporting
+        self._claim_idle = not self.running and self.reports.idle
         self._claim_ticks = self._ticks
         conn.send(MsgType.CLAIM, rq.claim_header(self.worker_id, n, wait_ms / 1000, self.types), b"",
                   self._on_claim, wait_ms / 1000 + self.max_inactivity_s)
@@ -463,12 +458,18 @@ class WorkerRuntime:
         self._push_result(run, out)
 
     def _push_result(self, run: Run, out: Outcome) -> None:
-        self.unreported[run.ctx.id] = run
-        self._results.append((run, out))
+        self.reports.push(run, out)
         self._ticks += 1
         self._burst_wait = False
         self._progress.set()
         self._schedule_pump()
+
+    def _answered(self) -> None:
+        """A RESULT was answered (or failed): its runs may free the way for a claim."""
+        self._ticks += 1
+        self._burst_wait = False
+        self._progress.set()
+        self._pump()
 
     def _abandon(self, run: Run) -> None:
         """End a run that is still going: it no longer counts, and whatever runs it is stopped."""
@@ -508,91 +509,6 @@ class WorkerRuntime:
                     "will not be reported", run.ctx.id, run.ctx.type,
                     (time.perf_counter() - run.start) * 1000, run.ctx.attempt)
 
-    # -- reporting -----------------------------------------------------------------------------------
-
-    def _send_results(self, conn: AsyncConnection) -> None:
-        batch = self._take_batch()
-        header, blob = rq.report_request(self.worker_id, (
-            rq.result_item(run.ctx.id, run.ctx.attempt, out.status, out.result, out.error, out.retry)
-            for run, out in batch))
-        try:
-            conn.send(MsgType.RESULT, header, blob, lambda msg, exc: self._on_results(batch, msg, exc),
-                      self.max_inactivity_s)
-        except ConnectionClosed:
-            self._results[:0] = batch
-            raise
-        self._reporting = True
-
-    def _on_results(self, batch: list[tuple[Run, Outcome]], msg: Any, exc: BaseException | None) -> None:
-        self._reporting = False
-        self._ticks += 1
-        self._burst_wait = False
-        self._progress.set()
-        if exc is None or (isinstance(exc, WireError) and not isinstance(exc, (Unavailable, Internal))):
-            for run, _ in batch:  # answered (or refused for good): no longer ours to keep alive
-                if self.unreported.get(run.ctx.id) is run:
-                    del self.unreported[run.ctx.id]
-        if exc is None:
-            self._log_results(batch, rq.parse_report(msg))
-        elif isinstance(exc, (Unavailable, Internal)):
-            self._results[:0] = batch
-            log.warning("RESULT refused (%s: %s); retrying in 0.5 s", exc.code, exc)
-            self._report_not_before = self._retry_later(0.5)
-        elif isinstance(exc, WireError):
-            log.error("RESULT for %d task(s) rejected as a whole (%s: %s); their leases will be "
-                      "reclaimed by the broker", len(batch), exc.code, exc)
-        else:  # the connection broke: send them again on the next one
-            self._results[:0] = batch
-            for _, out in batch:
-                out.resent = True
-        self._pump()
-
-    def _take_batch(self) -> list[tuple[Run, Outcome]]:
-        results = self._results
-        n, size = 0, 0
-        limit = min(len(results), RESULT_BATCH)
-        while n < limit:
-            size += len(results[n][1].result)
-            if n and size > RESULT_BATCH_BYTES:
-                break
-            n += 1
-        batch = results[:n]
-        del results[:n]
-        return batch
-
-    def _log_results(self, batch: list[tuple[Run, Outcome]], answers: list[dict[str, Any]]) -> None:
-        info = log.isEnabledFor(logging.INFO)
-        now = time.time()
-        lines = self._info_lines  # written by the sweeper, stamped with this time
-        for (run, out), ans in zip(batch, answers):
-            ctx = run.ctx
-            ms = out.elapsed * 1000
-            err = ans.get("error")
-            if err or out.status == "failed":
-                self._write_info_lines()  # keep the lines in order
-            if err:
-                if err.get("code") == "LeaseLost" and out.resent:
-                    continue  # the first send got through before the connection broke
-                log.warning("task %s %s %s in %.2f ms (attempt %d), but the broker refused the "
-                            "result: %s: %s", ctx.id, ctx.type, out.status, ms, ctx.attempt,
-                            err.get("code"), err.get("message"))
-            elif out.status == "completed":
-                self.completed += 1
-                if info:
-                    lines.append((now, f"task {ctx.id} {ctx.type} completed in {ms:.2f} ms "
-                                       f"(attempt {ctx.attempt})"))
-            elif out.status == "failed":
-                self.failed += 1
-                status = ans.get("status")
-                then = (f"retry {ctx.retry_count + 1} of {ctx.max_retries} scheduled"
-                        if status == "failed" else status)
-                first = (out.error or "").split("\n", 1)[0]
-                log.warning("task %s %s %s in %.2f ms (attempt %d): %s -> %s", ctx.id, ctx.type,
-                            out.note or "failed", ms, ctx.attempt, first, then)
-            elif info:
-                lines.append((now, f"task {ctx.id} {ctx.type} released after {ms:.2f} ms "
-                                   f"(attempt {ctx.attempt}): {out.note or 'released'}"))
-
     # -- timers ---------------------------------------------------------------------------------------
 
     async def _sweep_loop(self) -> None:
@@ -614,13 +530,8 @@ class WorkerRuntime:
                 conn = self._conn
                 if conn is not None and not conn.closed and conn.overdue(now):
                     conn.abort("the broker did not answer in time (worker.max_inactivity_s)")
-            self._write_info_lines()
-            _flush_logs()
-
-    def _write_info_lines(self) -> None:
-        if self._info_lines:
-            lines, self._info_lines = self._info_lines, []
-            _log_lines(logging.INFO, lines)
+            self.reports.write_info_lines()
+            flush_logs()
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         try:
@@ -644,8 +555,8 @@ class WorkerRuntime:
                         len(self.running))
             if self.pool is not None:
                 self.pool.kill_children()
-            self._write_info_lines()
-            _flush_logs()
+            self.reports.write_info_lines()
+            flush_logs()
             os._exit(EXIT_FORCED)
         log.info("%s: draining: no new tasks; waiting up to %g s for %d running task(s); "
                  "send it again to exit at once", name, self.shutdown_timeout, len(self.running))
@@ -683,12 +594,12 @@ class WorkerRuntime:
         # The claim in flight (at most CLAIM_WAIT_S) hands back what it gets before we deregister;
         # then every outcome is delivered (bounded: a broker that is gone reclaims by itself).
         await self._wait_until(lambda: not self._claiming, CLAIM_WAIT_S + self.max_inactivity_s)
-        delivered = await self._wait_until(lambda: not self._results and not self._reporting,
+        delivered = await self._wait_until(lambda: self.reports.idle,
                                            self.max_inactivity_s)
-        self._write_info_lines()
+        self.reports.write_info_lines()
         if not delivered:
             log.error("%d outcome(s) could not be delivered; the broker will reclaim those tasks",
-                      len(self._results))
+                      len(self.reports.queue))
             self.exit_code = self.exit_code or EXIT_FATAL
         if self._heartbeat is not None:  # before DEREGISTER: a later heartbeat would re-register us
             self._heartbeat.stop()
@@ -704,8 +615,8 @@ class WorkerRuntime:
         except (TimeoutError, Exception) as exc:  # noqa: BLE001 -- the broker copes without
             log.warning("DEREGISTER failed (%s: %s); the broker will drop this worker when its "
                         "heartbeats stop", type(exc).__name__, exc)
-        log.info("worker %s stopped: %d completed, %d failed", self.worker_id, self.completed,
-                 self.failed)
+        log.info("worker %s stopped: %d completed, %d failed", self.worker_id,
+                 self.reports.completed, self.reports.failed)
 
     async def _close(self) -> None:
         if self._heartbeat is not None and self._heartbeat.is_alive():
@@ -716,28 +627,8 @@ class WorkerRuntime:
             self._conn.close()
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
-        self._write_info_lines()
-        _flush_logs()
-
-
-def _log_lines(level: int, lines: list[tuple[float, str]]) -> None:
-    """Log (unix time, message) pairs. In one go when the worker CLI's handler is the only one:
-    a LogRecord and a handler call per line would cost more than running a no-op task."""
-    handlers = logging.getLogger().handlers
-    if (len(handlers) == 1 and hasattr(handlers[0], "emit_lines") and not log.handlers
-            and not log.filters and not handlers[0].filters and level >= handlers[0].level):
-        handlers[0].emit_lines(level, log.name, lines)
-    else:
-        for _, line in lines:
-            log.log(level, "%s", line)
-
-
-def _flush_logs() -> None:
-    for h in logging.getLogger().handlers:
-        try:
-            h.flush()
-        except Exception:  # noqa: BLE001, S110 -- a log sink that fails must not stop the worker
-            pass
+        self.reports.write_info_lines()
+        flush_logs()
 
 
 __all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_FORCED", "EXIT_OK", "WorkerRuntime"]
