@@ -6,6 +6,7 @@ and its pool children, so that a script reading an exit code or ``ps`` sees one 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -42,19 +43,17 @@ def set_title(role: str) -> None:
     setproctitle.setproctitle(f"shardq: {role}")
 
 
-def die_with_parent() -> None:
-    """Ask Linux to send this child SIGTERM when its parent dies (even by SIGKILL), so no
-    shard outlives the supervisor holding its RocksDB lock: the SIGTERM drains it like a
-    normal stop."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send this child ``sig`` when its parent dies (even by SIGKILL). A server
+    process gets SIGTERM, so no shard outlives the supervisor holding its RocksDB lock (the
+    SIGTERM drains it like a normal stop); a worker's pool child, SIGKILL."""
     try:
-        import ctypes  # only here: the one place that calls into libc
-
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: a parent killed with SIGKILL leaves its children to be stopped by hand
     if os.getppid() == 1:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
 
 
 def start_child(role: str, monitoring: MonitoringConfig) -> None:

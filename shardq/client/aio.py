@@ -1,10 +1,10 @@
 """The asyncio client: ``shardq.AsyncClient``.
 
 Rules:
-1. One TCP connection, shared by every coroutine that uses the client. Requests are pipelined:
-   each gets a fresh rid and a Future in ``pending``; a single reader (an ``asyncio.Protocol``
-   feeding the sans-I/O ``FrameDecoder``) resolves the Future whose rid an answer carries, in
-   whatever order the server answers. A waiting CLAIM holds back nothing.
+1. One TCP connection (``shardq.client.aio_connection.AsyncConnection`` over the sans-I/O
+   ``ConnectionCore``), shared by every coroutine that uses the client. Requests are pipelined:
+   each gets a fresh rid and a Future; answers resolve them by rid, in whatever order the
+   server answers. A waiting CLAIM holds back nothing.
 2. Every call has a timeout (``asyncio.timeout``): the whole call, reconnects and retries
    included, raises ``TimeoutError`` when it runs out. A timed-out request forgets its rid; its
    late answer is dropped and the connection stays in use.
@@ -25,132 +25,18 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, cast
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from shardq.client import requests as rq
+from shardq.client.aio_connection import AsyncConnection
 from shardq.client.connection import ConnectionClosed, parse_url
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
-from shardq.errors import ProtocolViolation, ShardqError, Unavailable, error_from_wire
-from shardq.protocol.frames import RESPONSE_TYPES, FrameDecoder, Malformed, Message, MsgType, encode
+from shardq.errors import ShardqError, WireError
+from shardq.protocol.frames import Message, MsgType
 
 _BROKEN = (OSError, ConnectionClosed)
-
-
-class _Connection(asyncio.Protocol):
-    """One TCP connection: writes whole frames, resolves the Futures of ``pending`` by rid."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.decoder = FrameDecoder(accept=RESPONSE_TYPES)
-        self.pending: dict[int, asyncio.Future[Message]] = {}
-        self.closed = False
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self._paused = False
-        self._drain_waiters: deque[asyncio.Future[None]] = deque()
-        self._reason = "connection closed"
-
-    # -- asyncio.Protocol ------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, hence no isinstance check.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        decoder = self.decoder
-        decoder.feed(data)
-        pending = self.pending
-        try:
-            while (msg := decoder.next()) is not None:
-                if isinstance(msg, Malformed):
-                    self.abort(f"the server sent a malformed frame: {msg.error}")
-                    return
-                if msg.rid is not None:
-                    fut = pending.pop(msg.rid, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg)
-                    continue
-                # An answer without a rid ("too many connections", a framing error): it concerns
-                # the connection, so every pending request gets it and the connection ends.
-                error = msg.header.get("error") if msg.type == MsgType.NACK else None
-                if isinstance(error, dict):
-                    self._fail_pending(lambda error=error: error_from_wire(error))
-                self.abort(f"the server answered without a rid: {msg.header}")
-                return
-        except ProtocolViolation as exc:
-            self.abort(f"the server broke the framing: {exc}")
-
-    def eof_received(self) -> bool:
-        self._reason = "connection closed by the server"
-        self.closed = True
-        return False  # close the transport; connection_lost follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        reason = self._reason if exc is None else f"connection lost: {exc}"
-        self._fail_pending(lambda: ConnectionClosed(reason))
-        while self._drain_waiters:
-            waiter = self._drain_waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(ConnectionClosed(reason))
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        while self._drain_waiters:
-            waiter = self._drain_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-
-    # -- used by AsyncClient -------------------------------------------------------
-
-    def send(self, rid: int, msg_type: int, header: dict[str, Any], blob: bytes) -> asyncio.Future[Message]:
-        """Write one request; its answer will resolve the returned Future."""
-        if self.closed or self.transport is None or self.transport.is_closing():
-            raise ConnectionClosed(self._reason)
-        fut = self.loop.create_future()
-        self.pending[rid] = fut
-        header["rid"] = rid
-        self.transport.write(encode(msg_type, header, blob))
-        return fut
-
-    async def drain(self) -> None:
-        """Wait while the transport's write buffer is over its high-water mark (called before
-        each write, so the buffer holds at most the high-water mark plus one frame)."""
-        while self._paused and not self.closed:
-            waiter = self.loop.create_future()
-            self._drain_waiters.append(waiter)
-            await waiter
-        if self.closed:
-            raise ConnectionClosed(self._reason)
-
-    def abort(self, reason: str) -> None:
-        self._reason = reason
-        self.closed = True
-        self._fail_pending(lambda: ConnectionClosed(reason))
-        if self.transport is not None:
-            self.transport.abort()
-
-    def close(self, reason: str = "the client closed the connection") -> None:
-        self._reason = reason
-        self.closed = True
-        self._fail_pending(lambda: ConnectionClosed(reason))
-        if self.transport is not None:
-            self.transport.close()
-
-    def _fail_pending(self, make_error: Callable[[], BaseException]) -> None:
-        pending, self.pending = self.pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(make_error())
 
 
 class AsyncClient:
@@ -171,21 +57,20 @@ class AsyncClient:
         self.retries = retries
         self.name = name
         self.server_info: dict[str, Any] = {}
-        self._conn: _Connection | None = None
-        self._connecting: asyncio.Future[_Connection] | None = None
-        self._rids = itertools.count(1)
+        self._conn: AsyncConnection | None = None
+        self._connecting: asyncio.Future[AsyncConnection] | None = None
         self._epoch = 0  # bumped by close(): calls in flight then fail rather than reconnect
 
     # -- connection ------------------------------------------------------------
 
-    async def _open(self) -> _Connection:
+    async def _open(self) -> AsyncConnection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.timeout):
-            _, conn = await loop.create_connection(lambda: _Connection(loop), self.host, self.port)
+            _, conn = await loop.create_connection(lambda: AsyncConnection(loop), self.host, self.port)
             try:
-                msg = await conn.send(next(self._rids), MsgType.HELLO,
-                                      rq.hello_header(self.name, self.api_key, self.shard_hint), b"")
-                self.server_info = rq.server_info(rq.check_answer(msg))
+                msg = await conn.request(MsgType.HELLO, rq.hello_header(self.name, self.api_key,
+                                                                        self.shard_hint))
+                self.server_info = rq.server_info(msg)
             except BaseException:
                 conn.close()
                 raise
@@ -197,7 +82,7 @@ class AsyncClient:
         """The shard serving this connection (HELLO's ``shard``), once connected."""
         return self.server_info.get("shard")
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self) -> AsyncConnection:
         """The live connection, opening one when there is none (one attempt shared by all)."""
         conn = self._conn
         if conn is not None and not conn.closed:
@@ -215,7 +100,7 @@ class AsyncClient:
                 raise ConnectionClosed("the client was closed while connecting") from None
             raise
 
-    def _opened(self, task: asyncio.Future[_Connection]) -> None:
+    def _opened(self, task: asyncio.Future[AsyncConnection]) -> None:
         if self._connecting is task:
             self._connecting = None
         if not task.cancelled():
@@ -262,50 +147,34 @@ class AsyncClient:
         started = time.monotonic()
         while True:
             sent = False
-            rid = next(self._rids)
-            conn: _Connection | None = None
             fut: asyncio.Future[Message] | None = None
             try:
                 conn = await self._connection()
                 await conn.drain()
-                fut = conn.send(rid, msg_type, dict(header), blob)
+                fut = conn.request(msg_type, dict(header), blob)
                 sent = True
-                msg = await fut
+                return await fut
             except TimeoutError:
                 raise  # opening the connection took too long: not a broken connection
-            except Unavailable as exc:  # HELLO refused: at the connection limit, or draining
-                if (not rq.retry_unavailable(exc, MsgType.HELLO, started, time.monotonic(), self.timeout)
+            except WireError as err:  # a NACK; before sending: HELLO refused (connection limit)
+                if (not rq.retry_unavailable(err, msg_type if sent else MsgType.HELLO, started,
+                                             time.monotonic(), self.timeout)
                         or self._epoch != epoch):
                     raise
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # the owning shard is restarting: ask again shortly
                 delay = rq.next_backoff(delay)
-                continue
             except _BROKEN:
                 attempt += 1
                 if (sent and not retryable) or attempt > self.retries or self._epoch != epoch:
                     raise
                 await asyncio.sleep(delay)
                 delay = rq.next_backoff(delay)
-                continue
             finally:
-                if conn is not None:
-                    conn.pending.pop(rid, None)
                 if fut is not None:
                     if not fut.done():
                         fut.cancel()  # timed out or cancelled: a late answer is dropped
                     elif not fut.cancelled():
                         fut.exception()  # mark it retrieved whichever way we leave
-            if msg.type == MsgType.NACK:
-                err = error_from_wire(msg.header.get("error") or {})
-                if err.closes_connection:
-                    conn.close(f"closed after {err.code}")
-                if (rq.retry_unavailable(err, msg_type, started, time.monotonic(), self.timeout)
-                        and self._epoch == epoch):
-                    await asyncio.sleep(delay)  # the owning shard is restarting: ask again shortly
-                    delay = rq.next_backoff(delay)
-                    continue
-                raise err
-            return msg
 
     async def ping(self) -> float:
         """Round-trip time in seconds."""
@@ -384,7 +253,7 @@ class AsyncClient:
         await self.call(MsgType.REGISTER_WORKER, rq.register_header(worker_id, info))
 
     async def deregister_worker(self, worker_id: str) -> int:
-        msg = await self.call(MsgType.DEREGISTER_WORKER, {"worker_id": worker_id})
+        msg = await self.call(MsgType.DEREGISTER_WORKER, rq.deregister_header(worker_id))
         return int(msg.header["released"])
 
     async def claim(self, worker_id: str, max: int = 1, wait: float = 0.0,

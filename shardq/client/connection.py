@@ -1,4 +1,4 @@
-"""A blocking protocol connection: frames out, answers matched by rid.
+"""A blocking protocol connection: frames out, answers matched by rid (``ConnectionCore``).
 
 The building block under the blocking client, the tests and the benchmark.
 Plain sockets only, so it also works under gevent monkey-patching.
@@ -6,17 +6,13 @@ Plain sockets only, so it also works under gevent monkey-patching.
 
 from __future__ import annotations
 
-import itertools
 import socket
 from typing import Any
 from urllib.parse import urlparse
 
-from shardq.errors import ShardqError, error_from_wire
-from shardq.protocol.frames import RESPONSE_TYPES, FrameDecoder, Malformed, Message, MsgType, encode
-
-
-class ConnectionClosed(ShardqError):
-    """The server closed the connection (or it broke) before answering."""
+from shardq.client.core import ConnectionClosed, ConnectionCore, Resolution
+from shardq.errors import error_from_wire
+from shardq.protocol.frames import Malformed, Message, MsgType, encode
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -30,12 +26,15 @@ def parse_url(url: str) -> tuple[str, int]:
 
 
 class Connection:
+    """One blocking connection. ``send`` + ``wait_for`` (or ``call``) match answers by rid under
+    the core's rules; ``receive`` reads the raw answers in arrival order (tests, tools)."""
+
     def __init__(self, host: str, port: int, timeout: float | None = 30.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.decoder = FrameDecoder(accept=RESPONSE_TYPES)
-        self._rids = itertools.count(1)
-        self._early: dict[int | None, Message] = {}
+        self.core: ConnectionCore[int] = ConnectionCore()
+        self.decoder = self.core.decoder
+        self._answers: dict[int, Message | BaseException] = {}
 
     @classmethod
     def from_url(cls, url: str, timeout: float | None = 30.0) -> Connection:
@@ -53,26 +52,33 @@ class Connection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def next_rid(self) -> int:
-        return next(self._rids)
-
     def send(self, msg_type: int, header: dict[str, Any], blob: bytes = b"") -> int:
-        """Send one request; returns its rid (set in ``header`` unless given)."""
-        if "rid" not in header:
-            header = {"rid": self.next_rid(), **header}
-        self.sock.sendall(encode(msg_type, header, blob))
-        return header["rid"]
+        """Send one request; returns its rid. A ``rid`` already in ``header`` is sent as it is
+        (tests send odd ones), and waited for when it is an int."""
+        if "rid" in header:
+            rid = header["rid"]
+            data = encode(msg_type, header, blob)
+            if type(rid) is int:
+                self.core.track(rid, rid)
+        else:
+            rid = self.core.next_rid()
+            data = encode(msg_type, {"rid": rid, **header}, blob)
+            self.core.track(rid, rid)
+        self.sock.sendall(data)
+        return rid
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
 
     def receive(self) -> Message:
-        """The next answer in arrival order."""
+        """The next answer in arrival order, as it is (no rid matching)."""
         while True:
             msg = self.decoder.next()
             if msg is not None:
                 if isinstance(msg, Malformed):
                     raise ConnectionClosed(f"server sent a malformed frame: {msg.error}")
+                if msg.rid is not None:
+                    self.core.forget(msg.rid)
                 return msg
             data = self.sock.recv(1 << 20)
             if not data:
@@ -80,14 +86,23 @@ class Connection:
             self.decoder.feed(data)
 
     def wait_for(self, rid: int) -> Message:
-        """The answer to ``rid``, keeping answers to other rids for later."""
-        if rid in self._early:
-            return self._early.pop(rid)
-        while True:
-            msg = self.receive()
-            if msg.rid == rid or (msg.rid is None and msg.header.get("rid") is None):
-                return msg
-            self._early[msg.rid] = msg
+        """The answer to ``rid`` (a rid-less NACK answers every request waiting), keeping
+        answers to other rids for later."""
+        answers = self._answers
+        while rid not in answers:
+            if rid not in self.core.pending:
+                raise ConnectionClosed(self.core.closed or f"no request with rid {rid} is waiting")
+            data = self.sock.recv(1 << 20)
+            got = self.core.receive_data(data) if data else self.core.lose("connection closed by the server")
+            self._keep(got)
+        answer = answers.pop(rid)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def _keep(self, resolutions: list[Resolution[int]]) -> None:
+        for rid, msg, exc in resolutions:
+            self._answers[rid] = exc if msg is None else msg  # type: ignore[assignment]
 
     def call(self, msg_type: int, header: dict[str, Any] | None = None, blob: bytes = b"") -> Message:
         """Send and wait; raises the matching WireError on a NACK."""

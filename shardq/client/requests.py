@@ -266,17 +266,31 @@ def parse_report(msg: Message) -> list[dict[str, Any]]:
     return list(msg.header["results"])
 
 
+def result_item(task_id: str, attempt: int, status: str, result: bytes = b"", error: str | None = None,
+                retry: bool = True) -> tuple[dict[str, Any], bytes]:
+    """One RESULT item (for ``report_request``): ``status`` completed (with ``result``), failed
+    (with ``error`` and ``retry``) or released."""
+    item: dict[str, Any] = {"id": task_id, "attempt": attempt, "status": status}
+    if status == "failed":
+        item["error"] = error or ""
+        item["retry"] = retry
+    return item, result if status == "completed" else b""
+
+
 def completed_item(task: TaskInfo, result: Any) -> tuple[dict[str, Any], bytes]:
-    return {"id": task.id, "attempt": task.attempt, "status": "completed"}, to_bytes(result)
+    return result_item(task.id, task.attempt, "completed", to_bytes(result))
 
 
 def failed_item(task: TaskInfo, error: str, retry: bool) -> tuple[dict[str, Any], bytes]:
-    return {"id": task.id, "attempt": task.attempt, "status": "failed", "error": error,
-            "retry": retry}, b""
+    return result_item(task.id, task.attempt, "failed", error=error, retry=retry)
 
 
 def released_item(task: TaskInfo) -> tuple[dict[str, Any], bytes]:
-    return {"id": task.id, "attempt": task.attempt, "status": "released"}, b""
+    return result_item(task.id, task.attempt, "released")
+
+
+def deregister_header(worker_id: str) -> dict[str, Any]:
+    return {"worker_id": worker_id}
 
 
 def heartbeat_header(worker_id: str, active: Iterable[str] | None, info: dict[str, Any]) -> dict[str, Any]:
@@ -295,6 +309,6 @@ __all__ = [
     "retry_unavailable", "hello_header", "server_info",
     "check_answer", "body", "submit_request", "parse_ids", "status_header", "parse_status", "Waiter",
     "Pager", "stats_header", "workers_header", "parse_workers", "requeue_header", "register_header",
-    "claim_header", "parse_claim", "report_request", "parse_report", "completed_item", "failed_item",
-    "released_item", "heartbeat_header", "parse_heartbeat",
+    "claim_header", "parse_claim", "report_request", "parse_report", "result_item", "completed_item",
+    "failed_item", "released_item", "deregister_header", "heartbeat_header", "parse_heartbeat",
 ]

@@ -225,7 +225,7 @@ class Client:
         self.call(MsgType.REGISTER_WORKER, rq.register_header(worker_id, info))
 
     def deregister_worker(self, worker_id: str) -> int:
-        return int(self.call(MsgType.DEREGISTER_WORKER, {"worker_id": worker_id}).header["released"])
+        return int(self.call(MsgType.DEREGISTER_WORKER, rq.deregister_header(worker_id)).header["released"])
 
     def claim(self, worker_id: str, max: int = 1, wait: float = 0.0,
               types: list[str] | None = None) -> list[TaskInfo]:

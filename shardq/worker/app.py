@@ -108,8 +108,9 @@ class TaskDef:
         return self.fn(ctx)
 
     def job(self, payload: Any = b"", **options: Any) -> Job:
-        """A ``Job`` of this type for ``Client.submit_many``; the decorator's ``max_retries`` and
-        ``timeout`` (rounded up to whole seconds) are its defaults."""
+        """A ``Job`` of this type for ``Client.submit_many``, with the decorator's ``max_retries``
+        and ``timeout`` (rounded up to whole seconds) stamped on it unless ``options`` give them:
+        they become the task's stored numbers, which the worker goes by."""
         if self.max_retries is not None:
             options.setdefault("max_retries", self.max_retries)
         if self.timeout is not None:
@@ -136,11 +137,11 @@ class App:
              timeout: float | None = None) -> Any:
         """Register a handler: ``@app.task``, ``@app.task("type")`` or ``@app.task(name=...)``.
 
-        ``name``: the task type (default: the function's name). ``timeout``: seconds this handler
-        may run before the worker cancels it (the task's own ``timeout_seconds`` applies too; the
-        shorter wins). ``max_retries``: the most retries this handler allows: a failure once
-        ``retry_count`` has reached it dead-letters the task even if the task allows more. Both
-        are also the defaults of ``.job()`` / ``.submit()``."""
+        ``name``: the task type (default: the function's name). ``max_retries`` and ``timeout``
+        (seconds, rounded up to whole ones) are stamped on the tasks submitted through the
+        handler (``.job()`` / ``.submit()``). At run time the claimed task's own stored
+        ``max_retries`` and ``timeout_seconds`` decide, not these: the broker retries and times
+        out tasks, so a task submitted plainly keeps the numbers it was submitted with."""
         if callable(name):  # bare @app.task
             return self._register(name.__name__, name, max_retries, timeout)
 

@@ -20,7 +20,12 @@ import time
 import traceback
 from typing import Any
 
+from shardq.config import load_config
 from shardq.errors import ConfigError
+from shardq.logs import JsonFormatter
+from shardq.process import EXIT_CONFIG
+from shardq.worker.app import load_app
+from shardq.worker.runtime import WorkerRuntime
 
 DEFAULT_URL = "shardq://127.0.0.1:7070"
 
@@ -100,7 +105,7 @@ class _LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit_lines(self, levelno: int, name: str, lines: list[tuple[float, str]]) -> None:
         """Many (unix time, message) lines at once (the per-task lines): one record reused, one
-        write. The worker calls it when this is the only handler (runtime._log_lines)."""
+        write. The worker calls it when this is the only handler (reports.log_lines)."""
         record = logging.LogRecord(name, levelno, "", 0, "", None, None)
         try:
             fmt = self.format
@@ -145,7 +150,6 @@ def setup_logging(level: str, json_logs: bool) -> None:
                               encoding="utf-8", errors="backslashreplace", line_buffering=False)
     handler = _LogHandler(stream)
     if json_logs:
-        from shardq.logs import JsonFormatter
         handler.setFormatter(JsonFormatter("worker"))
     else:
         handler.setFormatter(_Formatter("%(asctime)s %(levelname)s worker %(name)s: %(message)s"))
@@ -155,10 +159,6 @@ def setup_logging(level: str, json_logs: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shardq.config import load_config
-    from shardq.worker.app import load_app
-    from shardq.worker.runtime import EXIT_CONFIG, Worker
-
     overrides: dict[str, Any] = {
         "worker.concurrency": args.concurrency, "worker.pool": args.pool,
         "worker.heartbeat_interval_ms": args.heartbeat_interval_ms,
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     types = [t.strip() for t in args.types.split(",") if t.strip()] if args.types else None
     w = cfg.worker
     try:
-        worker = Worker(
+        worker = WorkerRuntime(
             app, url=args.server or os.environ.get("SHARDQ_URL") or DEFAULT_URL,
             worker_id=args.worker_id, concurrency=w.concurrency, pool=w.pool, types=types,
             burst=args.burst, heartbeat_interval_ms=w.heartbeat_interval_ms,

@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 
 import shardq
-from shardq.client import aio
 from shardq.client import requests as rq
 from shardq.client.aio import AsyncClient
+from shardq.client.aio_connection import AsyncConnection
 from shardq.client.connection import ConnectionClosed
 from shardq.client.models import Job, TaskCancelled, TaskFailed, WaitTimeout
 from shardq.client.sync import Client
@@ -538,7 +538,7 @@ def test_async_1000_concurrent_submits_on_one_connection(shared_server: ServerPr
             ids = await asyncio.gather(*(client.submit(t, {"i": i}, priority=i % 256, id=given[i])
                                          for i in range(1000)))
             assert ids == given and len(set(ids)) == 1000  # every answer went to its own caller
-            assert client._conn is conn and not conn.pending  # one connection, nothing left over
+            assert client._conn is conn and not conn.core.pending  # one connection, nothing left over
             # Mixed requests in flight together, answered by rid.
             picks = list(range(0, 1000, 7))
             answers = await asyncio.gather(*(client.status(ids[i]) for i in picks),
@@ -581,7 +581,7 @@ def test_async_call_timeout_drops_the_late_answer(shared_server: ServerProcess) 
             with pytest.raises(TimeoutError):
                 await client.call(MsgType.CLAIM, rq.claim_header(uid("w"), 1, 0.4, [uid("never")]),
                                   timeout=0.1)
-            assert not conn.pending
+            assert not conn.core.pending
             await asyncio.sleep(0.5)  # the empty CLAIM answer arrives now and is dropped
             assert await client.ping() > 0 and client._conn is conn
 
@@ -649,20 +649,20 @@ def test_async_flow_control_bounds_the_write_buffer(monkeypatch: pytest.MonkeyPa
     stalled = StalledServer()
     peaks: list[int] = []
     pauses: list[int] = []
-    real_send, real_pause = aio._Connection.send, aio._Connection.pause_writing
+    real_send, real_pause = AsyncConnection.send, AsyncConnection.pause_writing
 
-    def send(self: aio._Connection, *args: Any) -> Any:
+    def send(self: AsyncConnection, *args: Any) -> Any:
         fut = real_send(self, *args)
         assert self.transport is not None
         peaks.append(self.transport.get_write_buffer_size())
         return fut
 
-    def pause(self: aio._Connection) -> None:
+    def pause(self: AsyncConnection) -> None:
         pauses.append(1)
         real_pause(self)
 
-    monkeypatch.setattr(aio._Connection, "send", send)
-    monkeypatch.setattr(aio._Connection, "pause_writing", pause)
+    monkeypatch.setattr(AsyncConnection, "send", send)
+    monkeypatch.setattr(AsyncConnection, "pause_writing", pause)
     payload = b"x" * (128 * 1024)
 
     async def main() -> None:

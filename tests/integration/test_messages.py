@@ -933,7 +933,7 @@ def test_waiting_claim_woken_by_other_connection(srv, connect, request):
 
     submit_one(submitter, other, b"not for you")
     readable, _, _ = select.select([waiter.sock], [], [], 0.3)
-    assert not readable and not waiter._early, "a non-matching task woke the waiting CLAIM"
+    assert not readable and not waiter._answers, "a non-matching task woke the waiting CLAIM"
 
     started = time.monotonic()
     tid = submit_one(submitter, t, b"wake up")

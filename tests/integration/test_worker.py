@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import worker_apps
 
 import shardq
 from shardq.client.models import TaskFailed
@@ -251,6 +252,28 @@ def test_raising_handler_retries_then_dead_letters_with_traceback(server_factory
         assert client.status(retry_once).retry_count == 1
 
 
+def test_the_stored_task_decides_retries_not_the_decorator(server_factory, worker_factory) -> None:
+    """``@app.task("boom_limited", max_retries=1)``. A task submitted plainly has the broker's
+    default (3): it is retried 3 times and the log counts to 3 (the worker used to stop it after 1
+    retry while logging "retry 1 of 3"). Submitted through the decorator, it has 1 retry."""
+    srv = server_factory("--shards", "1", env=FAST_RETRIES)
+    worker = worker_factory(srv, "--concurrency", "2")
+    with shardq.Client(srv.url) as client:
+        plain = client.submit("boom_limited", b"")
+        stamped = worker_apps.boom_limited.submit(client)
+        for tid, retries in ((plain, 3), (stamped, 1)):
+            with pytest.raises(TaskFailed) as info:
+                client.wait(tid, timeout=20)
+            task = info.value.task
+            assert (task.max_retries, task.retry_count, task.attempt) == (retries, retries, retries + 1)
+            wait_until(lambda tid=tid: any(f"task {tid} " in line and line.rstrip().endswith("-> dead_letter")
+                                           for line in worker.lines), 5, "the dead_letter log line")
+    for tid, retries in ((plain, 3), (stamped, 1)):
+        lines = [line for line in worker.lines if f"task {tid} " in line]
+        thens = [line.rsplit(" -> ", 1)[1].strip() for line in lines]
+        assert thens == [f"retry {n} of {retries} scheduled" for n in range(1, retries + 1)] + ["dead_letter"], lines
+
+
 # -- losing a worker -------------------------------------------------------------------------------
 
 
@@ -371,8 +394,9 @@ def test_timeout_cancels_a_hung_handler(server_factory, worker_factory, marks, t
     srv = server_factory("--shards", "1")
     worker = worker_factory(srv, "--concurrency", "1", "--pool", pool)
     with shardq.Client(srv.url) as client:
-        # The task allows 300 s; the handler's own @app.task(timeout=1) is the one that fires.
-        tid = client.submit(task_type, b"", max_retries=0)
+        # Submitted through the handler: its @app.task(timeout=1) is stamped on the task.
+        tid = worker_apps.app.handlers[task_type].submit(client, b"", max_retries=0)
+        assert client.status(tid).timeout_seconds == 1
         after = client.submit("quick", b"")
         t = time.monotonic()
         with pytest.raises(TaskFailed) as info:

@@ -56,6 +56,12 @@ def boom(ctx: TaskContext) -> None:
     raise ValueError(f"boom on attempt {ctx.attempt}")
 
 
+@app.task("boom_limited", max_retries=1)
+def boom_limited(ctx: TaskContext) -> None:
+    """Always fails; its decorator allows 1 retry, a default for tasks submitted through it."""
+    raise ValueError(f"boom on attempt {ctx.attempt}")
+
+
 @app.task("give_up")
 def give_up(ctx: TaskContext) -> None:
     raise shardq.Fail("this input can never work")

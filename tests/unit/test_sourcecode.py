@@ -23,7 +23,8 @@ PACKAGE = ROOT / "shardq"
 PURE_MODULES = ["shardq.protocol.frames", "shardq.protocol.requests", "shardq.engine.engine",
                 "shardq.engine.ready", "shardq.engine.leases", "shardq.engine.deps", "shardq.engine.waiters",
                 "shardq.engine.states", "shardq.engine.storage", "shardq.task", "shardq.errors",
-                "shardq.specs", "shardq.store.layout", "shardq.store.memory", "shardq.config"]
+                "shardq.specs", "shardq.store.layout", "shardq.store.memory", "shardq.config",
+                "shardq.client.core"]
 IO_MODULES = {"asyncio", "socket", "rocksdict", "multiprocessing", "uvloop", "selectors",
               "subprocess", "psutil"}
 
@@ -162,7 +163,8 @@ def test_pure_core_imports_no_io_module_and_only_the_pure_core() -> None:
 FUNCTION_IMPORT_SCOPE = ["shardq.protocol", "shardq.engine", "shardq.store", "shardq.task",
                          "shardq.errors", "shardq.config", "shardq.metrics", "shardq.specs",
                          "shardq.clock", "shardq.server", "shardq.process", "shardq.cli",
-                         "shardq.cli_commands", "shardq.testing", "shardq.logs"]
+                         "shardq.cli_commands", "shardq.testing", "shardq.logs", "shardq.worker",
+                         "shardq.client"]
 
 # (importer, imported) -> why it is imported inside a function.
 LAZY_IMPORTS = {
