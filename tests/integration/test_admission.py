@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 
+import psutil
 import pytest
 
 from shardq.protocol.frames import RESPONSE_TYPES, FrameDecoder, MsgType, encode
@@ -153,24 +154,51 @@ def test_a_connection_moved_by_the_shard_hint_keeps_its_slot(limited: ServerProc
         close_all(held)
 
 
-def shard_pid(server: ServerProcess, shard: int) -> int:
-    import psutil
-
+def child_pid(server: ServerProcess, name: str) -> int:
     for p in psutil.Process(server.pid).children(recursive=True):
-        if " ".join(p.cmdline()).startswith(f"shardq: shard-{shard}"):
+        if " ".join(p.cmdline()).startswith(f"shardq: {name}"):
             return p.pid
-    raise AssertionError(f"no process for shard {shard}")
+    raise AssertionError(f"no process {name}")
 
 
 def test_a_shard_that_dies_gives_its_slots_back(limited: ServerProcess) -> None:
     outcomes, held = flood(limited.port, LIMIT + 10, 1, hello(1))
     try:
         assert outcomes == {"served": LIMIT, "refused": 10}, outcomes
-        os.kill(shard_pid(limited, 1), signal.SIGKILL)
+        os.kill(child_pid(limited, "shard-1"), signal.SIGKILL)
         for sock in held:  # its connections die with it
             assert first_answer(sock, 10) in ("eof", "error: [Errno 104] Connection reset by peer")
         close_all(held)
         # Shard 0 serves meanwhile (and shard 1 once it is back): all the slots are free again.
         top_up(limited.port, held, LIMIT, within=20)
+    finally:
+        close_all(held)
+
+
+def test_a_restarted_acceptor_counts_the_connections_the_shards_hold(limited: ServerProcess) -> None:
+    outcomes, held = flood(limited.port, LIMIT, 4, hello(0), hello(1), encode(MsgType.PING, {"rid": 1}))
+    try:
+        assert outcomes == {"served": LIMIT}, outcomes
+        old = child_pid(limited, "acceptor")
+        os.kill(old, signal.SIGKILL)
+        # Connections already handed over never notice; the new acceptor learns the shards'
+        # counts from their first reports, so the server is still full.
+        deadline = time.monotonic() + 20
+        while True:
+            sock = opener(limited.port)()
+            got = first_answer(sock, 20)
+            sock.close()
+            if got == "refused" and child_pid(limited, "acceptor") != old:
+                break
+            assert got != "served", "a restarted acceptor admitted past the limit"
+            assert time.monotonic() < deadline, got
+            time.sleep(0.1)
+        for sock in held[:5]:
+            sock.sendall(encode(MsgType.PING, {"rid": 2}))
+            assert first_answer(sock) == "served"
+        for sock in held[:5]:
+            sock.close()
+        del held[:5]
+        top_up(limited.port, held, LIMIT)  # the five slots came back, and no more
     finally:
         close_all(held)
