@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,35 +165,12 @@ class Engine:
         received the SUBMIT looked them up (None: unknown there -> NotFound).
         ``check_depth`` is False for a part of a batch whose depth was checked
         by the shard that received it."""
-        batch_ids: dict[bytes, int] = {}
-        existing: dict[int, bytes] = {}
-        for i, spec in enumerate(specs):
-            if spec.id is not None:
-                if spec.id in batch_ids:
-                    raise BadRequest(f"tasks[{i}].id: {id_to_str(spec.id)} appears twice in the batch")
-                if self.store.status_of(spec.id) is not None:
-                    existing[i] = spec.id
-                batch_ids[spec.id] = i
+        if remote_status:
+            status_of = lambda raw: remote_status[raw] if raw in remote_status else self.store.status_of(raw)  # noqa: E731
+        else:
+            status_of = self.store.status_of
+        existing, dep_status, order = self.check_batch(specs, status_of, check_depth)
         new_count = len(specs) - len(existing)
-        if check_depth:
-            self.check_depth(new_count)
-        dep_status: dict[bytes, int] = {}
-        for i, spec in enumerate(specs):
-            if i in existing:
-                continue
-            for dep in spec.depends_on:
-                if dep == spec.id:
-                    raise BadRequest(f"tasks[{i}].depends_on: a task cannot depend on itself")
-                if dep in batch_ids and batch_ids[dep] not in existing:
-                    continue
-                if remote_status is not None and dep in remote_status:
-                    st = remote_status[dep]
-                else:
-                    st = self.store.status_of(dep)
-                if st is None:
-                    raise NotFound(f"tasks[{i}].depends_on: no task {id_to_str(dep)}")
-                dep_status[dep] = st
-        order = self._batch_order(specs, batch_ids, existing)
         ids: list[bytes | None] = [existing.get(i) for i in range(len(specs))]
         fresh = iter(new_ids(new_count, self.s.shard if home is None else home, self.s.shards))
         base_seq = self._seq
@@ -232,6 +209,45 @@ class Engine:
         self._count("submitted", new_count)
         self._serve_waiters(now)
         return ids  # type: ignore[return-value]
+
+    def check_batch(self, specs: list[TaskSpec], status_of: Callable[[bytes], int | None],
+                    check_depth: bool = True) -> tuple[dict[int, bytes], dict[bytes, int], list[int]]:
+        """Every rule that can refuse a SUBMIT batch, for the whole batch; nothing is staged.
+
+        ``status_of(id)`` is the status of a task (None: there is none), wherever it lives:
+        the batch's client ids and its dependencies outside the batch are asked. Raises
+        BadRequest (an id twice, a task depending on itself, a cycle), QueueFull (depth), or
+        NotFound (an unknown dependency). A client id that exists is no refusal: that task is
+        left as it is (idempotent submit) and its dependencies are not checked. Returns the
+        existing tasks by position, the status of each dependency outside the batch's new
+        tasks, and the new tasks' positions in the order to store them (dependencies first).
+        A batch split across shards is checked here as a whole by the shard that received it
+        (server/routing.py) before any owner stores its part."""
+        batch_ids: dict[bytes, int] = {}
+        existing: dict[int, bytes] = {}
+        for i, spec in enumerate(specs):
+            if spec.id is not None:
+                if spec.id in batch_ids:
+                    raise BadRequest(f"tasks[{i}].id: {id_to_str(spec.id)} appears twice in the batch")
+                if status_of(spec.id) is not None:
+                    existing[i] = spec.id
+                batch_ids[spec.id] = i
+        if check_depth:
+            self.check_depth(len(specs) - len(existing))
+        dep_status: dict[bytes, int] = {}
+        for i, spec in enumerate(specs):
+            if i in existing:
+                continue
+            for dep in spec.depends_on:
+                if dep == spec.id:
+                    raise BadRequest(f"tasks[{i}].depends_on: a task cannot depend on itself")
+                if dep in batch_ids and batch_ids[dep] not in existing:
+                    continue
+                st = status_of(dep)
+                if st is None:
+                    raise NotFound(f"tasks[{i}].depends_on: no task {id_to_str(dep)}")
+                dep_status[dep] = st
+        return existing, dep_status, self._batch_order(specs, batch_ids, existing)
 
     @staticmethod
     def _batch_order(specs: list[TaskSpec], batch_ids: dict[bytes, int],

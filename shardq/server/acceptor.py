@@ -5,8 +5,13 @@ Rules:
    connections, pass the fd (handoff.py), close its own copy. A shard-aware
    client that wants a given shard says so in HELLO, and the shard that got it
    passes the connection on (session.py).
-2. max_connections holds across all shards: the shards report their counts,
-   and a connection beyond the limit gets the contract's NACK and is closed.
+2. It is the one place that admits connections, against max_connections for
+   the whole server. It counts a connection the moment it hands it to a shard,
+   so a burst of accepts never outruns its count; the shards tell it (handoff.py
+   ``Slots``) when one ends, and when one moves to another shard on a HELLO hint
+   (its slot moves with it: neither refused there nor counted twice). A shard
+   that goes away frees the slots of every connection it held. A connection
+   beyond the limit gets the contract's NACK and is closed.
 3. The listening socket belongs to the supervisor, which binds it once: an
    acceptor restarted after a crash accepts on the same port at once.
 """
@@ -25,7 +30,7 @@ import uvloop
 from shardq.config import BrokerConfig, MonitoringConfig
 from shardq.process import start_child
 from shardq.protocol.frames import encode_nack
-from shardq.server.handoff import ACCEPTOR_HELLO, connect_seqpacket, read_count, send_connection
+from shardq.server.handoff import ACCEPTOR_HELLO, Slots, connect_seqpacket, send_connection
 from shardq.server.mesh import handoff_path
 
 if TYPE_CHECKING:
@@ -35,6 +40,7 @@ log = logging.getLogger("shardq.acceptor")
 
 RECONNECT_S = 0.05
 LINK_WAIT_S = 10.0
+REPORT_MAX = 64 * 1024  # a shard's Slots report is 8 bytes per shard plus 16
 
 
 class Acceptor:
@@ -44,7 +50,9 @@ class Acceptor:
         self.run_dir = run_dir
         self.shards = shards
         self.channels: list[socket.socket | None] = [None] * shards
+        # Admitted connections each shard holds: +1 at each handoff, then what its reports say.
         self.counts = [0] * shards
+        self.reports: list[Slots | None] = [None] * shards  # each linked shard's last report
         self.accepted = 0
         self.refused = 0
         self.stopping = False
@@ -103,7 +111,7 @@ class Acceptor:
             for shard in sorted(live, key=lambda i: self.counts[i]):
                 channel = self.channels[shard]
                 if channel is not None and send_connection(channel, conn.fileno()):
-                    self.counts[shard] += 1  # the shard's own report corrects this
+                    self.counts[shard] += 1  # its slot, until the shard reports it free
                     self.accepted += 1
                     return
             self._refuse(conn, "no shard is available; retry shortly")
@@ -129,7 +137,7 @@ class Acceptor:
 
             def on_readable(ch: socket.socket = channel, done: asyncio.Future[None] = lost) -> None:
                 try:
-                    data = ch.recv(64)
+                    data = ch.recv(REPORT_MAX)
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError:
@@ -138,10 +146,10 @@ class Acceptor:
                     if not done.done():
                         done.set_result(None)
                     return
-                count = read_count(data)
-                if count is not None:
-                    self.counts[shard] = count
-                    if self.channels[shard] is None and not done.done():
+                report = Slots.decode(data, self.shards)
+                if report is not None and not done.done():
+                    self._account(shard, report)
+                    if self.channels[shard] is None:
                         # The shard answered: it is alive and serving. (A connect can
                         # succeed into the backlog of a shard that is still dying.)
                         self.channels[shard] = ch
@@ -153,10 +161,33 @@ class Acceptor:
             finally:
                 loop.remove_reader(channel)
                 self.channels[shard] = None
-                self.counts[shard] = 0
+                self.counts[shard] = 0  # its connections died with it
+                self.reports[shard] = None
                 channel.close()
             if not self.stopping:
                 log.warning("shard %d went away; its new connections go to the others", shard)
+
+    def _account(self, shard: int, report: Slots) -> None:
+        """Apply a shard's report: slots that came free there, and slots that moved on."""
+        last = self.reports[shard]
+        self.reports[shard] = report
+        if last is None:
+            # The first report of this link: what the shard holds is the baseline (a restarted
+            # acceptor learns of connections handed out by its predecessor).
+            self.counts[shard] = report.held
+            return
+        self.counts[shard] -= report.released - last.released
+        for k, (now, before) in enumerate(zip(report.moved, last.moved)):
+            if now != before:
+                self.counts[shard] -= now - before
+                if self.reports[k] is not None:
+                    self.counts[k] += now - before
+                # (else shard k is down: the connection died with it, or k's first report,
+                # once it is back, counts it)
+        if self.counts[shard] < 0:
+            log.warning("shard %d reported more closes than it was given connections; "
+                        "counting 0", shard)
+            self.counts[shard] = 0
 
 
 def acceptor_main(broker: BrokerConfig, monitoring: MonitoringConfig, listener: socket.socket,

@@ -7,9 +7,14 @@ first frames when another shard forwards a connection that asked for this shard
 in its HELLO). SEQPACKET keeps each handoff one message: a sender killed
 mid-way delivers all of it or nothing.
 
-The acceptor announces itself with ``ACCEPTOR_HELLO``; the shard then sends it
-its connection count (u32 big endian) whenever that changes, which is how the
-acceptor balances and enforces max_connections across shards.
+The acceptor announces itself with ``ACCEPTOR_HELLO``; the shard answers with a
+``Slots`` report, and sends another whenever a connection it was given ends
+(closed, refused, never set up) or leaves for another shard (a HELLO hint), at
+most one per loop turn. The acceptor admits connections (acceptor.py): it counts
+a connection the moment it hands it over, and these reports are how it learns a
+slot came free or moved, so its count never lags behind a burst of accepts. The
+report's totals are cumulative: a report lost to a full buffer is made good by the
+next one, and the first one after the acceptor connects (``held``) is its baseline.
 """
 
 from __future__ import annotations
@@ -21,13 +26,38 @@ import os
 import socket
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 
 log = logging.getLogger("shardq.handoff")
 
 ACCEPTOR_HELLO = b"\x00acceptor"
 # Bytes a handed-over connection may carry along; more stays with the first shard.
 MAX_CARRIED = 64 * 1024
-_COUNT = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+@dataclass(frozen=True, slots=True)
+class Slots:
+    """A shard's account of the connections it was given, for the acceptor.
+
+    ``held``: connections it holds now (given to it and not yet gone or passed on).
+    ``released``: connections that ended here, in all (since this shard started).
+    ``moved[k]``: connections it passed on to shard k, in all; the slot goes with them."""
+
+    held: int
+    released: int
+    moved: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        return b"".join(_U64.pack(n) for n in (self.held, self.released, *self.moved))
+
+    @classmethod
+    def decode(cls, message: bytes, shards: int) -> Slots | None:
+        """The report in ``message``, or None when it is not one for ``shards`` shards."""
+        if len(message) != _U64.size * (2 + shards):
+            return None
+        held, released, *moved = struct.unpack(f">{2 + shards}Q", message)
+        return cls(held, released, tuple(moved))
 
 
 def listen_seqpacket(path: str) -> socket.socket:
@@ -63,17 +93,22 @@ def send_connection(channel: socket.socket, fd: int, carried: bytes = b"") -> bo
 
 
 class HandoffReceiver:
-    """The shard's side: adopts handed-over connections, reports counts to the acceptor."""
+    """The shard's side: adopts handed-over connections, reports its slots to the acceptor.
+
+    ``adopt(sock, carried)`` takes each connection (sock None: its descriptor was unusable, but
+    its slot must still come back); ``slots()`` is the shard's account now."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, path: str,
-                 adopt: Callable[[socket.socket, bytes], None]) -> None:
+                 adopt: Callable[[socket.socket | None, bytes], None], slots: Callable[[], Slots]) -> None:
         self.loop = loop
         self.adopt = adopt
+        self.slots = slots
         self.listener = listen_seqpacket(path)
         self.path = path
         self.channels: set[socket.socket] = set()
         self.acceptor: socket.socket | None = None
-        self.count = 0
+        self._report_due = False
+        self._waiting_writable = False
         loop.add_reader(self.listener, self._on_accept)
 
     def _on_accept(self) -> None:
@@ -96,36 +131,57 @@ class HandoffReceiver:
             self._drop(conn)
             return
         if data == ACCEPTOR_HELLO and not fds:
+            self._stop_waiting()
             self.acceptor = conn
-            self._send_count()
+            self._send_report()
             return
         for fd in fds:
+            sock: socket.socket | None
             try:
                 sock = socket.socket(fileno=fd)
             except OSError:
                 os.close(fd)
-                continue
-            sock.setblocking(False)
+                sock = None
+            if sock is not None:
+                sock.setblocking(False)
+            # Adopted even when unusable: the slot it was given must come back (shard.py).
             self.adopt(sock, data)
 
     def _drop(self, conn: socket.socket) -> None:
         self.loop.remove_reader(conn)
         self.channels.discard(conn)
         if self.acceptor is conn:
+            self._stop_waiting()
             self.acceptor = None
         conn.close()
 
-    def set_count(self, count: int) -> None:
-        if count != self.count:
-            self.count = count
-            self._send_count()
+    def report(self) -> None:
+        """Tell the acceptor this shard's slots, once this loop turn is over."""
+        if not self._report_due and self.acceptor is not None:
+            self._report_due = True
+            self.loop.call_soon(self._send_report)
 
-    def _send_count(self) -> None:
-        if self.acceptor is not None:
-            try:
-                self.acceptor.send(_COUNT.pack(self.count))
-            except OSError:
-                pass  # the acceptor is gone or busy; its next connect asks again
+    def _send_report(self) -> None:
+        self._report_due = False
+        if self.acceptor is None or self._waiting_writable:
+            return  # (the pending retry sends the account as it is then)
+        try:
+            self.acceptor.send(self.slots().encode())
+        except BlockingIOError:
+            # The acceptor is busy: the totals are cumulative, so the next send makes good.
+            self._waiting_writable = True
+            self.loop.add_writer(self.acceptor, self._on_writable)
+        except OSError:
+            pass  # the acceptor is gone; the next one says hello and gets the whole account
+
+    def _on_writable(self) -> None:
+        self._stop_waiting()
+        self._send_report()
+
+    def _stop_waiting(self) -> None:
+        if self._waiting_writable and self.acceptor is not None:
+            self.loop.remove_writer(self.acceptor)
+        self._waiting_writable = False
 
     def close(self) -> None:
         self.loop.remove_reader(self.listener)
@@ -135,6 +191,3 @@ class HandoffReceiver:
         for conn in list(self.channels):
             self._drop(conn)
 
-
-def read_count(message: bytes) -> int | None:
-    return _COUNT.unpack(message)[0] if len(message) == _COUNT.size else None

@@ -19,9 +19,9 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from shardq.clock import now_ms
-from shardq.engine.engine import Engine
-from shardq.errors import BadRequest, NotFound, Unavailable, WireError
+from shardq.errors import Unavailable, WireError
 from shardq.protocol.frames import MsgType
+from shardq.protocol.requests import MAX_QUERY_IDS
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import PENDING, STATUS_CODES, STATUS_NAMES, id_to_str, owner_of
 
@@ -113,39 +113,22 @@ def result_header(item: ResultItem) -> dict[str, Any]:
 async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
     """A batch with client ids or dependencies that other shards own.
 
-    Checked as a whole first (depth, cycles, unknown dependencies); then each
-    owner stores its part, the other shards' parts first and this shard's part
-    (with the tasks that have no client id) last. See docs/architecture.md for
+    A refused batch changes nothing, so every rule that can refuse it is checked
+    for the whole batch first (``Engine.check_batch``: an id twice, depth, a task
+    depending on itself, a cycle, an unknown dependency), with the status of each
+    client id and each dependency outside the batch asked of its owner; only then
+    does each owner store its part, the other shards' parts first and this shard's
+    part (with the tasks that have no client id) last. See docs/architecture.md for
     what a crash between parts leaves."""
     engine = server.engine
     index = server.index
     owners = [_owner(server, s.id) if s.id is not None else index for s in specs]
-    engine.check_depth(len(specs))
-    batch_ids = {s.id: i for i, s in enumerate(specs) if s.id is not None}
-    for i, spec in enumerate(specs):
-        if spec.id is not None and spec.id in spec.depends_on:
-            raise BadRequest(f"tasks[{i}].depends_on: a task cannot depend on itself")
-    Engine._batch_order(specs, batch_ids, {})  # a cycle across owners is a BadRequest too
-    # Every dependency outside the batch is looked up at its owner now, before any part is
-    # stored: an unknown one must refuse the whole batch, not just the part that names it.
-    lookups: dict[int, list[bytes]] = {}
+    batch_ids = {s.id for s in specs if s.id is not None}
+    wanted = set(batch_ids)
     for spec in specs:
-        for dep in spec.depends_on:
-            if dep not in batch_ids:
-                lookups.setdefault(_owner(server, dep), []).append(dep)
-    status: dict[bytes, int | None] = {}
-    for shard, deps in lookups.items():
-        if shard == index:
-            for d in deps:
-                status[d] = server.store.status_of(d)
-            continue
-        answer, _ = await _forward(server, shard, MsgType.QUERY_STATUS, {"ids": [id_to_str(d) for d in deps]})
-        for d, t in zip(deps, answer.get("tasks") or ()):
-            status[d] = None if t is None else STATUS_CODES[t["status"]]
-    for i, spec in enumerate(specs):
-        for dep in spec.depends_on:
-            if dep in status and status[dep] is None:
-                raise NotFound(f"tasks[{i}].depends_on: no task {id_to_str(dep)}")
+        wanted.update(d for d in spec.depends_on if d not in batch_ids)
+    status = await _statuses(server, wanted)
+    existing, _, _ = engine.check_batch(specs, status.get)
     parts: dict[int, list[int]] = {}
     for i, owner in enumerate(owners):
         parts.setdefault(owner, []).append(i)
@@ -153,11 +136,14 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
     def remote_status(positions: list[int]) -> dict[bytes, int | None]:
         out: dict[bytes, int | None] = {}
         for i in positions:
+            if i in existing:
+                continue  # stored already: its dependencies are not looked at again
             for dep in specs[i].depends_on:
                 if _owner(server, dep) != owners[i]:
-                    # In the batch but stored by another part: pending as far as we know;
-                    # the dependent's shard looks it up until it finishes.
-                    out[dep] = status.get(dep, PENDING)
+                    # A new task of the batch stored by another part is pending as far as we
+                    # know; the dependent's shard looks it up until it finishes.
+                    st = status.get(dep)
+                    out[dep] = PENDING if st is None and dep in batch_ids else st
         return out
 
     ids: list[str | None] = [None] * len(specs)
@@ -183,6 +169,23 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
         for i, raw in zip(local, got):
             ids[i] = id_to_str(raw)
     return ids  # type: ignore[return-value]
+
+
+async def _statuses(server: ShardServer, ids: set[bytes]) -> dict[bytes, int | None]:
+    """The status of each of ``ids`` at its owner (None: no such task), asked of every owner at once."""
+    by_owner: dict[int, list[bytes]] = {}
+    for raw in ids:
+        by_owner.setdefault(_owner(server, raw), []).append(raw)
+    out: dict[bytes, int | None] = {raw: server.store.status_of(raw) for raw in by_owner.pop(server.index, ())}
+
+    async def ask(shard: int, chunk: list[bytes]) -> None:
+        answer, _ = await _forward(server, shard, MsgType.QUERY_STATUS, {"ids": [id_to_str(d) for d in chunk]})
+        for raw, task in zip(chunk, answer.get("tasks") or ()):
+            out[raw] = None if task is None else STATUS_CODES[task["status"]]
+
+    await asyncio.gather(*(ask(shard, mine[at:at + MAX_QUERY_IDS])
+                           for shard, mine in by_owner.items() for at in range(0, len(mine), MAX_QUERY_IDS)))
+    return out
 
 
 # -- RESULT / HEARTBEAT / DEREGISTER ----------------------------------------------------------

@@ -109,6 +109,7 @@ class Session(asyncio.Protocol, Caller):
         self.later: set[asyncio.Future[Any]] = set()  # answers on their way (routed, waiting)
         self.out_pending = 0  # bytes of answers handed to the group commit, not yet written
         self.stalled = False  # stopped decoding until the client reads its answers
+        self.slot = False  # holds one of the acceptor's max_connections slots (ShardServer.adopt)
         self._handlers: dict[MsgType, Callable[[Message], None]] = {
             MsgType.HELLO: self.on_hello, MsgType.SUBMIT: self.on_submit,
             MsgType.CLAIM: self.on_claim, MsgType.RESULT: self.on_result,
@@ -131,6 +132,10 @@ class Session(asyncio.Protocol, Caller):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # A client that cannot read fast enough must not make us buffer without bound.
         transport.set_write_buffer_limits(high=OUT_HIGH_WATER)
+        # The acceptor admits connections against max_connections for the whole server
+        # (acceptor.py): one handed to us, by it or by another shard, has a slot already.
+        # This bound is only a guard should its count ever fall short (a restarted acceptor
+        # learns the shards' counts from them): no one shard holds more than the limit.
         if len(self.server.sessions) >= self.server.cfg.broker.max_connections or self.server.closing:
             transport.write(encode_nack(None, "Unavailable", "too many connections"
                                         if not self.server.closing else "server is shutting down"))
@@ -138,7 +143,6 @@ class Session(asyncio.Protocol, Caller):
             self.closing = True
             return
         self.server.sessions.add(self)
-        self.server.sessions_changed()
         if self.carried:
             carried, self.carried = self.carried, b""
             self.data_received(carried)
@@ -146,10 +150,16 @@ class Session(asyncio.Protocol, Caller):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer:
             self.server.peer_sessions.discard(self)
-        elif self in self.server.sessions:
+        else:
             self.server.sessions.discard(self)
-            self.server.sessions_changed()
+            self.give_back_slot()
         self.hang_up()
+
+    def give_back_slot(self) -> None:
+        """This connection ended here: the acceptor may admit another in its place."""
+        if self.slot:
+            self.slot = False
+            self.server.slot_released()
 
     def pause_writing(self) -> None:
         if self.transport is not None:
@@ -330,6 +340,9 @@ class Session(asyncio.Protocol, Caller):
         carried = encode(MsgType.HELLO, hello.header, hello.blob) + self.decoder.buffered_bytes()
         if not self.server.hand_over(sock.fileno(), shard, carried):
             return False
+        if self.slot:  # the connection keeps the slot it was admitted with, now at ``shard``
+            self.slot = False
+            self.server.slot_moved(shard)
         self.decoder.take_rest()
         self.closing = True
         t.abort()  # our descriptor only: the connection lives on in the other shard

@@ -33,7 +33,7 @@ from shardq.engine.engine import Engine, EngineSettings
 from shardq.errors import Unavailable
 from shardq.metrics import LoopLagProbe, shard_histograms, snapshot_histograms
 from shardq.protocol.frames import MAX_FRAME, Message, MsgType
-from shardq.server.handoff import MAX_CARRIED, HandoffReceiver, connect_seqpacket, send_connection
+from shardq.server.handoff import MAX_CARRIED, HandoffReceiver, Slots, connect_seqpacket, send_connection
 from shardq.server.mesh import Link, Peers, coordinator_path, handoff_path, open_link
 from shardq.store.partitioned import PartitionedStore
 from shardq.store.rocks import StoreSettings
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from shardq.config import Config
     from shardq.server.session import Session
 
-SessionFactory = Callable[[bytes], asyncio.Protocol]  # bytes already read -> a client session
+SessionFactory = Callable[[bytes], "Session"]  # bytes already read -> a client session
 
 log = logging.getLogger("shardq.shard")
 
@@ -97,6 +97,11 @@ class ShardServer:
         self.peer_sessions: set[Session] = set()
         self.handoff: HandoffReceiver | None = None
         self._handoff_out: dict[int, socket.socket] = {}
+        # The admission slots of the connections handed to this shard (the acceptor admits:
+        # acceptor.py); reported to it through ``handoff`` as they come free or move.
+        self.slots_held = 0
+        self.slots_released = 0
+        self.slots_moved = [0] * shards
         self.coordinator: Link | None = None
         self.coordinator_view: dict[str, Any] = {}  # the coordinator's last STATE
         self.others_ready: dict[int, dict[str, int]] = {}  # shard -> {type: best tier rank}
@@ -209,9 +214,24 @@ class ShardServer:
     def owns(self, raw_id: bytes) -> bool:
         return self.shards == 1 or owner_of(raw_id, self.shards) == self.index
 
-    def sessions_changed(self) -> None:
+    # -- admission slots: every connection handed to this shard holds one ----------------------
+
+    def slots(self) -> Slots:
+        return Slots(self.slots_held, self.slots_released, tuple(self.slots_moved))
+
+    def slot_released(self) -> None:
+        """A connection handed to this shard ended here (closed, refused, or never set up)."""
+        self.slots_held -= 1
+        self.slots_released += 1
         if self.handoff is not None:
-            self.handoff.set_count(len(self.sessions))
+            self.handoff.report()
+
+    def slot_moved(self, shard: int) -> None:
+        """A connection handed to this shard went on to ``shard``, and its slot with it."""
+        self.slots_held -= 1
+        self.slots_moved[shard] += 1
+        if self.handoff is not None:
+            self.handoff.report()
 
     # -- group commit ------------------------------------------------------------
 
@@ -311,11 +331,29 @@ class ShardServer:
 
     # -- connections: handed over by the acceptor or by another shard ------------------
 
-    def adopt(self, sock: socket.socket, carried: bytes) -> None:
-        """A TCP connection handed to this shard, with the bytes already read from it."""
+    def adopt(self, sock: socket.socket | None, carried: bytes) -> None:
+        """A TCP connection handed to this shard, with the bytes already read from it.
+
+        It holds an admission slot from now until its session ends or passes it on
+        (``Session.slot``); one that cannot be served gives its slot back at once."""
         assert self.loop is not None and self.session_factory is not None
-        factory = self.session_factory
-        self.spawn(self.loop.connect_accepted_socket(lambda: factory(carried), sock))
+        self.slots_held += 1
+        if sock is None:
+            self.slot_released()
+            return
+        session = self.session_factory(carried)
+        session.slot = True
+        self.spawn(self._serve(sock, session))
+
+    async def _serve(self, sock: socket.socket, session: Session) -> None:
+        assert self.loop is not None
+        try:
+            await self.loop.connect_accepted_socket(lambda: session, sock)
+        except Exception as exc:
+            log.warning("cannot serve a handed-over connection: %s", exc)
+            sock.close()
+            if session.transport is None:  # no connection_made, so no connection_lost either
+                session.give_back_slot()
 
     def hand_over(self, fd: int, shard: int, carried: bytes) -> bool:
         """Pass a connection to ``shard`` (a HELLO asked for it); False: keep it here."""

@@ -48,7 +48,7 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
         os.unlink(path)
     try:
         mesh = await loop.create_unix_server(lambda: Session(shard, peer_ops, peer=True), path)
-        shard.handoff = HandoffReceiver(loop, handoff_path(run_dir, index), shard.adopt)
+        shard.handoff = HandoffReceiver(loop, handoff_path(run_dir, index), shard.adopt, shard.slots)
     except OSError as exc:
         log.error("cannot listen on the run dir %s: %s", run_dir, exc)
         shard.close()

@@ -73,3 +73,43 @@ def test_acceptor_places_on_the_next_shard_when_a_send_fails(monkeypatch) -> Non
         acc._place(a)
         assert b.recv(1024)  # the Unavailable NACK
     assert acc.refused == 1
+
+
+def test_acceptor_counts_at_handoff_and_applies_the_shards_reports(monkeypatch) -> None:
+    """The acceptor admits: a handoff takes a slot at once (a burst cannot outrun the count);
+    a shard's reports free slots (closes) and move them (HELLO hints) without counting twice."""
+    import socket
+
+    from shardq.server import acceptor as acceptor_mod
+    from shardq.server.handoff import Slots
+
+    monkeypatch.setattr(acceptor_mod, "send_connection", lambda channel, fd, carried=b"": True)
+    acc = acceptor_mod.Acceptor(3, None, "/nonexistent", 2)  # type: ignore[arg-type]
+    acc.channels = [0, 1]  # type: ignore[list-item]
+    acc._account(0, Slots(0, 0, (0, 0)))  # first reports: the baselines
+    acc._account(1, Slots(0, 0, (0, 0)))
+    answers = []
+    for _ in range(4):  # a burst: no report arrives in between
+        a, b = socket.socketpair()
+        with b:
+            acc._place(a)
+            b.setblocking(False)
+            try:
+                answers.append(b.recv(1024))
+            except BlockingIOError:
+                answers.append(b"")
+    assert acc.accepted == 3 and acc.refused == 1 and sorted(acc.counts) == [1, 2]
+    assert answers[:3] == [b"", b"", b""] and b"too many connections" in answers[3]
+
+    acc.counts = [2, 1]
+    acc._account(0, Slots(0, 0, (0, 1)))  # shard 0 passed one to shard 1: the slot moves
+    assert acc.counts == [1, 2]
+    acc._account(1, Slots(1, 1, (0, 0)))  # one closed on shard 1
+    assert acc.counts == [1, 1]
+    acc._account(1, Slots(1, 1, (0, 0)))  # a repeated report changes nothing
+    assert acc.counts == [1, 1]
+    acc.counts[1], acc.reports[1] = 0, None  # shard 1 went away (_keep_linked)...
+    acc._account(0, Slots(0, 0, (0, 2)))  # ...so a connection passed to it is gone: slot freed
+    assert acc.counts == [0, 0]
+    acc._account(1, Slots(5, 0, (0, 0)))  # shard 1 linked again: its count is its baseline
+    assert acc.counts == [0, 5]
