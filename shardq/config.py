@@ -315,6 +315,9 @@ class BrokerConfig:
     shards: int | str = _opt("auto", Shards())
     max_connections: int = _opt(1000, Int(1))
     connection_timeout_ms: int = _opt(30000, Int(100))
+    # Per shard, for all its client connections together (docs/configuration.md, session.py).
+    output_budget_bytes: int = _opt(128 * 1024 * 1024, Int(1024 * 1024))
+    input_budget_bytes: int = _opt(64 * 1024 * 1024, Int(1024 * 1024))
     queue_depth_threshold: int = _opt(100000, Int(1))
     lease_timeout_ms: int = _opt(30000, Int(100))
     heartbeat_interval_ms: int = _opt(15000, Int(50))          # silent for 2x this = dead

@@ -26,6 +26,9 @@ from shardq.errors import BadRequest, ProtocolViolation
 MAX_FRAME = 16 * 1024 * 1024
 # A single payload or result; leaves headroom in a frame for the header.
 MAX_PAYLOAD = 10 * 1024 * 1024
+# Once a frame is consumed and nothing is left, a buffer that grew beyond this is dropped rather
+# than kept for the next frame: one 16 MiB frame must not pin 16 MiB for the connection's life.
+KEEP_BUFFER = 256 * 1024
 PROTOCOL_VERSION = 1
 
 _U32 = struct.Struct(">I")
@@ -128,6 +131,7 @@ class FrameDecoder:
         self.dead = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes (they are decoded by ``next``)."""
         if self._pos:
             # Compact only when the consumed prefix is large, to keep feed O(n).
             if self._pos > 65536 or self._pos == len(self._buf):
@@ -139,6 +143,19 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes received but not yet decoded (a half-sent frame when > 0)."""
         return len(self._buf) - self._pos
+
+    @property
+    def head_length(self) -> int:
+        """The `length` the next undecoded frame announces, 0 while fewer than 4 bytes of it
+        are here (a server uses it to decide whether it will buffer that frame)."""
+        if len(self._buf) - self._pos < 4:
+            return 0
+        return int(_U32.unpack_from(self._buf, self._pos)[0])
+
+    @property
+    def allocated(self) -> int:
+        """Bytes the buffer holds from the allocator (for memory accounting)."""
+        return self._buf.__alloc__()
 
     def buffered_bytes(self) -> bytes:
         """A copy of the bytes not decoded yet."""
@@ -174,6 +191,9 @@ class FrameDecoder:
         if len(buf) < end:
             return None
         self._pos = end
+        if end == len(buf) and buf.__alloc__() > KEEP_BUFFER:
+            self._buf = bytearray()  # the frame is decoded below from ``buf``; then it is freed
+            self._pos = 0
         mtype = MsgType(msg_type)
         body_start = pos + 5
         body_len = length - 1

@@ -8,11 +8,21 @@ Rules:
 2. Bad input costs only this connection: a Malformed frame or a bad field is a NACK and the
    connection goes on; a framing error is a NACK and a close; anything unexpected is an
    Internal NACK, logged, and the connection goes on.
-3. A client that does not read its answers slows itself down: when its answers in flight
-   (queued for the group commit plus the transport's write buffer) pass OUT_HIGH_WATER we stop
-   decoding and reading its requests, and go on once it has read them.
-4. An operation that must wait or cross shards answers later, out of order, which the protocol
-   allows. A *peer* session serves requests forwarded by another shard over the mesh.
+3. A client that does not read its answers slows itself down. What it holds counts from the
+   moment a request is decoded: an estimate reserved for each request answered later
+   (``_estimate``), then its answer queued for the group commit, then the transport's write
+   buffer. Past OUT_HIGH_WATER, or past its share of the shard's output budget (budget.py), we
+   stop decoding and reading its requests, and go on once it has read them.
+4. Memory for requests not yet complete is bounded too: a frame larger than SMALL_FRAME waits for
+   room in the shard's input budget before we read more of it, and before its HELLO (auth on) a
+   connection may announce no frame larger than MAX_FRAME_BEFORE_HELLO.
+5. One connection decodes for at most SLICE_S per loop turn, then lets the others run.
+6. Idle means silent: no frame for ``connection_timeout`` and nothing in hand (no request
+   answered later, no answer queued or unread, no frame decoded-to-be). A frame left half-sent
+   that long (counted while we are reading it) is closed whatever else is in hand.
+7. An operation that must wait or cross shards answers later, out of order, which the protocol
+   allows. A *peer* session serves requests forwarded by another shard over the mesh; budgets
+   and the idle sweep are for client connections only.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from shardq.protocol.frames import (
     encode,
     encode_nack,
 )
+from shardq.server.budget import SMALL_FRAME
 from shardq.server.claims import Caller, Claimed
 from shardq.server.operations import Identity, Operations, Page, Queried
 from shardq.task import id_to_str
@@ -53,6 +64,41 @@ Body = tuple[dict[str, Any], bytes]
 # transport's write buffer) before we stop decoding its requests: answers are built before
 # the transport sees them, so the transport's own high-water mark alone bounds nothing.
 OUT_HIGH_WATER = 4 * MAX_FRAME
+# Before its HELLO, when auth is on, a connection may announce frames up to this length: a HELLO
+# is a few hundred bytes, and a stranger must not make us buffer 16 MiB (Unauthorized beyond it).
+MAX_FRAME_BEFORE_HELLO = SMALL_FRAME
+# Longest a connection decodes in one loop turn before the others get theirs (seastar calls
+# more than 20 ms without yielding a stall; PINGs of other clients wait for this much at most).
+SLICE_S = 0.002
+
+# What a request answered later is expected to hold until its answer is sent: the request's own
+# blob (its payloads live on in the operation), plus its answer. A task row costs ~0.5 KiB on the
+# wire and several times that as Python objects while the answer is being merged.
+TASK_ROW_ESTIMATE = 2048
+SMALL_ANSWER_ESTIMATE = 4096
+STATS_ESTIMATE = 64 * 1024
+
+
+def _estimate(msg: Message) -> int:
+    """Bytes to reserve for ``msg`` while its answer is on its way (it need not be exact: it
+    bounds how many such requests one connection may have in flight)."""
+    h = msg.header
+    t = msg.type
+    n = SMALL_ANSWER_ESTIMATE + len(msg.blob)
+    if t is MsgType.LIST_TASKS:
+        limit = h.get("limit")
+        n += TASK_ROW_ESTIMATE * (limit if type(limit) is int and 0 < limit <= 1000 else 100)
+    elif t is MsgType.QUERY_STATUS:
+        ids = h.get("ids")
+        n += TASK_ROW_ESTIMATE * (len(ids) if type(ids) is list else 1)
+        if h.get("with_result"):
+            n += MAX_FRAME // 4  # results: up to a frame; a quarter is our guess
+    elif t is MsgType.GET_STATS:
+        n += STATS_ESTIMATE
+    elif t is MsgType.SUBMIT or t is MsgType.REQUEUE:
+        tasks = h.get("tasks") or h.get("ids")
+        n += 64 * (len(tasks) if type(tasks) is list else 1)
+    return n
 
 
 # -- how each operation's result goes on the wire ------------------------------------------------
@@ -104,12 +150,21 @@ class Session(asyncio.Protocol, Caller):
         self.frames = 0
         self.decoder = FrameDecoder()
         self.transport: asyncio.Transport | None = None
-        self.last_frame = time.monotonic()
+        self.last_active = time.monotonic()  # the last frame, or the last sweep that found it busy
+        self.partial_since: float | None = None  # when the half-sent frame we are reading began
         self.identity: Identity | None = ops.initial_identity()
         self.later: set[asyncio.Future[Any]] = set()  # answers on their way (routed, waiting)
         self.out_pending = 0  # bytes of answers handed to the group commit, not yet written
-        self.stalled = False  # stopped decoding until the client reads its answers
         self.slot = False  # holds one of the acceptor's max_connections slots (ShardServer.adopt)
+        self.reserved = 0  # estimates for the requests in ``later``
+        self.held = 0  # out_pending + reserved + write buffer, as the output budget last saw it
+        self.stalled = False  # stopped decoding: answers unread, or its slice of the turn is over
+        self.write_paused = False  # the transport's write buffer is over its high-water mark
+        self.in_reserved = 0  # input budget reserved for the large frame being read
+        self.waiting_input = False  # waiting for input budget before reading more
+        self.lost = False  # connection_lost has run: nothing of ours is counted any more
+        self._cost = SMALL_ANSWER_ESTIMATE  # the estimate of the request being dispatched
+        self._unstall_soon = False
         self._handlers: dict[MsgType, Callable[[Message], None]] = {
             MsgType.HELLO: self.on_hello, MsgType.SUBMIT: self.on_submit,
             MsgType.CLAIM: self.on_claim, MsgType.RESULT: self.on_result,
@@ -153,7 +208,15 @@ class Session(asyncio.Protocol, Caller):
         else:
             self.server.sessions.discard(self)
             self.give_back_slot()
+        self.lost = True
         self.hang_up()
+        if not self.peer:
+            self.server.out_budget.forget(self)
+            self.server.in_budget.forget(self)
+            self._give_back_input()
+        allocated = self.decoder.allocated
+        self.decoder.take_rest()  # the buffer goes now, not when the last reference does
+        self.server.trimmer.freed(allocated)
 
     def give_back_slot(self) -> None:
         """This connection ended here: the acceptor may admit another in its place."""
@@ -162,44 +225,103 @@ class Session(asyncio.Protocol, Caller):
             self.server.slot_released()
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.write_paused = True
+        self._set_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closing:
-            if self.stalled:
-                self._unstall()
-            else:
-                self.transport.resume_reading()
+        self.write_paused = False
+        if self.stalled:
+            self._unstall()
+        else:
+            self._set_reading()
+
+    def _set_reading(self) -> None:
+        """Read while nothing holds us back (each reason clears itself, then calls this)."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if self.closing or self.stalled or self.write_paused or self.waiting_input:
+            t.pause_reading()
+        else:
+            t.resume_reading()
+
+    # -- what this connection holds (budget.py) --------------------------------------
+
+    def recount(self) -> int:
+        """Bytes held for this connection's answers: reserved, queued, and in the write buffer."""
+        t = self.transport
+        return self.out_pending + self.reserved + (t.get_write_buffer_size() if t is not None else 0)
+
+    def _account(self) -> int:
+        """Count what we hold now, and tell the shard's output budget."""
+        held = self.recount()
+        if held != self.held and not self.peer and not self.lost:
+            self.held = held
+            self.server.out_budget.set(self, held)
+        return held
 
     def _backlogged(self) -> bool:
-        t = self.transport
-        return t is not None and self.out_pending + t.get_write_buffer_size() > OUT_HIGH_WATER
+        held = self._account()
+        if held > OUT_HIGH_WATER:
+            return True
+        if not self.peer and self.server.out_budget.over(held):
+            self.server.out_budget.wait(self)  # woken when the shard's total is under its budget
+            return True
+        return False
+
+    def wake(self) -> None:
+        """Room again (the client read, the budget has some, or our slice is over): decode on,
+        next loop turn."""
+        if self.stalled and not self._unstall_soon and self.server.loop is not None:
+            self._unstall_soon = True
+            self.server.loop.call_soon(self._unstall)
 
     def _unstall(self) -> None:
         """Decode the requests left in the buffer once the client has read enough."""
+        self._unstall_soon = False
         if not self.stalled or self.closing or self.transport is None or self._backlogged():
             return
         self.stalled = False
-        self.transport.resume_reading()
+        self._set_reading()
         self._process()
+
+    def granted(self, n: int) -> None:
+        """The input budget reserved ``n`` bytes for the large frame we wait to read."""
+        self.in_reserved = n
+        self.waiting_input = False
+        if self.closing:
+            self._give_back_input()
+            return
+        self.partial_since = time.monotonic()
+        self._set_reading()
+
+    def _give_back_input(self) -> None:
+        if self.in_reserved:
+            n, self.in_reserved = self.in_reserved, 0
+            self.server.in_budget.give_back(n)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
         self.decoder.feed(data)
-        if not self.stalled:
+        if not self.stalled and not self.waiting_input:
             self._process()
 
     def _process(self) -> None:
         decoder = self.decoder
+        started = time.perf_counter()
         try:
             while True:
                 msg = decoder.next()
                 if msg is None:
+                    self._need_more()
                     break
-                self.last_frame = time.monotonic()
+                self.last_active = time.monotonic()
+                self.partial_since = None
                 self.frames += 1
+                if self.in_reserved:
+                    self.server.trimmer.freed(self.in_reserved)  # a large frame, freed soon
+                    self._give_back_input()
                 if type(msg) is Malformed:
                     self._nack(None, msg.error)
                 else:
@@ -207,38 +329,82 @@ class Session(asyncio.Protocol, Caller):
                 if self.closing:
                     break
                 if self._backlogged():
-                    # Answers pile up unread: stop here; send() or resume_writing resumes us.
+                    # Answers pile up unread: stop here; send(), resume_writing or the budget
+                    # resumes us.
                     self.stalled = True
-                    if self.transport is not None:
-                        self.transport.pause_reading()
+                    self._set_reading()
+                    break
+                if decoder.buffered and time.perf_counter() - started > SLICE_S:
+                    self.stalled = True  # our slice of this turn is over: the rest next turn
+                    self._set_reading()
+                    self.wake()
                     break
         except ProtocolViolation as exc:
             self._fail_protocol(str(exc))
+
+    def _need_more(self) -> None:
+        """The next frame is incomplete: decide whether we will buffer it, and from when."""
+        if not self.decoder.buffered:
+            return
+        length = self.decoder.head_length
+        if self.identity is None and length > MAX_FRAME_BEFORE_HELLO:
+            self._nack(None, Unauthorized(
+                f"a frame of {length} bytes before HELLO: authenticate first (at most "
+                f"{MAX_FRAME_BEFORE_HELLO} bytes until then)"))
+            return
+        if length > SMALL_FRAME and not self.in_reserved and not self.peer:
+            if not self.server.in_budget.take(self, length):
+                self.waiting_input = True  # granted() resumes us; the half-sent clock waits too
+                self.partial_since = None
+                self._set_reading()
+                return
+            self.in_reserved = length
+        if self.partial_since is None:
+            self.partial_since = time.monotonic()
 
     def send(self, frame: bytes) -> None:
         self.out_pending -= len(frame)
         t = self.transport
         if t is not None and not t.is_closing():
             t.write(frame)
-            if self.stalled and not self.out_pending and self.server.loop is not None:
-                self.server.loop.call_soon(self._unstall)
+        self._account()
+        if self.stalled:
+            self.wake()
 
     def _reply(self, frame: bytes) -> None:
         self.out_pending += len(frame)
         self.server.reply(self, frame)
 
+    def _busy(self) -> bool:
+        """Something is in hand: a request answered later (a waiting CLAIM too), an answer
+        queued or not read yet, or requests decoded-to-be that we stopped reading."""
+        t = self.transport
+        return bool(self.later or self.out_pending or self.stalled or self.waiting_input
+                    or (t is not None and t.get_write_buffer_size()))
+
     def check_idle(self, now: float, limit: float) -> None:
-        """Close a connection silent for ``limit`` s with nothing pending, or stuck mid-frame."""
-        if now - self.last_frame < limit or self.transport is None:
+        """Close a connection silent for ``limit`` s with nothing in hand, or one that left a
+        frame half-sent that long (whatever else it has in hand)."""
+        t = self.transport
+        if t is None or self.closing:
             return
-        if self.decoder.buffered or not any(not w.done() for w in self.waiters):
-            self.closing = True
+        if self.partial_since is not None and now - self.partial_since >= limit:
+            self._close_idle()
+        elif self._busy():
+            self.last_active = now
+        elif now - self.last_active >= limit:
+            self._close_idle()
+
+    def _close_idle(self) -> None:
+        self.closing = True
+        if self.transport is not None:
             self.transport.close()
 
     # -- dispatch ----------------------------------------------------------------
 
     def _dispatch(self, msg: Message) -> None:
         rid = msg.rid
+        self._cost = _estimate(msg)
         try:
             if rid is None:
                 rq.parse_rid(msg.header)  # raises BadRequest naming the field
@@ -257,13 +423,19 @@ class Session(asyncio.Protocol, Caller):
         if hasattr(result, "__await__"):
             fut = asyncio.ensure_future(result)
             self.later.add(fut)
-            fut.add_done_callback(functools.partial(self._answer_later, rid, build))
+            fut.add_done_callback(functools.partial(self._answer_later, rid, build, self._cost))
+            self.reserved += self._cost
             return
         body, blob = build(result)
         self._ack(rid, body, blob)
 
-    def _answer_later(self, rid: int | None, build: Callable[[Any], Body], fut: asyncio.Future[Any]) -> None:
+    def _answer_later(self, rid: int | None, build: Callable[[Any], Body], cost: int,
+                      fut: asyncio.Future[Any]) -> None:
         self.later.discard(fut)
+        self.reserved -= cost
+        self._account()
+        if self.stalled:
+            self.wake()
         if fut.cancelled():
             return  # a waiting claim whose connection closed
         err = fut.exception()

@@ -33,6 +33,7 @@ from shardq.engine.engine import Engine, EngineSettings
 from shardq.errors import Unavailable
 from shardq.metrics import LoopLagProbe, shard_histograms, snapshot_histograms
 from shardq.protocol.frames import MAX_FRAME, Message, MsgType
+from shardq.server.budget import HeapTrimmer, InputBudget, OutputBudget
 from shardq.server.handoff import MAX_CARRIED, HandoffReceiver, Slots, connect_seqpacket, send_connection
 from shardq.server.mesh import Link, Peers, coordinator_path, handoff_path, open_link
 from shardq.store.partitioned import PartitionedStore
@@ -95,6 +96,10 @@ class ShardServer:
         self.peers = Peers(run_dir, index, shards) if run_dir is not None else None
         self.sessions: set[Session] = set()
         self.peer_sessions: set[Session] = set()
+        # What the client connections may hold in memory together (budget.py, session.py).
+        self.out_budget = OutputBudget(cfg.broker.output_budget_bytes)
+        self.in_budget = InputBudget(cfg.broker.input_budget_bytes)
+        self.trimmer = HeapTrimmer()
         self.handoff: HandoffReceiver | None = None
         self._handoff_out: dict[int, socket.socket] = {}
         # The admission slots of the connections handed to this shard (the acceptor admits:
@@ -148,6 +153,7 @@ class ShardServer:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.out_budget.call_later = self.trimmer.call_later = loop.call_later
         p = self.cfg.persistence
         if p.sync == "interval" and p.enable_wal:
             self._every(p.wal_sync_interval_ms / 1000, self._sync_wal)

@@ -185,6 +185,8 @@ BAD = [
     ("broker.shards", True), ("broker.shards", 2.0), ("broker.shards", "-1"), ("broker.shards", None),
     ("broker.max_connections", 0),
     ("broker.connection_timeout_ms", 99),
+    ("broker.output_budget_bytes", 1048575),
+    ("broker.input_budget_bytes", 0),
     ("broker.queue_depth_threshold", 0),
     ("broker.lease_timeout_ms", 10), ("broker.lease_timeout_ms", "30s"),
     ("broker.heartbeat_interval_ms", 49),

@@ -533,3 +533,25 @@ def test_split_blob_names_both_sizes_on_a_mismatch(blob: bytes, lengths: list[in
     assert info.value.code == "BadRequest"
     assert f"blob is {len(blob)} bytes" in info.value.message
     assert f"announces {sum(lengths)}" in info.value.message
+
+
+def test_decoder_gives_back_the_buffer_of_a_large_frame() -> None:
+    """A drained 4 MiB frame must not stay allocated for the connection's life."""
+    from shardq.protocol.frames import FrameDecoder, MsgType, encode
+    d = FrameDecoder()
+    frame = encode(MsgType.SUBMIT, {"rid": 1}, b"x" * (4 * 1024 * 1024))
+    for i in range(0, len(frame), 256 * 1024):
+        d.feed(frame[i:i + 256 * 1024])
+    msg = d.next()
+    assert msg is not None and len(msg.blob) == 4 * 1024 * 1024
+    assert d.next() is None
+    assert d._buf.__alloc__() < 1024 * 1024, "the decoder kept the large frame's buffer"
+
+
+def test_head_length_is_the_announced_length() -> None:
+    from shardq.protocol.frames import FrameDecoder
+    d = FrameDecoder()
+    d.feed(b"\x00\x01")
+    assert d.head_length == 0
+    d.feed(b"\x00\x00\x02")
+    assert d.head_length == 65536
