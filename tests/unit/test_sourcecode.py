@@ -22,7 +22,8 @@ PACKAGE = ROOT / "shardq"
 # The pure core: bytes in / messages out, state changes with a passed-in clock.
 PURE_MODULES = ["shardq.protocol.frames", "shardq.protocol.requests", "shardq.engine.engine",
                 "shardq.engine.ready", "shardq.engine.leases", "shardq.engine.deps", "shardq.engine.waiters",
-                "shardq.engine.states", "shardq.engine.storage", "shardq.task", "shardq.errors",
+                "shardq.engine.states", "shardq.engine.storage", "shardq.engine.reads",
+                "shardq.engine.maintenance", "shardq.engine.settings", "shardq.task", "shardq.errors",
                 "shardq.specs", "shardq.store.layout", "shardq.store.memory", "shardq.config",
                 "shardq.client.core"]
 IO_MODULES = {"asyncio", "socket", "rocksdict", "multiprocessing", "uvloop", "selectors",
