@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("action", choices=("check", "show"))
     _add_config_flags(config)
 
-    bench = sub.add_parser("bench", help="run the lifecycle benchmarks (shardq/bench.py)")
+    bench = sub.add_parser("bench", help="run the lifecycle benchmarks (shardq/bench/)")
     from shardq.bench import add_arguments  # the benchmark owns its arguments
     add_arguments(bench)
 

@@ -1,9 +1,10 @@
 """One shard's queue logic: the engine that every request and the tick go through.
 
 Rules:
-1. Everything that changes a task's status lives here, and goes through
-   ``states.check`` (the transition table) and ``Store.update``: in
-   ``Engine._set_status``, and nowhere else.
+1. Every change of a task's status goes through ``states.check`` (the
+   transition table) and ``Store.update``: in ``Engine._set_status``, here,
+   and nowhere else. The requests that change statuses live in this file;
+   maintenance.py (recover, retention, bulk requeue) only calls into them.
 2. The engine knows no sockets, no event loop and no wall clock: every call
    takes ``now`` (epoch ms), and ``tick(now)`` does what is due and returns the
    time it next needs to run (or None). The store is injected; the engine
@@ -14,6 +15,11 @@ Rules:
    (``ready.py``), the lease table and workers (``leases.py``), dependency waiters
    (``deps.py``) and waiting claims (``waiters.py``). Records are read from the
    store. This file orchestrates them.
+4. What only reads (QUERY_STATUS, LIST_TASKS, GET_STATS, ready hints) is in
+   ``reads.py``; the whole-store work outside a request (recover at start,
+   retention and bulk-requeue slices) in ``maintenance.py``. Both are mixins of
+   ``Engine``, so the shard still calls one object. Its settings are in
+   ``settings.py``.
 
 Heap entries are lazy: a cancelled or re-scheduled task leaves its old entry
 behind, and the entry is checked against the record when it comes to the top.
@@ -24,13 +30,15 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from shardq.engine import states
 from shardq.engine.deps import Dependencies
 from shardq.engine.leases import Lease, LeaseTable, Worker
-from shardq.engine.ready import _HEAD_SHIFT, ReadyQueue, _key_id, _ready_key, _schedule_key
+from shardq.engine.maintenance import EngineMaintenance
+from shardq.engine.reads import EngineReads
+from shardq.engine.ready import ReadyQueue, _key_id
+from shardq.engine.settings import EngineSettings
 from shardq.engine.storage import Store
 from shardq.engine.waiters import ClaimWaiter, Deliver, WaitingClaims
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
@@ -48,7 +56,6 @@ from shardq.task import (
     id_to_str,
     new_ids,
     tier_of,
-    tier_rank,
 )
 
 # A CLAIM answer carries fewer tasks rather than exceed a frame; this much of
@@ -56,36 +63,10 @@ from shardq.task import (
 _CLAIM_HEADER_RESERVE = 1024 * 1024
 _TASK_JSON_RESERVE = 1024
 
-# Bounded scans: LIST_TASKS and REQUEUE look at most this many keys per call.
-SCAN_SLICE = 2000
 
+class Engine(EngineReads, EngineMaintenance):
+    """One shard's engine: the one object the shard calls (see rule 4 for its mixins)."""
 
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    shard: int = 0
-    shards: int = 1
-    lease_ms: int = 30_000
-    heartbeat_ms: int = 15_000
-    depth_threshold: int = 100_000
-    backoff_base_ms: int = 1_000
-    backoff_max_ms: int = 3_600_000
-    jitter: float = 0.2
-    default_priority: int = 100
-    default_max_retries: int = 3
-    default_timeout_seconds: int = 300
-    retention_ms: int = 7 * 24 * 3600 * 1000
-    # False in the multi-process broker: a shard hears only some of a worker's
-    # messages, so the coordinator declares workers dead (``worker_liveness``).
-    worker_liveness: bool = True
-    # The wire's budgets, which the protocol layer owns (protocol/frames.py): the largest
-    # frame an answer may fill (a CLAIM answer carries fewer tasks rather than exceed it), and
-    # the largest payload or result (a bigger result is TooLarge). No defaults: the engine has
-    # no opinion on them; whoever builds the settings passes the protocol's (or a config's).
-    max_frame: int = field(kw_only=True)
-    max_payload: int = field(kw_only=True)
-
-
-class Engine:
     def __init__(self, store: Store, settings: EngineSettings, rng: random.Random | None = None) -> None:
         self.store = store
         self.s = settings
@@ -351,10 +332,6 @@ class Engine:
 
         self._waiters.serve(ready.heaps, take)
 
-    @property
-    def waiting_claims(self) -> int:
-        return self._waiters.waiting()
-
     # -- RESULT ------------------------------------------------------------
 
     def result(self, worker_id: str, items: list[ResultItem], now: int) -> list[dict[str, Any]]:
@@ -522,51 +499,12 @@ class Engine:
         self._serve_waiters(now)
         return len(leases)
 
-    def ready_types(self) -> dict[str, int]:
-        """For each task type with ready work, the tier of its best ready task (0 low, 1 normal,
-        2 high): what other shards need to know to send claims here (a hint, may be stale)."""
-        return {t: _rank(h[0]) for t, h in self._ready.heaps.items() if h}
-
-    def best_rank(self, types: frozenset[str] | None) -> int:
-        """The tier rank of the best ready task of ``types`` here; -1 when none is ready."""
-        heaps = self._ready.heaps
-        keys = [h[0] for t, h in heaps.items() if h and (types is None or t in types)]
-        return _rank(min(keys)) if keys else -1
-
-    def ready_heads(self) -> list[Task]:
-        """The next task to be claimed of each type (queue-latency metrics)."""
-        out = []
-        for heap in self._ready.heaps.values():
-            if heap:
-                task = self.store.get_in(PENDING, _key_id(heap[0]))
-                if task is not None:
-                    out.append(task)
-        return out
-
-    def waiting(self) -> list[ClaimWaiter]:
-        """The long-poll CLAIMs not answered yet, in arrival order."""
-        return [w for w in self._waiters.queue if not w.done]
-
-    def workers(self) -> list[Worker]:
-        return list(self._leases.workers.values())
-
     def _reclaim(self, task: Task, reason: str, now: int) -> None:
         self._leases.drop(task.id)
         self._count(f"reclaimed_{reason.replace(' ', '_')}")
         self._fail(task, reason, now, backoff=False, reason=reason.replace(" ", "_"))
 
-    # -- QUERY_STATUS / CANCEL / REQUEUE ---------------------------------------
-
-    def query(self, ids: list[bytes]) -> list[Task | None]:
-        out = []
-        for raw in ids:
-            task = self.store.get(raw)
-            if task is not None and task.status == IN_PROGRESS:
-                lease = self._leases.by_id.get(raw)
-                if lease is not None:
-                    task.lease_expires_ms = lease.expires_ms
-            out.append(task)
-        return out
+    # -- CANCEL / REQUEUE -------------------------------------------------------
 
     def cancel(self, raw_id: bytes, now: int) -> Task:
         task = self.store.get(raw_id)
@@ -602,81 +540,6 @@ class Engine:
         self._count("requeued")
         self._serve_waiters(now)
         return task
-
-    def requeue_slice(self, status: int, task_type: str | None, limit: int, after: bytes | None,
-                      now: int) -> tuple[int, bytes | None]:
-        """Requeue up to ``limit`` tasks of ``status`` after ``after`` (one bounded slice).
-
-        Returns (how many were requeued, where to resume or None at the end)."""
-        done = 0
-        last = None
-        scanned = 0
-        for task in self.store.scan_status(status, after, SCAN_SLICE):
-            scanned += 1
-            last = task.id
-            if task_type is not None and task.type != task_type:
-                continue
-            try:
-                self.requeue(task.id, now)
-            except InvalidState:
-                continue
-            done += 1
-            if done >= limit:
-                return done, last
-        return done, (last if scanned >= SCAN_SLICE else None)
-
-    # -- LIST_TASKS ------------------------------------------------------------
-
-    def list_tasks(self, status: int, task_type: str | None, min_priority: int, max_priority: int,
-                   limit: int, cursor: str | None) -> tuple[list[Task], str | None]:
-        """One page; the order is by task id (see docs/protocol.md). Bounded: looks at
-        most SCAN_SLICE keys, so a page may be short with a non-null cursor."""
-        after = _decode_cursor(cursor)
-        out: list[Task] = []
-        last: bytes | None = None
-        scanned = 0
-        full_range = min_priority == 0 and max_priority == 255
-        if task_type is None:
-            for task in self.store.scan_status(status, after, SCAN_SLICE):
-                scanned += 1
-                last = task.id
-                if full_range or min_priority <= task.priority <= max_priority:
-                    out.append(task)
-                    if len(out) >= limit:
-                        break
-        else:
-            prefix = task_type.encode() + b"\x00"
-            after_key = prefix + after if after is not None else None
-            for key in self.store.scan_index("idx_type", prefix, after_key, SCAN_SLICE):
-                scanned += 1
-                raw = key[len(prefix):]
-                last = raw
-                found = self.store.get(raw)
-                if found is None or found.status != status:
-                    continue
-                if full_range or min_priority <= found.priority <= max_priority:
-                    out.append(found)
-                    if len(out) >= limit:
-                        break
-        exhausted = len(out) < limit and scanned < SCAN_SLICE
-        leases = self._leases.by_id
-        for task in out:
-            if task.status == IN_PROGRESS and task.id in leases:
-                task.lease_expires_ms = leases[task.id].expires_ms
-        return out, (None if exhausted or last is None else last.hex())
-
-    # -- GET_STATS --------------------------------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        c = self.store.counts
-        return {
-            "shard": self.s.shard,
-            **{STATUS_NAMES[i]: c[i] for i in range(6)},
-            "scheduled": len(self._ready.scheduled),
-            "by_tier": dict(self.pending_by_tier),
-            "workers": len(self._leases.workers),
-            "waiting_claims": self.waiting_claims,
-        }
 
     # -- time ----------------------------------------------------------------
 
@@ -720,116 +583,6 @@ class Engine:
                 lease = by_id.get(raw)
                 if lease is not None:
                     self._reclaim(lease.task, "worker lost", now)
-
-    # -- retention / recovery ------------------------------------------------------
-
-    def retention_slice(self, now: int, max_keys: int = 1000) -> int:
-        """Delete completed/cancelled tasks older than the retention; one bounded slice."""
-        cutoff = (now - self.s.retention_ms).to_bytes(8, "big")
-        removed = 0
-        for key in self.store.scan_index("idx_finished", b"", None, max_keys, upper=cutoff):
-            task = self.store.get(key[8:])
-            if task is not None and task.status in (COMPLETED, CANCELLED):
-                self.store.delete(task)
-                removed += 1
-        self._count("retention_deleted", removed)
-        return removed
-
-    def recover(self, now: int, commit_every: int = 10_000) -> dict[str, int]:
-        """Rebuild memory from the store after a start: leases did not survive."""
-        store = self.store
-        moved = 0
-        for raw, data in list(store.iter_records(IN_PROGRESS)):
-            task = Task.decode(raw, data)
-            self._set_status(task, "recover", now)
-            moved += 1
-            if store.staged >= commit_every:
-                store.commit()
-        store.commit()
-        # The moves above counted the recovered tasks into pending_by_tier; the scan
-        # of pending records below counts every pending task (them included) again.
-        self.pending_by_tier = dict.fromkeys(self.pending_by_tier, 0)
-        seq = 0
-        ready: dict[str, list[int]] = {}  # per type, unordered until restored
-        schedule: list[int] = []
-        scheduled: set[bytes] = set()
-        with_deps: list[Task] = []
-        seen: dict[int, list[bytes]] = {PENDING: [], FAILED: []}
-        decode = Task.decode
-        for raw, data in store.iter_records(PENDING):
-            task = decode(raw, data)
-            seen[PENDING].append(raw)
-            if task.seq > seq:
-                seq = task.seq
-            self.pending_by_tier[tier_of(task.priority)] += 1
-            if task.depends_on:
-                with_deps.append(task)
-            elif task.scheduled_ms > now:
-                scheduled.add(raw)
-                schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
-            else:
-                heap = ready.get(task.type)
-                if heap is None:
-                    heap = ready[task.type] = []
-                heap.append(_ready_key(task.priority, task.seq, raw))
-        for raw, data in store.iter_records(FAILED):
-            task = decode(raw, data)
-            seen[FAILED].append(raw)
-            seq = max(seq, task.seq)
-            schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
-        self._ready.restore(ready, schedule, scheduled)
-        self._seq = seq + 1
-        # Correct the persisted counts to what was scanned *before* any dependent is
-        # dead-lettered below: those moves adjust the counts themselves.
-        corrected = [STATUS_NAMES[st] for st, ids in seen.items() if store.recount(st, ids)]
-        # Verify the id -> status index of every task that can still run (a multi-get,
-        # ~0.7 us a task); an entry that disagrees with where the record is gets repaired.
-        repaired = sum(store.verify_status_index(st, ids) for st, ids in seen.items())
-        found = {st: len(ids) for st, ids in seen.items()}
-        del seen
-        for task in with_deps:
-            unmet = []
-            failed_dep = None
-            for dep in task.depends_on:
-                if not store.owns(dep):
-                    unmet.append(dep)
-                    continue
-                st = store.status_of(dep)
-                if st in (DEAD_LETTER, CANCELLED, None):
-                    failed_dep = dep
-                    break
-                if st != COMPLETED:
-                    unmet.append(dep)
-            if failed_dep is not None:
-                self._set_status(task, "dependency_failed", now,
-                                 error=f"dependency failed: {id_to_str(failed_dep)}")
-                self._dependency_failed(task.id, now)
-            elif unmet:
-                self._deps.wait(task.id, unmet)
-            else:
-                self._ready.enqueue(task, now)
-        store.commit()
-        self._ready.dirty = bool(self._ready.heaps)
-        return {"reclaimed_in_progress": moved, "pending": found[PENDING],
-                "failed": found[FAILED], "counts_corrected": len(corrected),
-                "index_repaired": repaired}
-
-
-def _rank(ready_key: int) -> int:
-    """0, 1, 2 for the low, normal, high tier of a ready-heap entry's priority."""
-    return tier_rank(255 - (ready_key >> _HEAD_SHIFT))
-
-
-def _decode_cursor(cursor: str | None) -> bytes | None:
-    if cursor is None:
-        return None
-    try:
-        raw = bytes.fromhex(cursor)
-    except ValueError:
-        raw = b""
-    if len(raw) != 16:
-        raise BadRequest(f"cursor: {cursor!r} is not a cursor this server returned")
-    return raw
 
 
 # ClaimWaiter, Deliver, Lease and Worker live in waiters.py and leases.py, TaskSpec and

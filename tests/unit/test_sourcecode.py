@@ -22,7 +22,8 @@ PACKAGE = ROOT / "shardq"
 # The pure core: bytes in / messages out, state changes with a passed-in clock.
 PURE_MODULES = ["shardq.protocol.frames", "shardq.protocol.requests", "shardq.engine.engine",
                 "shardq.engine.ready", "shardq.engine.leases", "shardq.engine.deps", "shardq.engine.waiters",
-                "shardq.engine.states", "shardq.engine.storage", "shardq.task", "shardq.errors",
+                "shardq.engine.states", "shardq.engine.storage", "shardq.engine.reads",
+                "shardq.engine.maintenance", "shardq.engine.settings", "shardq.task", "shardq.errors",
                 "shardq.specs", "shardq.store.layout", "shardq.store.memory", "shardq.config",
                 "shardq.client.core"]
 IO_MODULES = {"asyncio", "socket", "rocksdict", "multiprocessing", "uvloop", "selectors",
@@ -46,6 +47,18 @@ def test_ruff_is_clean() -> None:
     result = subprocess.run([ruff, "check", "shardq", "tests"], capture_output=True, text=True,
                             cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# A file is read whole: past this many lines it holds more than one thing, and should be split
+# along a real seam (as engine/reads.py and engine/maintenance.py were taken out of engine.py).
+MAX_FILE_LINES = 600
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    sizes = {path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+             for path in sorted(PACKAGE.rglob("*.py"))}
+    over = [f"{name}: {lines} lines" for name, lines in sizes.items() if lines > MAX_FILE_LINES]
+    assert not over, f"over {MAX_FILE_LINES} lines, split along a seam:\n  " + "\n  ".join(over)
 
 
 # -- the import graph, from the source ---------------------------------------------------------------

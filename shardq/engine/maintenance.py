@@ -1,0 +1,169 @@
+"""Whole-store work outside a single request: rebuilding memory at start (`recover`), and the
+bounded slices of retention and of a bulk REQUEUE.
+
+Rules:
+1. This file decides which tasks to touch, never how a status changes: every change goes through
+   the Engine's own paths in engine.py (``_set_status``, ``requeue``, ``_dependency_failed``).
+2. Retention and bulk requeue do one bounded slice a call (the shard schedules the next, so the
+   loop never stalls); recovery scans everything once, before the shard serves, committing every
+   ``commit_every`` staged changes.
+
+`EngineMaintenance` is a mixin of `Engine` for the reason reads.py gives: the shard calls
+``engine.recover(...)`` and ``engine.retention_slice(...)`` on the one engine whose memory they
+rebuild. The attributes and methods declared below are the Engine's, named for the type checker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from shardq.engine.deps import Dependencies
+from shardq.engine.reads import SCAN_SLICE
+from shardq.engine.ready import ReadyQueue, _ready_key, _schedule_key
+from shardq.engine.settings import EngineSettings
+from shardq.engine.storage import Store
+from shardq.errors import InvalidState
+from shardq.task import (
+    CANCELLED,
+    COMPLETED,
+    DEAD_LETTER,
+    FAILED,
+    IN_PROGRESS,
+    PENDING,
+    STATUS_NAMES,
+    Task,
+    id_to_str,
+    tier_of,
+)
+
+
+class EngineMaintenance:
+    store: Store
+    s: EngineSettings
+    pending_by_tier: dict[str, int]
+    _ready: ReadyQueue
+    _deps: Dependencies
+    _seq: int
+
+    if TYPE_CHECKING:  # defined by Engine (engine.py)
+        def _count(self, name: str, n: int = 1) -> None: ...
+        def _set_status(self, task: Task, event: str, now: int, **changes: Any) -> None: ...
+        def _dependency_failed(self, dep: bytes, now: int) -> None: ...
+        def requeue(self, raw_id: bytes, now: int) -> Task: ...
+
+    # -- REQUEUE (bulk) -----------------------------------------------------------
+
+    def requeue_slice(self, status: int, task_type: str | None, limit: int, after: bytes | None,
+                      now: int) -> tuple[int, bytes | None]:
+        """Requeue up to ``limit`` tasks of ``status`` after ``after`` (one bounded slice).
+
+        Returns (how many were requeued, where to resume or None at the end)."""
+        done = 0
+        last = None
+        scanned = 0
+        for task in self.store.scan_status(status, after, SCAN_SLICE):
+            scanned += 1
+            last = task.id
+            if task_type is not None and task.type != task_type:
+                continue
+            try:
+                self.requeue(task.id, now)
+            except InvalidState:
+                continue
+            done += 1
+            if done >= limit:
+                return done, last
+        return done, (last if scanned >= SCAN_SLICE else None)
+
+    # -- retention / recovery ------------------------------------------------------
+
+    def retention_slice(self, now: int, max_keys: int = 1000) -> int:
+        """Delete completed/cancelled tasks older than the retention; one bounded slice."""
+        cutoff = (now - self.s.retention_ms).to_bytes(8, "big")
+        removed = 0
+        for key in self.store.scan_index("idx_finished", b"", None, max_keys, upper=cutoff):
+            task = self.store.get(key[8:])
+            if task is not None and task.status in (COMPLETED, CANCELLED):
+                self.store.delete(task)
+                removed += 1
+        self._count("retention_deleted", removed)
+        return removed
+
+    def recover(self, now: int, commit_every: int = 10_000) -> dict[str, int]:
+        """Rebuild memory from the store after a start: leases did not survive."""
+        store = self.store
+        moved = 0
+        for raw, data in list(store.iter_records(IN_PROGRESS)):
+            task = Task.decode(raw, data)
+            self._set_status(task, "recover", now)
+            moved += 1
+            if store.staged >= commit_every:
+                store.commit()
+        store.commit()
+        # The moves above counted the recovered tasks into pending_by_tier; the scan
+        # of pending records below counts every pending task (them included) again.
+        self.pending_by_tier = dict.fromkeys(self.pending_by_tier, 0)
+        seq = 0
+        ready: dict[str, list[int]] = {}  # per type, unordered until restored
+        schedule: list[int] = []
+        scheduled: set[bytes] = set()
+        with_deps: list[Task] = []
+        seen: dict[int, list[bytes]] = {PENDING: [], FAILED: []}
+        decode = Task.decode
+        for raw, data in store.iter_records(PENDING):
+            task = decode(raw, data)
+            seen[PENDING].append(raw)
+            if task.seq > seq:
+                seq = task.seq
+            self.pending_by_tier[tier_of(task.priority)] += 1
+            if task.depends_on:
+                with_deps.append(task)
+            elif task.scheduled_ms > now:
+                scheduled.add(raw)
+                schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
+            else:
+                heap = ready.get(task.type)
+                if heap is None:
+                    heap = ready[task.type] = []
+                heap.append(_ready_key(task.priority, task.seq, raw))
+        for raw, data in store.iter_records(FAILED):
+            task = decode(raw, data)
+            seen[FAILED].append(raw)
+            seq = max(seq, task.seq)
+            schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
+        self._ready.restore(ready, schedule, scheduled)
+        self._seq = seq + 1
+        # Correct the persisted counts to what was scanned *before* any dependent is
+        # dead-lettered below: those moves adjust the counts themselves.
+        corrected = [STATUS_NAMES[st] for st, ids in seen.items() if store.recount(st, ids)]
+        # Verify the id -> status index of every task that can still run (a multi-get,
+        # ~0.7 us a task); an entry that disagrees with where the record is gets repaired.
+        repaired = sum(store.verify_status_index(st, ids) for st, ids in seen.items())
+        found = {st: len(ids) for st, ids in seen.items()}
+        del seen
+        for task in with_deps:
+            unmet = []
+            failed_dep = None
+            for dep in task.depends_on:
+                if not store.owns(dep):
+                    unmet.append(dep)
+                    continue
+                st = store.status_of(dep)
+                if st in (DEAD_LETTER, CANCELLED, None):
+                    failed_dep = dep
+                    break
+                if st != COMPLETED:
+                    unmet.append(dep)
+            if failed_dep is not None:
+                self._set_status(task, "dependency_failed", now,
+                                 error=f"dependency failed: {id_to_str(failed_dep)}")
+                self._dependency_failed(task.id, now)
+            elif unmet:
+                self._deps.wait(task.id, unmet)
+            else:
+                self._ready.enqueue(task, now)
+        store.commit()
+        self._ready.dirty = bool(self._ready.heaps)
+        return {"reclaimed_in_progress": moved, "pending": found[PENDING],
+                "failed": found[FAILED], "counts_corrected": len(corrected),
+                "index_repaired": repaired}
