@@ -708,6 +708,12 @@ class Engine:
                 heads.append(head)
         return min(heads) if heads else None
 
+    def tick_without_writes(self, now: int) -> int | None:
+        """The tick while the store refuses writes: waiting claims still time out (answered
+        empty); what would change a record (due retries, expired leases) waits for ``tick``."""
+        self._waiters.expire(now)
+        return self._waiters.next_deadline()
+
     def _expire_leases(self, now: int) -> None:
         for lease in self._leases.expired(now):
             self._reclaim(lease.task, "lease expired", now)
@@ -753,6 +759,47 @@ class Engine:
         store.commit()
         # The moves above counted the recovered tasks into pending_by_tier; the scan
         # of pending records below counts every pending task (them included) again.
+        counted, seen, with_deps = self._load_waiting(now)
+        # Correct the persisted counts to what was scanned *before* any dependent is
+        # dead-lettered below: those moves adjust the counts themselves.
+        corrected = [STATUS_NAMES[st] for st, per_part in counted.items()
+                     if store.recount(st, per_part)]
+        # Verify the id -> status index of every task that can still run (a multi-get,
+        # ~0.7 us a task); an entry that disagrees with where the record is gets repaired.
+        repaired = sum(store.verify_status_index(st, ids) for st, ids in seen.items())
+        del seen
+        for task in with_deps:
+            unmet = []
+            failed_dep = None
+            for dep in task.depends_on:
+                if not store.owns(dep):
+                    unmet.append(dep)
+                    continue
+                st = store.status_of(dep)
+                if st in (DEAD_LETTER, CANCELLED, None):
+                    failed_dep = dep
+                    break
+                if st != COMPLETED:
+                    unmet.append(dep)
+            if failed_dep is not None:
+                self._set_status(task, "dependency_failed", now,
+                                 error=f"dependency failed: {id_to_str(failed_dep)}")
+                self._dependency_failed(task.id, now)
+            elif unmet:
+                self._deps.wait(task.id, unmet)
+            else:
+                self._ready.enqueue(task, now)
+        store.commit()
+        self._ready.dirty = bool(self._ready.heaps)
+        return {"reclaimed_in_progress": moved, "pending": sum(counted[PENDING]),
+                "failed": sum(counted[FAILED]), "counts_corrected": len(corrected),
+                "index_repaired": repaired}
+
+    def _load_waiting(self, now: int) -> tuple[dict[int, list[int]], dict[int, list[bytes]], list[Task]]:
+        """Rebuild the ready heaps, the schedule heap and pending_by_tier from the pending
+        and failed records (reads only). Returns the counts per part, the ids seen and the
+        pending tasks with dependencies, which the caller sorts out."""
+        store = self.store
         self.pending_by_tier = dict.fromkeys(self.pending_by_tier, 0)
         seq = 0
         slot = store.slot
@@ -788,41 +835,47 @@ class Engine:
             seq = max(seq, task.seq)
             schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
         self._ready.restore(ready, schedule, scheduled)
-        self._seq = seq + 1
-        # Correct the persisted counts to what was scanned *before* any dependent is
-        # dead-lettered below: those moves adjust the counts themselves.
-        corrected = [STATUS_NAMES[st] for st, per_part in counted.items()
-                     if store.recount(st, per_part)]
-        # Verify the id -> status index of every task that can still run (a multi-get,
-        # ~0.7 us a task); an entry that disagrees with where the record is gets repaired.
-        repaired = sum(store.verify_status_index(st, ids) for st, ids in seen.items())
-        del seen
+        self._seq = max(self._seq, seq + 1)
+        return counted, seen, with_deps
+
+    def reload(self, now: int) -> dict[str, int]:
+        """Make memory match the store again after a failed commit dropped this turn's writes.
+
+        Reads only (the disk may still refuse writes): the ready and schedule heaps, the
+        dependency waits and the leases are rebuilt from the records. Unlike ``recover``, the
+        in-progress tasks keep their leases: a lease memory still holds for the same attempt
+        keeps its heartbeat-extended expiry; one that only the record knows (memory had
+        finished or released it in the failed turn) gets the expiry the record says. Workers
+        and waiting claims stay as they are."""
+        old = self._leases
+        leases = LeaseTable(self.s.lease_ms, self.s.heartbeat_ms, self.s.worker_liveness)
+        leases.workers, leases.worker_heap = old.workers, old.worker_heap
+        for w in leases.workers.values():
+            w.leases = set()
+        n_leases = 0
+        for raw, data in self.store.iter_records(IN_PROGRESS):
+            task = Task.decode(raw, data)
+            worker_id = task.worker_id or ""
+            before = old.by_id.get(raw)
+            if before is not None and before.attempt == task.attempt and before.worker_id == worker_id:
+                expires, deadline = before.expires_ms, before.deadline_ms
+            else:
+                expires = task.lease_expires_ms or now + self.s.lease_ms
+                deadline = task.started_ms + task.timeout_seconds * 1000
+            leases.restore(task, worker_id, expires, deadline, now)
+            n_leases += 1
+        self._leases = leases
+        self._deps = Dependencies()
+        counted, _, with_deps = self._load_waiting(now)
+        store = self.store
         for task in with_deps:
-            unmet = []
-            failed_dep = None
-            for dep in task.depends_on:
-                if not store.owns(dep):
-                    unmet.append(dep)
-                    continue
-                st = store.status_of(dep)
-                if st in (DEAD_LETTER, CANCELLED, None):
-                    failed_dep = dep
-                    break
-                if st != COMPLETED:
-                    unmet.append(dep)
-            if failed_dep is not None:
-                self._set_status(task, "dependency_failed", now,
-                                 error=f"dependency failed: {id_to_str(failed_dep)}")
-                self._dependency_failed(task.id, now)
-            elif unmet:
+            unmet = [d for d in task.depends_on if not store.owns(d) or store.status_of(d) != COMPLETED]
+            if unmet:
                 self._deps.wait(task.id, unmet)
             else:
                 self._ready.enqueue(task, now)
-        store.commit()
-        self._ready.dirty = bool(self._ready.heaps)
-        return {"reclaimed_in_progress": moved, "pending": sum(counted[PENDING]),
-                "failed": sum(counted[FAILED]), "counts_corrected": len(corrected),
-                "index_repaired": repaired}
+        self._ready.dirty = True  # waiting claims may be served from the rebuilt heaps
+        return {"in_progress": n_leases, "pending": sum(counted[PENDING]), "failed": sum(counted[FAILED])}
 
 
 def _rank(ready_key: int) -> int:

@@ -14,6 +14,14 @@ Rules:
    the mesh (mesh.py, routing.py); what it tells the coordinator goes in REPORTs:
    depth and ready types when they change (at most every REPORT_MIN_GAP_S), the
    workers it heard from, and its stats every STATS_PERIOD_S.
+5. A failed write (a full disk) answers every request of its loop turn with a
+   retryable Unavailable, and memory is rebuilt from what is on disk
+   (``Engine.reload``): nothing is acked that was not written, nothing written
+   is forgotten. Until a probe write succeeds again the shard is *unwritable*:
+   reads are served, requests that write are refused up front (``check_writable``),
+   and the tick does nothing that writes. Below ``persistence.min_free_disk_bytes``
+   of free space (checked every DISK_CHECK_PERIOD_S) SUBMITs alone are refused:
+   claims, results and cancels go on, and finishing tasks eventually frees space.
 """
 
 from __future__ import annotations
@@ -32,11 +40,11 @@ from shardq.clock import now_ms
 from shardq.engine.engine import Engine, EngineSettings
 from shardq.errors import Unavailable
 from shardq.metrics import LoopLagProbe, shard_histograms, snapshot_histograms
-from shardq.protocol.frames import Message, MsgType
+from shardq.protocol.frames import RESPONSE_TYPES, FrameDecoder, Message, MsgType, encode_nack
 from shardq.server.handoff import MAX_CARRIED, HandoffReceiver, connect_seqpacket, send_connection
 from shardq.server.mesh import Link, Peers, coordinator_path, handoff_path, open_link
 from shardq.store.partitioned import PartitionedStore
-from shardq.store.rocks import StoreSettings
+from shardq.store.rocks import StoreSettings, StoreWriteError
 from shardq.task import STATUS_CODES, id_to_str, owner_of, tier_of
 
 if TYPE_CHECKING:
@@ -56,6 +64,12 @@ REPORT_MIN_GAP_S = 0.01  # a change of ready types is reported this soon, not so
 STATS_PERIOD_S = 0.5
 DEPENDENCY_POLL_S = 0.1  # how often dependencies owned by other shards are looked up
 COORDINATOR_RETRY_S = 0.1
+DISK_CHECK_PERIOD_S = 1.0  # statvfs of the data dir: the free-space watermark (not per request)
+WRITE_PROBE_PERIOD_S = 0.5  # while writes fail: how often a small probe write tries the disk
+# RocksDB resumes writes by itself once there is room to flush its memtable (its error handler
+# retries; docs/architecture.md): the probe only notices when it has.
+UNAVAILABLE_RETRY_MS = 1000  # retry_after_ms of the Unavailable answers while writes fail
+DISK_ALARM_RETRY_MS = 5000  # retry_after_ms of a SUBMIT refused below the free-space watermark
 
 
 def engine_settings(cfg: Config, shards: int, index: int = 0) -> EngineSettings:
@@ -130,6 +144,17 @@ class ShardServer:
         self._wal_sync_running = False
         self.commits = 0
         self.committed_mutations = 0
+        # The disk (rule 5).
+        self.writable = True
+        self.write_error = ""  # the last failed write's error, for logs and answers
+        self.write_errors = 0  # failed commits and probes since start
+        self.disk_refused = 0  # SUBMITs refused by the free-space watermark
+        self.unwritable_since = 0.0
+        self.disk_free_bytes: int | None = None
+        self.disk_alarm = False  # free space below persistence.min_free_disk_bytes
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self.flush_seq = 0  # _flush calls so far
+        self.failed_flush_seq = -1  # the last _flush whose write failed
 
     # -- start / stop ----------------------------------------------------------
 
@@ -149,6 +174,8 @@ class ShardServer:
         self._every(min(RETENTION_PERIOD_S, max(1.0, p.completed_retention_s / 4)), self._retention)
         self._every(float(p.compaction_interval_s), self._compact)
         self._every(IDLE_SWEEP_PERIOD_S, self._sweep_idle)
+        self._check_disk()
+        self._every(DISK_CHECK_PERIOD_S, self._check_disk)
         self._lag_probe.start(loop)
         if self.run_dir is not None:
             self._every(REPORT_PERIOD_S, self._report)
@@ -191,6 +218,8 @@ class ShardServer:
             handle.cancel()
         if self._timer is not None:
             self._timer.cancel()
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
         self._flush()
         for task in list(self._tasks):
             task.cancel()
@@ -202,7 +231,10 @@ class ShardServer:
             self.peers.close()
         if self.coordinator is not None:
             self.coordinator.close()
-        self.store.close()
+        try:
+            self.store.close()
+        except StoreWriteError as exc:
+            log.error("closing the store: %s (what was acknowledged is on disk)", exc)
         log.info("shard closed: %s", " ".join(f"{k}={v}" for k, v in sorted(self.engine.counters.items())))
 
     def owns(self, raw_id: bytes) -> bool:
@@ -229,9 +261,14 @@ class ShardServer:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self.flush_seq += 1
         self._after_change()
         t0 = time.perf_counter()
-        n = self.store.commit()
+        try:
+            n = self.store.commit()
+        except StoreWriteError as exc:
+            n = 0
+            self._write_failed(exc)
         if n:
             took = time.perf_counter() - t0
             self.commits += 1
@@ -248,7 +285,7 @@ class ShardServer:
 
     def _after_change(self) -> None:
         """Run what fell due and re-arm the single timer for the next due time."""
-        nxt = self.engine.tick(now_ms())
+        nxt = self.engine.tick(now_ms()) if self.writable else self.engine.tick_without_writes(now_ms())
         if nxt is None or self.loop is None:
             return
         when = self.loop.time() + max(0.0, (nxt - now_ms()) / 1000)
@@ -265,12 +302,109 @@ class ShardServer:
         if self.store.staged or self._outbox:
             self._flush()
 
+    def last_flush_failed(self) -> bool:
+        """Whether the latest group commit failed: an answer built before it and sent after it
+        (a routed or waiting request's) may tell of writes that were rolled back."""
+        return self.failed_flush_seq == self.flush_seq
+
+    # -- the disk: failed writes, resuming, the free-space watermark -----------------------
+
+    def unavailable(self) -> Unavailable:
+        return Unavailable(f"shard {self.index} cannot write to its data dir ({self.write_error}); "
+                           "nothing of this request was stored, retry later", retry_after_ms=UNAVAILABLE_RETRY_MS)
+
+    def check_writable(self) -> None:
+        """Refuse a request that writes while the disk refuses writes (Unavailable)."""
+        if not self.writable:
+            raise self.unavailable()
+
+    def check_submit_space(self) -> None:
+        """Refuse a SUBMIT while writes fail or free space is below the watermark."""
+        self.check_writable()
+        if self.disk_alarm:
+            self.disk_refused += 1
+            raise Unavailable(
+                f"shard {self.index}: {self.disk_free_bytes} bytes free on the data dir's disk, below "
+                f"persistence.min_free_disk_bytes ({self.cfg.persistence.min_free_disk_bytes}); "
+                "SUBMITs are refused until space is freed", retry_after_ms=DISK_ALARM_RETRY_MS)
+
+    def _write_failed(self, exc: StoreWriteError) -> None:
+        """A commit failed and wrote nothing: answer this turn's requests with Unavailable,
+        rebuild memory from the disk, and refuse writes until a probe succeeds."""
+        self.failed_flush_seq = self.flush_seq
+        self.write_errors += 1
+        self.write_error = _short(exc)
+        t0 = time.perf_counter()
+        reloaded = self.engine.reload(now_ms())
+        took = time.perf_counter() - t0
+        err = self.unavailable()
+        outbox = []
+        for session, frame in self._outbox:
+            nack = _nack_instead(frame, err)
+            if nack is not frame:
+                session.out_pending += len(nack) - len(frame)  # send() takes the new length off
+            outbox.append((session, nack))
+        self._outbox = outbox
+        if self.writable:
+            self.writable = False
+            self.unwritable_since = time.monotonic()
+            log.error("writes failing: %s; refusing requests that write (Unavailable) until the disk "
+                      "takes writes again; memory reloaded from disk in %.3f s (%s)", self.write_error, took,
+                      " ".join(f"{k}={v}" for k, v in reloaded.items()))
+            self._arm_probe()
+            self._stats_at = 0.0  # the next REPORT carries the new state
+        else:
+            log.warning("write failed again: %s (memory reloaded in %.3f s)", self.write_error, took)
+
+    def _arm_probe(self) -> None:
+        if self.loop is not None and self._probe_timer is None and not self.closing:
+            self._probe_timer = self.loop.call_later(WRITE_PROBE_PERIOD_S, self._probe_writes)
+
+    def _probe_writes(self) -> None:
+        self._probe_timer = None
+        if self.closing or self.writable:
+            return
+        try:
+            self.store.probe()
+        except StoreWriteError as exc:
+            self.write_error = _short(exc)
+            self._arm_probe()
+            return
+        self._resume()
+
+    def _resume(self) -> None:
+        self.writable = True
+        log.info("writes resumed after %.1f s: serving every request again",
+                 time.monotonic() - self.unwritable_since)
+        self._stats_at = 0.0
+        self._after_change()  # what fell due meanwhile (retries, expired leases) runs now
+        self._schedule_flush()
+
+    def _check_disk(self) -> None:
+        """The free-space watermark: statvfs of the data dir, once a DISK_CHECK_PERIOD_S."""
+        try:
+            st = os.statvfs(self.store.paths[0])
+        except OSError as exc:
+            log.warning("cannot check the free space of the data dir: %s", exc)
+            return
+        free = self.disk_free_bytes = st.f_bavail * st.f_frsize
+        floor = self.cfg.persistence.min_free_disk_bytes
+        alarm = free < floor
+        if alarm != self.disk_alarm:
+            self.disk_alarm = alarm
+            self._stats_at = 0.0
+            if alarm:
+                log.warning("disk alarm: %d bytes free, below persistence.min_free_disk_bytes (%d): "
+                            "refusing SUBMITs", free, floor)
+            else:
+                log.info("disk alarm over: %d bytes free: accepting SUBMITs again", free)
+
     # -- background ------------------------------------------------------------------
 
     def _sync_wal(self) -> None:
         # fsync can take milliseconds; RocksDB lets it run beside the loop's writes.
         assert self.loop is not None
-        if not self._wal_sync_running:
+        if not self._wal_sync_running and self.writable:
             self._wal_sync_running = True
             self.loop.run_in_executor(None, self._sync_wal_blocking)
 
@@ -278,7 +412,11 @@ class ShardServer:
         try:
             if not self.closing:
                 t0 = time.perf_counter()
-                synced = self.store.sync_wal()
+                try:
+                    synced = self.store.sync_wal()
+                except StoreWriteError as exc:  # retried next period; the writes report a full disk
+                    log.warning("%s", exc)
+                    return
                 took = time.perf_counter() - t0
                 if synced and self.loop is not None:  # Histogram is the loop thread's
                     self.loop.call_soon_threadsafe(self.histograms["wal_fsync_seconds"].observe, took)
@@ -287,7 +425,7 @@ class ShardServer:
 
     def _retention(self, removed: int = 0) -> None:
         """Delete expired finished tasks, one small slice per loop turn."""
-        if self.closing or self.loop is None:
+        if self.closing or self.loop is None or not self.writable:
             return
         n = self.engine.retention_slice(now_ms(), RETENTION_SLICE)
         removed += n
@@ -300,7 +438,14 @@ class ShardServer:
 
     def _compact(self) -> None:
         assert self.loop is not None
-        self.loop.run_in_executor(None, self.store.compact)
+        if self.writable:
+            self.loop.run_in_executor(None, self._compact_blocking)
+
+    def _compact_blocking(self) -> None:
+        try:
+            self.store.compact()
+        except Exception as exc:  # a full disk: compaction needs room to rewrite files
+            log.warning("compaction failed: %s", exc)
 
     def _sweep_idle(self) -> None:
         limit = self.cfg.broker.connection_timeout_ms / 1000
@@ -491,10 +636,15 @@ class ShardServer:
         row["counts"] = {k: row[k] for k in ("pending", "in_progress", "completed", "failed",
                                              "dead_letter", "cancelled", "scheduled")}
         row["leases"] = {w.worker_id: len(w.leases) for w in self.engine.workers() if w.leases}
+        row["writable"] = self.writable
+        row["disk_free_bytes"] = self.disk_free_bytes
+        row["disk_alarm"] = self.disk_alarm
         row.update(self._metrics_fields())
         row["counters"] = dict(self.engine.counters)
         if self.peers is not None:
             row["counters"]["forwarded"] = self.peers.forwarded
+        row["counters"]["store_write_errors"] = self.write_errors
+        row["counters"]["disk_alarm_refused"] = self.disk_refused
         return row
 
     def _metrics_fields(self) -> dict[str, Any]:
@@ -539,7 +689,9 @@ class ShardServer:
                               # shardq extensions: for operators and the benchmarks
                               "pid": r.get("pid"),
                               "forwarded": (r.get("counters") or {}).get("forwarded", 0),
-                              "cross_shard_claims": (r.get("counters") or {}).get("cross_shard_claims", 0)})
+                              "cross_shard_claims": (r.get("counters") or {}).get("cross_shard_claims", 0),
+                              "writable": r.get("writable", True), "disk_free_bytes": r.get("disk_free_bytes"),
+                              "disk_alarm": r.get("disk_alarm", False)})
         return {"totals": totals, "workers": workers,
                 "connections": sum(r.get("connections", 0) for r in rows.values()),
                 "shards": per_shard, "uptime_s": uptime}
@@ -547,3 +699,20 @@ class ShardServer:
 
 def _rss() -> int:
     return psutil.Process().memory_info().rss
+
+
+def _short(exc: BaseException) -> str:
+    """RocksDB's message without the store path ("IO error: No space left on device: ...")."""
+    cause = exc.__cause__ or exc
+    return str(cause).split(": While ")[0][:200]
+
+
+def _nack_instead(frame: bytes, err: Unavailable) -> bytes:
+    """The NACK that replaces an ACK whose writes failed (same rid); other frames as they are."""
+    if len(frame) < 5 or frame[4] != MsgType.ACK:
+        return frame  # a NACK already, or the empty close marker
+    decoder = FrameDecoder(accept=RESPONSE_TYPES)
+    decoder.feed(frame)
+    msg = decoder.next()
+    rid = msg.rid if isinstance(msg, Message) else None
+    return encode_nack(rid, err.code, err.message, **err.extra)
