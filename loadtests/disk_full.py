@@ -125,7 +125,6 @@ class Run:
         full = [s for when, s in self.pings
                 if self.first_refusal is not None and when >= self.first_refusal
                 and (self.freed_at is None or when < self.freed_at)]
-        acked_before_wall = len(self.acked)  # refined below
         out: dict[str, Any] = {
             "params": vars(a), "acked_tasks": len(self.acked), "answers_by_code": dict(self.codes),
             "seconds_to_resume": None if self.first_ack_after_free is None or self.freed_at is None
@@ -137,7 +136,6 @@ class Run:
         }
         if self.freed_at is not None:
             out["stats_row_while_full"] = {k: full_stats.get(k) for k in ("writable", "disk_free_bytes", "disk_alarm")}
-        del acked_before_wall
         out["missing_after_free"] = self.missing()
         out["server_log"] = [line.strip()[-200:] for line in self.srv.stderr_lines
                              if "writes" in line or "disk alarm" in line][:6]
