@@ -353,6 +353,14 @@ def cmd_list(args: argparse.Namespace, client: Any) -> int:
     return 0
 
 
+def disk_state(row: dict[str, Any]) -> str:
+    """A shard's disk as `shardq stats` shows it: "ok 1.2 GiB free", "LOW 50 MiB free" (SUBMITs
+    refused below persistence.min_free_disk_bytes) or "WRITES FAILING" (every write refused)."""
+    free = row.get("disk_free_bytes")
+    state = "WRITES FAILING" if row.get("writable") is False else "LOW" if row.get("disk_alarm") else "ok"
+    return state if free is None else f"{state} {mib(free)} free"
+
+
 def cmd_stats(args: argparse.Namespace, client: Any) -> int:
     stats = client.stats()
     if args.json:
@@ -364,9 +372,10 @@ def cmd_stats(args: argparse.Namespace, client: Any) -> int:
                 + [["  scheduled", totals.get("scheduled", 0)]]
                 + [[f"  {tier} tier", tiers.get(tier, 0)] for tier in ("high", "normal", "low")])
     print()
-    print_table(("shard", *STATUSES, "connections", "rss"),
+    print_table(("shard", *STATUSES, "connections", "rss", "disk"),
                 [[row.get("shard"), *(row.get(s, 0) for s in STATUSES), row.get("connections"),
-                  mib(row.get("rss"))] for row in stats.get("shards", [])], empty="(no shards)")
+                  mib(row.get("rss")), disk_state(row)] for row in stats.get("shards", [])],
+                empty="(no shards)")
     print()
     print(f"workers: {stats.get('workers', 0)}   connections: {stats.get('connections', 0)}   "
           f"uptime: {uptime(stats.get('uptime_s', 0))}")

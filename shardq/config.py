@@ -345,6 +345,7 @@ class PersistenceConfig:
     block_cache_size: int = _opt(134217728, Int(1048576))
     completed_retention_s: int = _opt(604800, Int(0))
     compaction_interval_s: int = _opt(3600, Int(1))
+    min_free_disk_bytes: int = _opt(64 * 1024 * 1024, Int(0))
 
 
 @dataclass(frozen=True, slots=True)

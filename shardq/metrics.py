@@ -153,7 +153,7 @@ OUTCOMES = ("submitted", "claimed", "completed", "retried", "dead_lettered", "ca
 RECLAIM_REASONS = ("lease_expired", "worker_lost", "timeout")  # REPORT counters reclaimed_<reason>
 # Every key of REPORT["counters"] the collector reads (a shard may send more; a missing one is 0).
 COUNTERS = (*OUTCOMES, "queue_full", *(f"reclaimed_{r}" for r in RECLAIM_REASONS), "forwarded",
-            "cross_shard_claims")
+            "cross_shard_claims", "store_write_errors", "disk_alarm_refused")
 
 # --- the metrics -----------------------------------------------------------------------------------
 
@@ -209,6 +209,18 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("tq_rocksdb_live_data_bytes", "gauge", _S, "RocksDB estimate of live data size."),
     MetricSpec("tq_rocksdb_pending_compaction_bytes", "gauge", _S,
                "RocksDB estimate of bytes compaction still has to rewrite."),
+    MetricSpec("tq_store_writable", "gauge", _S,
+               "1 while the shard's RocksDB takes writes, 0 while they fail (a full disk): then requests "
+               "that write are answered Unavailable."),
+    MetricSpec("tq_store_write_errors_total", "counter", _S,
+               "Group commits (and probe writes) of the shard that failed; each answered its requests "
+               "with Unavailable."),
+    MetricSpec("tq_disk_free_bytes", "gauge", _S, "Free bytes on the disk of the shard's data dir "
+               "(statvfs, checked every second)."),
+    MetricSpec("tq_disk_alarm", "gauge", _S,
+               "1 while free space is below persistence.min_free_disk_bytes: SUBMITs are refused."),
+    MetricSpec("tq_disk_alarm_refused_total", "counter", _S,
+               "SUBMIT requests refused because free disk space was below the watermark."),
     MetricSpec("tq_process_cpu_seconds_total", "counter", _S, "CPU time (user + system) of the shard process."),
     MetricSpec("tq_process_resident_memory_bytes", "gauge", _S, "Resident memory of the shard process."),
     MetricSpec("tq_worker_cpu_ratio", "gauge", _W,
@@ -223,7 +235,9 @@ METRICS: tuple[MetricSpec, ...] = (
 # Report fields that map one to one onto a series: metric name -> where it is in a REPORT.
 _SIMPLE_COUNTERS = {"tq_retries_total": "retried", "tq_dead_lettered_total": "dead_lettered",
                     "tq_queue_full_total": "queue_full", "tq_forwarded_requests_total": "forwarded",
-                    "tq_cross_shard_claims_total": "cross_shard_claims"}
+                    "tq_cross_shard_claims_total": "cross_shard_claims",
+                    "tq_store_write_errors_total": "store_write_errors",
+                    "tq_disk_alarm_refused_total": "disk_alarm_refused"}
 _HISTOGRAMS = {"tq_task_processing_duration_seconds": "processing_seconds",
                "tq_commit_batch_size": "commit_batch_size", "tq_wal_write_seconds": "wal_write_seconds",
                "tq_wal_fsync_seconds": "wal_fsync_seconds", "tq_event_loop_lag_seconds": "loop_lag_seconds"}
@@ -254,7 +268,8 @@ class BrokerCollector(Collector):
                   "oldest_ready_age_s": {TIERS...: float}, "connections": int, "rss": int,
                   "cpu_seconds": float, "counters": {COUNTERS...: int},
                   "histograms": {SHARD_HISTOGRAMS keys: Histogram.snapshot()},
-                  "rocksdb": {"live_data_size": int, "pending_compaction_bytes": int}}
+                  "rocksdb": {"live_data_size": int, "pending_compaction_bytes": int},
+                  "writable": bool, "disk_free_bytes": int | None, "disk_alarm": bool}
 
     It runs on the metrics server's thread: what it returns must not change while the collector
     reads it (build it on the event loop: ``on_loop``). Extra keys are ignored.
@@ -326,6 +341,10 @@ def _add_shard(f: dict[str, Any], shard: str, r: Mapping[str, Any]) -> None:
     for name, key in _ROCKSDB.items():
         if rocksdb.get(key) is not None:
             f[name].add_metric(labels, rocksdb[key])
+    f["tq_store_writable"].add_metric(labels, 0.0 if r.get("writable") is False else 1.0)
+    f["tq_disk_alarm"].add_metric(labels, 1.0 if r.get("disk_alarm") else 0.0)
+    if r.get("disk_free_bytes") is not None:
+        f["tq_disk_free_bytes"].add_metric(labels, r["disk_free_bytes"])
     if r.get("cpu_seconds") is not None:
         f["tq_process_cpu_seconds_total"].add_metric(labels, r["cpu_seconds"])
     if r.get("rss") is not None:

@@ -566,6 +566,12 @@ class Engine(EngineReads, EngineMaintenance):
                 heads.append(head)
         return min(heads) if heads else None
 
+    def tick_without_writes(self, now: int) -> int | None:
+        """The tick while the store refuses writes: waiting claims still time out (answered
+        empty); what would change a record (due retries, expired leases) waits for ``tick``."""
+        self._waiters.expire(now)
+        return self._waiters.next_deadline()
+
     def _expire_leases(self, now: int) -> None:
         for lease in self._leases.expired(now):
             self._reclaim(lease.task, "lease expired", now)

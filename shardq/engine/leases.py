@@ -136,6 +136,17 @@ class LeaseTable:
             w.last_seen_ms = now
         w.leases.add(task.id)
 
+    def restore(self, task: Task, worker_id: str, expires_ms: int, deadline_ms: int, now: int) -> None:
+        """A lease read back from the store (Engine.reload), with the times it had."""
+        lease = Lease(worker_id, task.attempt, expires_ms, deadline_ms, task)
+        self.by_id[task.id] = lease
+        heapq.heappush(self.lease_heap, (expires_ms, task.id, task.attempt))
+        heapq.heappush(self.timeout_heap, (deadline_ms, task.id, task.attempt))
+        w = self.workers.get(worker_id)
+        if w is None:
+            w = self.touch(worker_id, now)
+        w.leases.add(task.id)
+
     def drop(self, raw_id: bytes) -> None:
         """The task's attempt ended (a result, a reclaim, a timeout): forget its lease."""
         lease = self.by_id.pop(raw_id, None)

@@ -1,5 +1,5 @@
-"""Whole-store work outside a single request: rebuilding memory at start (`recover`), and the
-bounded slices of retention and of a bulk REQUEUE.
+"""Whole-store work outside a single request: rebuilding memory at start (`recover`) and after a
+failed write (`reload`: docs/architecture.md, "A full disk"), and the bounded slices of retention and of a bulk REQUEUE.
 
 Rules:
 1. This file decides which tasks to touch, never how a status changes: every change goes through
@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from shardq.engine.deps import Dependencies
+from shardq.engine.leases import LeaseTable
 from shardq.engine.reads import SCAN_SLICE
 from shardq.engine.ready import ReadyQueue, _ready_key, _schedule_key
 from shardq.engine.settings import EngineSettings
@@ -43,6 +44,7 @@ class EngineMaintenance:
     pending_by_tier: dict[str, int]
     _ready: ReadyQueue
     _deps: Dependencies
+    _leases: LeaseTable
     _seq: int
 
     if TYPE_CHECKING:  # defined by Engine (engine.py)
@@ -102,37 +104,7 @@ class EngineMaintenance:
         store.commit()
         # The moves above counted the recovered tasks into pending_by_tier; the scan
         # of pending records below counts every pending task (them included) again.
-        self.pending_by_tier = dict.fromkeys(self.pending_by_tier, 0)
-        seq = 0
-        ready: dict[str, list[int]] = {}  # per type, unordered until restored
-        schedule: list[int] = []
-        scheduled: set[bytes] = set()
-        with_deps: list[Task] = []
-        seen: dict[int, list[bytes]] = {PENDING: [], FAILED: []}
-        decode = Task.decode
-        for raw, data in store.iter_records(PENDING):
-            task = decode(raw, data)
-            seen[PENDING].append(raw)
-            if task.seq > seq:
-                seq = task.seq
-            self.pending_by_tier[tier_of(task.priority)] += 1
-            if task.depends_on:
-                with_deps.append(task)
-            elif task.scheduled_ms > now:
-                scheduled.add(raw)
-                schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
-            else:
-                heap = ready.get(task.type)
-                if heap is None:
-                    heap = ready[task.type] = []
-                heap.append(_ready_key(task.priority, task.seq, raw))
-        for raw, data in store.iter_records(FAILED):
-            task = decode(raw, data)
-            seen[FAILED].append(raw)
-            seq = max(seq, task.seq)
-            schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
-        self._ready.restore(ready, schedule, scheduled)
-        self._seq = seq + 1
+        seen, with_deps = self._load_waiting(now)
         # Correct the persisted counts to what was scanned *before* any dependent is
         # dead-lettered below: those moves adjust the counts themselves.
         corrected = [STATUS_NAMES[st] for st, ids in seen.items() if store.recount(st, ids)]
@@ -167,3 +139,80 @@ class EngineMaintenance:
         return {"reclaimed_in_progress": moved, "pending": found[PENDING],
                 "failed": found[FAILED], "counts_corrected": len(corrected),
                 "index_repaired": repaired}
+
+    def _load_waiting(self, now: int) -> tuple[dict[int, list[bytes]], list[Task]]:
+        """Rebuild the ready heaps, the schedule heap and pending_by_tier from the pending
+        and failed records (reads only). Returns the ids seen per status and the pending
+        tasks with dependencies, which the caller sorts out."""
+        store = self.store
+        self.pending_by_tier = dict.fromkeys(self.pending_by_tier, 0)
+        seq = 0
+        ready: dict[str, list[int]] = {}  # per type, unordered until restored
+        schedule: list[int] = []
+        scheduled: set[bytes] = set()
+        with_deps: list[Task] = []
+        seen: dict[int, list[bytes]] = {PENDING: [], FAILED: []}
+        decode = Task.decode
+        for raw, data in store.iter_records(PENDING):
+            task = decode(raw, data)
+            seen[PENDING].append(raw)
+            if task.seq > seq:
+                seq = task.seq
+            self.pending_by_tier[tier_of(task.priority)] += 1
+            if task.depends_on:
+                with_deps.append(task)
+            elif task.scheduled_ms > now:
+                scheduled.add(raw)
+                schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
+            else:
+                heap = ready.get(task.type)
+                if heap is None:
+                    heap = ready[task.type] = []
+                heap.append(_ready_key(task.priority, task.seq, raw))
+        for raw, data in store.iter_records(FAILED):
+            task = decode(raw, data)
+            seen[FAILED].append(raw)
+            seq = max(seq, task.seq)
+            schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
+        self._ready.restore(ready, schedule, scheduled)
+        self._seq = max(self._seq, seq + 1)
+        return seen, with_deps
+
+    def reload(self, now: int) -> dict[str, int]:
+        """Make memory match the store again after a failed commit dropped this turn's writes.
+
+        Reads only (the disk may still refuse writes): the ready and schedule heaps, the
+        dependency waits and the leases are rebuilt from the records. Unlike ``recover``, the
+        in-progress tasks keep their leases: a lease memory still holds for the same attempt
+        keeps its heartbeat-extended expiry; one that only the record knows (memory had
+        finished or released it in the failed turn) gets the expiry the record says. Workers
+        and waiting claims stay as they are."""
+        old = self._leases
+        leases = LeaseTable(self.s.lease_ms, self.s.heartbeat_ms, self.s.worker_liveness)
+        leases.workers, leases.worker_heap = old.workers, old.worker_heap
+        for w in leases.workers.values():
+            w.leases = set()
+        n_leases = 0
+        for raw, data in self.store.iter_records(IN_PROGRESS):
+            task = Task.decode(raw, data)
+            worker_id = task.worker_id or ""
+            before = old.by_id.get(raw)
+            if before is not None and before.attempt == task.attempt and before.worker_id == worker_id:
+                expires, deadline = before.expires_ms, before.deadline_ms
+            else:
+                expires = task.lease_expires_ms or now + self.s.lease_ms
+                deadline = task.started_ms + task.timeout_seconds * 1000
+            leases.restore(task, worker_id, expires, deadline, now)
+            n_leases += 1
+        self._leases = leases
+        self._deps = Dependencies()
+        seen, with_deps = self._load_waiting(now)
+        store = self.store
+        for task in with_deps:
+            unmet = [d for d in task.depends_on if not store.owns(d) or store.status_of(d) != COMPLETED]
+            if unmet:
+                self._deps.wait(task.id, unmet)
+            else:
+                self._ready.enqueue(task, now)
+        self._ready.dirty = True  # waiting claims may be served from the rebuilt heaps
+        return {"in_progress": n_leases, "pending": len(seen[PENDING]), "failed": len(seen[FAILED])}

@@ -11,6 +11,9 @@ Rules:
 3. ``Identity`` is who asks; every method checks the permission it needs first (PERMISSION).
 4. ``forwarded`` operations serve requests another shard sent over the mesh: always about this
    shard's own tasks, never routed again, never counted as a worker's own traffic.
+5. While the shard's disk refuses writes, an operation that would write here is refused with a
+   retryable Unavailable before it changes anything (``check_writable``); reads go on. Below the
+   free-space watermark only SUBMIT is refused (``check_submit_space``).
 
 Where to add an operation: a method here (the logic, once), a parser in protocol/requests.py for
 the wire form, and one line in each transport's dispatch table.
@@ -113,6 +116,7 @@ class Operations:
 
     def submit(self, who: Identity, specs: list[TaskSpec]) -> Result[list[str]]:
         who.require("submit")
+        self.shard.check_submit_space()
         if self.routed and not self._all_local(specs):
             return routing.submit(self.shard, specs)
         return [id_to_str(i) for i in self.engine.submit(specs, now_ms())]
@@ -120,6 +124,7 @@ class Operations:
     def store_part(self, specs: list[TaskSpec], remote_status: dict[bytes, int | None],
                    check_depth: bool) -> list[str]:
         """A forwarded SUBMIT: this shard's part of a batch another shard checked as a whole."""
+        self.shard.check_submit_space()
         return [id_to_str(i) for i in self.engine.submit(specs, now_ms(), remote_status=remote_status,
                                                          check_depth=check_depth)]
 
@@ -160,6 +165,7 @@ class Operations:
         who.require("cancel")
         if self.routed and not self.shard.owns(raw):
             return routing.cancel(self.shard, raw)
+        self.shard.check_writable()
         self.engine.cancel(raw, now_ms())
         return "cancelled"
 
@@ -187,6 +193,7 @@ class Operations:
         """Dead-letter (or failed) tasks back to pending: these ids, or every one of ``status``
         (and ``task_type``) up to ``limit``; ``{"requeued": n, "results"?: [...]}``."""
         who.require("requeue")
+        self.shard.check_writable()
         if ids is None:
             return self._requeue_scan(status, task_type, limit)
         if self.routed and not all(self.shard.owns(i) for i in ids):
@@ -274,6 +281,7 @@ class Operations:
         who.require("claim")
         if not self.forwarded:
             self.shard.worker_heard(worker_id)
+        self.shard.check_writable()
         return self.claims.claim(caller, worker_id, max_tasks, wait_ms, types)
 
     def result(self, who: Identity, worker_id: str, items: list[ResultItem]) -> Result[list[dict[str, Any]]]:
@@ -283,6 +291,7 @@ class Operations:
             self.shard.worker_heard(worker_id)
         if self.routed and not all(self.shard.owns(it.id) for it in items):
             return routing.result(self.shard, worker_id, items)
+        self.shard.check_writable()
         return self.engine.result(worker_id, items, now_ms())
 
     def heartbeat(self, who: Identity, worker_id: str, info: dict[str, Any],
@@ -305,6 +314,7 @@ class Operations:
     def deregister(self, who: Identity, worker_id: str) -> Result[int]:
         """The worker leaves: its leases go back to pending at once; how many."""
         who.require("deregister")
+        self.shard.check_writable()
         if not self.forwarded:
             self.shard.worker_gone(worker_id)
         if self.routed:

@@ -445,6 +445,8 @@ class Session(asyncio.Protocol, Caller):
             result = fut.result()
             if result is None:
                 return  # the caller went away meanwhile; what it was given went back
+            if self.server.last_flush_failed():
+                raise self.server.unavailable()  # its writes may be among those rolled back
             body, blob = build(result)
         except WireError as exc:
             self._nack(rid, exc)

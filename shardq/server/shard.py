@@ -14,13 +14,20 @@ Rules:
    the mesh (mesh.py, routing.py); what it tells the coordinator goes in REPORTs:
    depth and ready types when they change (at most every REPORT_MIN_GAP_S), the
    workers it heard from, and its stats every STATS_PERIOD_S.
+5. A failed write (a full disk) answers every request of its loop turn with a
+   retryable Unavailable, and memory is rebuilt from what is on disk
+   (``Engine.reload``): nothing is acked that was not written, nothing written
+   is forgotten. Until a probe write succeeds again the shard is *unwritable*:
+   reads are served, requests that write are refused up front (``check_writable``),
+   and the tick does nothing that writes. Below ``persistence.min_free_disk_bytes``
+   of free space (checked every DISK_CHECK_PERIOD_S) SUBMITs alone are refused:
+   claims, results and cancels go on, and finishing tasks eventually frees space.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -31,14 +38,16 @@ import psutil
 from shardq.clock import now_ms
 from shardq.engine.engine import Engine, EngineSettings
 from shardq.errors import Unavailable
-from shardq.metrics import LoopLagProbe, shard_histograms, snapshot_histograms
+from shardq.metrics import LoopLagProbe, shard_histograms
 from shardq.protocol.frames import MAX_FRAME, Message, MsgType
 from shardq.server.budget import HeapTrimmer, InputBudget, OutputBudget
 from shardq.server.handoff import MAX_CARRIED, HandoffReceiver, Slots, connect_seqpacket, send_connection
 from shardq.server.mesh import Link, Peers, coordinator_path, handoff_path, open_link
+from shardq.server.shard_disk import DISK_CHECK_PERIOD_S, ShardDisk
+from shardq.server.shard_stats import ShardStats
 from shardq.store.partitioned import PartitionedStore
-from shardq.store.rocks import StoreSettings
-from shardq.task import STATUS_CODES, id_to_str, owner_of, tier_of
+from shardq.store.rocks import StoreSettings, StoreWriteError
+from shardq.task import STATUS_CODES, id_to_str, owner_of
 
 if TYPE_CHECKING:
     from shardq.config import Config
@@ -82,7 +91,7 @@ def store_settings(cfg: Config) -> StoreSettings:
         block_cache_size=p.block_cache_size)
 
 
-class ShardServer:
+class ShardServer(ShardDisk, ShardStats):
     """Owns the engine, the store and every session of this process."""
 
     def __init__(self, cfg: Config, data_dir: str, shards: int, index: int = 0,
@@ -141,6 +150,17 @@ class ShardServer:
         self._wal_sync_running = False
         self.commits = 0
         self.committed_mutations = 0
+        # The disk (rule 5).
+        self.writable = True
+        self.write_error = ""  # the last failed write's error, for logs and answers
+        self.write_errors = 0  # failed commits and probes since start
+        self.disk_refused = 0  # SUBMITs refused by the free-space watermark
+        self.unwritable_since = 0.0
+        self.disk_free_bytes: int | None = None
+        self.disk_alarm = False  # free space below persistence.min_free_disk_bytes
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self.flush_seq = 0  # _flush calls so far
+        self.failed_flush_seq = -1  # the last _flush whose write failed
 
     # -- start / stop ----------------------------------------------------------
 
@@ -161,6 +181,8 @@ class ShardServer:
         self._every(min(RETENTION_PERIOD_S, max(1.0, p.completed_retention_s / 4)), self._retention)
         self._every(float(p.compaction_interval_s), self._compact)
         self._every(IDLE_SWEEP_PERIOD_S, self._sweep_idle)
+        self._check_disk()
+        self._every(DISK_CHECK_PERIOD_S, self._check_disk)
         self._lag_probe.start(loop)
         if self.run_dir is not None:
             self._every(REPORT_PERIOD_S, self._report)
@@ -203,6 +225,8 @@ class ShardServer:
             handle.cancel()
         if self._timer is not None:
             self._timer.cancel()
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
         self._flush()
         for task in list(self._tasks):
             task.cancel()
@@ -214,7 +238,10 @@ class ShardServer:
             self.peers.close()
         if self.coordinator is not None:
             self.coordinator.close()
-        self.store.close()
+        try:
+            self.store.close()
+        except StoreWriteError as exc:
+            log.error("closing the store: %s (what was acknowledged is on disk)", exc)
         log.info("shard closed: %s", " ".join(f"{k}={v}" for k, v in sorted(self.engine.counters.items())))
 
     def owns(self, raw_id: bytes) -> bool:
@@ -256,9 +283,14 @@ class ShardServer:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self.flush_seq += 1
         self._after_change()
         t0 = time.perf_counter()
-        n = self.store.commit()
+        try:
+            n = self.store.commit()
+        except StoreWriteError as exc:
+            n = 0
+            self._write_failed(exc)
         if n:
             took = time.perf_counter() - t0
             self.commits += 1
@@ -275,7 +307,7 @@ class ShardServer:
 
     def _after_change(self) -> None:
         """Run what fell due and re-arm the single timer for the next due time."""
-        nxt = self.engine.tick(now_ms())
+        nxt = self.engine.tick(now_ms()) if self.writable else self.engine.tick_without_writes(now_ms())
         if nxt is None or self.loop is None:
             return
         when = self.loop.time() + max(0.0, (nxt - now_ms()) / 1000)
@@ -292,12 +324,17 @@ class ShardServer:
         if self.store.staged or self._outbox:
             self._flush()
 
+    def last_flush_failed(self) -> bool:
+        """Whether the latest group commit failed: an answer built before it and sent after it
+        (a routed or waiting request's) may tell of writes that were rolled back."""
+        return self.failed_flush_seq == self.flush_seq
+
     # -- background ------------------------------------------------------------------
 
     def _sync_wal(self) -> None:
         # fsync can take milliseconds; RocksDB lets it run beside the loop's writes.
         assert self.loop is not None
-        if not self._wal_sync_running:
+        if not self._wal_sync_running and self.writable:
             self._wal_sync_running = True
             self.loop.run_in_executor(None, self._sync_wal_blocking)
 
@@ -305,7 +342,11 @@ class ShardServer:
         try:
             if not self.closing:
                 t0 = time.perf_counter()
-                synced = self.store.sync_wal()
+                try:
+                    synced = self.store.sync_wal()
+                except StoreWriteError as exc:  # retried next period; the writes report a full disk
+                    log.warning("%s", exc)
+                    return
                 took = time.perf_counter() - t0
                 if synced and self.loop is not None:  # Histogram is the loop thread's
                     self.loop.call_soon_threadsafe(self.histograms["wal_fsync_seconds"].observe, took)
@@ -314,7 +355,7 @@ class ShardServer:
 
     def _retention(self, removed: int = 0) -> None:
         """Delete expired finished tasks, one small slice per loop turn."""
-        if self.closing or self.loop is None:
+        if self.closing or self.loop is None or not self.writable:
             return
         n = self.engine.retention_slice(now_ms(), RETENTION_SLICE)
         removed += n
@@ -327,7 +368,14 @@ class ShardServer:
 
     def _compact(self) -> None:
         assert self.loop is not None
-        self.loop.run_in_executor(None, self.store.compact)
+        if self.writable:
+            self.loop.run_in_executor(None, self._compact_blocking)
+
+    def _compact_blocking(self) -> None:
+        try:
+            self.store.compact()
+        except Exception as exc:  # a full disk: compaction needs room to rewrite files
+            log.warning("compaction failed: %s", exc)
 
     def _sweep_idle(self) -> None:
         limit = self.cfg.broker.connection_timeout_ms / 1000
@@ -519,76 +567,3 @@ class ShardServer:
                     self.mutated()
         finally:
             self._polling = False
-
-    # -- stats -----------------------------------------------------------------------
-
-    def stats_row(self) -> dict[str, Any]:
-        """This shard's GET_STATS row (exact), plus what the metrics need."""
-        e = self.engine.stats()
-        row: dict[str, Any] = {"shard": self.index, "pid": os.getpid(), "up": True}
-        row.update({k: e[k] for k in ("pending", "in_progress", "completed", "failed", "dead_letter",
-                                      "cancelled", "scheduled")})
-        row["by_tier"] = e["by_tier"]
-        row["connections"] = len(self.sessions)
-        row["rss"] = _rss()
-        row["workers_here"] = e["workers"]
-        row["waiting_claims"] = e["waiting_claims"]
-        row["counts"] = {k: row[k] for k in ("pending", "in_progress", "completed", "failed",
-                                             "dead_letter", "cancelled", "scheduled")}
-        row["leases"] = {w.worker_id: len(w.leases) for w in self.engine.workers() if w.leases}
-        row.update(self._metrics_fields())
-        row["counters"] = dict(self.engine.counters)
-        if self.peers is not None:
-            row["counters"]["forwarded"] = self.peers.forwarded
-        return row
-
-    def _metrics_fields(self) -> dict[str, Any]:
-        """What the coordinator's /metrics needs beyond GET_STATS (metrics.py reads it)."""
-        processing = self.histograms["processing_seconds"]
-        for ms in self.engine.processing_ms:
-            processing.observe(ms / 1000)
-        self.engine.processing_ms.clear()
-        now = now_ms()
-        age = dict.fromkeys(("high", "normal", "low"), 0.0)
-        for task in self.engine.ready_heads():  # each type's next task: the queue latency served
-            tier = tier_of(task.priority)
-            age[tier] = max(age[tier], max(0, now - task.scheduled_ms) / 1000)
-        cpu = self._process.cpu_times()
-        return {"oldest_ready_age_s": age, "cpu_seconds": cpu.user + cpu.system,
-                "histograms": snapshot_histograms(self.histograms),
-                "rocksdb": {"live_data_size": self.store.property_int("rocksdb.estimate-live-data-size"),
-                            "pending_compaction_bytes": self.store.property_int(
-                                "rocksdb.estimate-pending-compaction-bytes")}}
-
-    def stats(self, others: dict[str, Any] | None = None) -> dict[str, Any]:
-        """GET_STATS: this shard's exact row and the others' last reports (coordinator)."""
-        rows = {self.index: self.stats_row()}
-        workers = len(self.engine.workers())
-        uptime = int(time.monotonic() - self.started)
-        if others is not None:
-            for key, row in (others.get("shards") or {}).items():
-                if int(key) != self.index and row.get("up", True):
-                    rows[int(key)] = row
-            workers = others.get("workers", workers)
-            uptime = max(uptime, others.get("uptime_s", 0))
-        names = ("pending", "in_progress", "completed", "failed", "dead_letter", "cancelled", "scheduled")
-        totals: dict[str, Any] = {k: sum(r.get(k, 0) for r in rows.values()) for k in names}
-        totals["by_tier"] = {t: sum(r.get("by_tier", {}).get(t, 0) for r in rows.values())
-                             for t in ("high", "normal", "low")}
-        per_shard = []
-        for i in sorted(rows):
-            r = rows[i]
-            per_shard.append({"shard": i, **{k: r.get(k, 0) for k in names[:6]},
-                              "scheduled": r.get("scheduled", 0), "by_tier": r.get("by_tier"),
-                              "connections": r.get("connections", 0), "rss": r.get("rss", 0),
-                              # shardq extensions: for operators and the benchmarks
-                              "pid": r.get("pid"),
-                              "forwarded": (r.get("counters") or {}).get("forwarded", 0),
-                              "cross_shard_claims": (r.get("counters") or {}).get("cross_shard_claims", 0)})
-        return {"totals": totals, "workers": workers,
-                "connections": sum(r.get("connections", 0) for r in rows.values()),
-                "shards": per_shard, "uptime_s": uptime}
-
-
-def _rss() -> int:
-    return psutil.Process().memory_info().rss

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Iterator
 
-from shardq.store.rocks import Store, StoreError, StoreSettings
+from shardq.store.rocks import Store, StoreError, StoreSettings, StoreWriteError
 from shardq.task import Task, owner_of
 
 LAYOUT_VERSION = 1
@@ -157,7 +157,28 @@ class PartitionedStore:
         self.parts[0].meta_put(key, value)
 
     def commit(self) -> int:
-        return sum(p.commit() for p in self.parts if p.staged)
+        """Commit every part with staged writes. When one fails, the parts not written yet
+        drop theirs too (StoreWriteError is raised): the caller rebuilds memory from disk."""
+        n = 0
+        try:
+            for p in self.parts:
+                if p.staged:
+                    n += p.commit()
+        except StoreWriteError:
+            self.discard()
+            raise
+        return n
+
+    def discard(self) -> int:
+        return sum(p.discard() for p in self.parts)
+
+    def probe(self) -> None:
+        for p in self.parts:
+            p.probe()
+
+    @property
+    def paths(self) -> list[str]:
+        return [p.path for p in self.parts]
 
     def sync_wal(self) -> bool:
         """fsync the WAL of every part written since its last sync; whether any was."""

@@ -8,6 +8,10 @@ Rules:
    ``idx_status`` update, in the same batch: never a partial update.
 3. The store counts tasks per status as it moves them and persists the counts
    with every commit, so start-up need not scan terminal tasks to count them.
+4. A write that fails (a full disk, an I/O error) writes nothing: RocksDB applies
+   a batch whole or not at all. ``commit`` then drops what was staged (batch,
+   overlay, counts back to the last commit) and raises ``StoreWriteError``; the
+   caller rebuilds whatever it kept in memory from the store (Engine.reload).
 
 The key layout and SCHEMA_VERSION are in ``store/layout.py`` (shared with store/memory.py).
 """
@@ -28,6 +32,7 @@ from shardq.store.layout import (
     SCHEMA_VERSION,
     STATUS_BYTES,
     STATUS_CFS,
+    U64,
     finished_key,
     index_keys,
     priority_key,
@@ -49,6 +54,10 @@ from shardq.task import (
 
 class StoreError(Exception):
     """The data dir cannot be used as it is (schema, shard count, corruption)."""
+
+
+class StoreWriteError(Exception):
+    """A RocksDB write failed (no space left, an I/O error); nothing of it was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +104,7 @@ class Store:
         # by sync_wal() before its fsync, so a write racing the fsync is synced next time.
         self.wal_unsynced = False
         self.counts = self._load_counts()
+        self._committed_counts = list(self.counts)  # what a failed commit goes back to
         self.last_commit_bytes = 0
         if self.settings.periodic_compaction_seconds:
             for name in ALL_CFS:
@@ -288,14 +298,41 @@ class Store:
             return 0
         self._batch.put(b"counts", COUNTS.pack(*self.counts), self._cf["metadata"])
         self.last_commit_bytes = self._batch.size_in_bytes()
-        self.db.write(self._batch, self._write_opts)
+        try:
+            self.db.write(self._batch, self._write_opts)
+        except Exception as exc:  # rocksdict raises a bare Exception ("IO error: No space ...")
+            self.discard()
+            raise StoreWriteError(f"{self.path}: writing {n} mutation(s) failed: {exc}") from exc
         self.wal_unsynced = not self._write_opts.sync
+        self._committed_counts = list(self.counts)
+        self._reset_staged()
+        return n
+
+    def discard(self) -> int:
+        """Drop everything staged since the last commit (after a failed write); how much."""
+        n = self.staged
+        self.counts[:] = self._committed_counts  # in place: PartitionedStore hands this list out
+        self._reset_staged()
+        return n
+
+    def _reset_staged(self) -> None:
+        # A fresh batch every time: rocksdict consumes the one it writes, even when the
+        # write fails (reusing it fails every later write with "batch is already consumed").
         self._batch = rd.WriteBatch(raw_mode=True)
         self._overlay.clear()
         self._overlay_payloads.clear()
         self._overlay_results.clear()
         self.staged = 0
-        return n
+
+    def probe(self) -> None:
+        """Write one small record outside the staged batch: raises StoreWriteError while
+        writes fail (the shard's check for when the disk is writable again)."""
+        batch = rd.WriteBatch(raw_mode=True)
+        batch.put(b"probe_ms", U64.pack(int(time.time() * 1000)), self._cf["metadata"])
+        try:
+            self.db.write(batch, self._write_opts)
+        except Exception as exc:
+            raise StoreWriteError(f"{self.path}: {exc}") from exc
 
     def sync_wal(self) -> bool:
         """fsync the WAL (persistence.sync = interval) when anything was written since the last
@@ -303,7 +340,11 @@ class Store:
         if not self.wal_unsynced:
             return False
         self.wal_unsynced = False
-        self.db.flush_wal(True)
+        try:
+            self.db.flush_wal(True)
+        except Exception as exc:
+            self.wal_unsynced = True  # synced next time, once it can be
+            raise StoreWriteError(f"{self.path}: WAL fsync failed: {exc}") from exc
         return True
 
     # -- scans (bounded; callers resume from the returned position) ----------
@@ -379,10 +420,19 @@ class Store:
         return total
 
     def close(self) -> None:
-        self.commit()
-        if self.settings.sync != "none" and self.settings.enable_wal:
-            self.sync_wal()
-        self.db.close()
+        """Write and sync what is staged, then close the DB. A failing disk does not keep the
+        DB (and its LOCK) open: the error is raised after the close."""
+        error: Exception | None = None
+        try:
+            self.commit()
+            if self.settings.sync != "none" and self.settings.enable_wal:
+                self.sync_wal()
+        except Exception as exc:
+            error = exc
+        try:
+            self.db.close()
+        except Exception as exc:  # "Writer has previous error" after a failed write
+            error = error or exc
         # Column-family views and handles keep the DB (and its LOCK) alive until
         # they are dropped, so a reopen in the same process needs them gone.
         self._cf.clear()
@@ -391,7 +441,9 @@ class Store:
         self._status_view.clear()
         self._batch = None  # type: ignore[assignment]
         gc.collect()
+        if error is not None:
+            raise StoreWriteError(f"{self.path}: closing: {error}") from error
 
 
-__all__ = ["Store", "StoreSettings", "StoreError", "SCHEMA_VERSION", "ALL_CFS",
+__all__ = ["Store", "StoreSettings", "StoreError", "StoreWriteError", "SCHEMA_VERSION", "ALL_CFS",
            "PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "DEAD_LETTER", "CANCELLED"]

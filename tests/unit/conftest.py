@@ -43,9 +43,11 @@ def shard_report(shard: int) -> dict[str, Any]:
         "counters": {"submitted": 1000 * k, "claimed": 900 * k, "completed": 800 * k, "retried": 30 * k,
                      "dead_lettered": 3 * k, "cancelled": 4 * k, "released": 5 * k, "requeued": 6 * k,
                      "queue_full": 7 * k, "reclaimed_lease_expired": 8 * k, "reclaimed_worker_lost": 9 * k,
-                     "reclaimed_timeout": 10 * k, "forwarded": 11 * k, "cross_shard_claims": 12 * k},
+                     "reclaimed_timeout": 10 * k, "forwarded": 11 * k, "cross_shard_claims": 12 * k,
+                     "store_write_errors": 13 * k, "disk_alarm_refused": 14 * k},
         "histograms": snapshot_histograms(hs),
         "rocksdb": {"live_data_size": 1_000_000 * k, "pending_compaction_bytes": 1000 * k},
+        "writable": shard != 1, "disk_free_bytes": 10_000_000 * k, "disk_alarm": shard == 1,
     }
 
 

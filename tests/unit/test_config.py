@@ -211,6 +211,7 @@ BAD = [
     ("persistence.block_cache_size", 1024),
     ("persistence.completed_retention_s", -1),
     ("persistence.compaction_interval_s", 0),
+    ("persistence.min_free_disk_bytes", -1),
     ("raft.enabled", "true"),
     ("raft.node_id", 0),
     ("raft.peers", "a:1"), ("raft.peers", ["a"]), ("raft.peers", ["a:0"]), ("raft.peers", ["a:x"]),

@@ -180,6 +180,10 @@ def test_per_shard_values_add_up_to_the_snapshot(make_snapshot) -> None:
     assert by_shard(snap, "tq_rocksdb_live_data_bytes") == {"0": 1_000_000, "1": 2_000_000}
     assert by_shard(snap, "tq_oldest_ready_task_age_seconds", tier="normal") == {"0": 2.0, "1": 4.0}
     assert by_shard(snap, "tq_shard_up") == {"0": 1.0, "1": 1.0}
+    assert by_shard(snap, "tq_store_writable") == {"0": 1.0, "1": 0.0}
+    assert by_shard(snap, "tq_disk_alarm") == {"0": 0.0, "1": 1.0}
+    assert by_shard(snap, "tq_disk_free_bytes") == {"0": 10_000_000, "1": 20_000_000}
+    assert by_shard(snap, "tq_store_write_errors_total") == {"0": 13, "1": 26}
 
 
 def test_histograms_are_exposed_as_snapshotted(make_snapshot) -> None:
@@ -231,7 +235,8 @@ def test_a_sparse_report_is_zeros_and_absent_series_not_an_error() -> None:
 def test_counter_keys_are_the_ones_the_report_carries() -> None:
     assert set(COUNTERS) == {"submitted", "claimed", "completed", "retried", "dead_lettered", "cancelled",
                              "released", "requeued", "queue_full", "reclaimed_lease_expired",
-                             "reclaimed_worker_lost", "reclaimed_timeout", "forwarded", "cross_shard_claims"}
+                             "reclaimed_worker_lost", "reclaimed_timeout", "forwarded", "cross_shard_claims",
+                             "store_write_errors", "disk_alarm_refused"}
 
 
 def test_a_stale_shard_keeps_its_values_with_up_0(make_snapshot) -> None:
