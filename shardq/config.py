@@ -30,6 +30,7 @@ Pure: reads one file and a mapping of environment; no sockets, no asyncio.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -258,6 +259,20 @@ class ListOf(Check):
         return tuple(self.item(f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
+class Origin(Check):
+    """A CORS origin as browsers send it: ``scheme://host[:port]``, no path; or ``*`` (any)."""
+
+    allowed = "'*' or an origin such as 'https://app.example.com' (scheme://host[:port], no path)"
+    _FORM = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
+    def __call__(self, key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, value, "is not a string")
+        if value != "*" and not self._FORM.match(value):
+            raise self.fail(key, value, "is not an origin")
+        return value
+
+
 class Record(Check):
     """A mapping with exactly the fields of ``cls``, each passing its check; builds a ``cls``."""
 
@@ -362,8 +377,11 @@ class RaftConfig:
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
+    rest_enabled: bool = _opt(True, Bool())                    # the HTTP API (docs/http-api.md)
     rest_host: str = _opt("127.0.0.1", Text())
-    rest_port: int = _opt(8080, PORT)
+    rest_port: int = _opt(8080, PORT)                          # 0 = any free port
+    # Browser origins allowed to call the HTTP API (CORS); empty: CORS off.
+    cors_origins: tuple[str, ...] = _opt((), ListOf(Origin()))
     grpc_port: int = _opt(9090, PORT)                          # gRPC is a later feature
     tls_enabled: bool = _opt(False, Bool())
     tls_cert_file: str | None = _opt(None, Path(optional=True))  # required when tls_enabled
