@@ -49,8 +49,10 @@ log = logging.getLogger("shardq.http")
 MAX_BODY = MAX_FRAME
 READY_PING_S = 1.0  # /readyz: how long a peer shard has to answer a PING
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+# /api/docs: swagger-ui-dist, vendored (static/VERSION says which release, static/LICENSE its licence).
 STATIC_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
-                "index.html": "text/html", "LICENSE": "text/plain", "VERSION": "text/plain"}
+                "init.js": "text/javascript", "index.html": "text/html", "LICENSE": "text/plain",
+                "VERSION": "text/plain", "swagger-ui-bundle.js.LICENSE.txt": "text/plain"}
 CORS_MAX_AGE_S = 600
 JSON = "application/json"
 
