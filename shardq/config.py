@@ -30,7 +30,6 @@ Pure: reads one file and a mapping of environment; no sockets, no asyncio.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import yaml
 
 from shardq.errors import ConfigError
+from shardq.http.origins import Origin  # api.cors_origins: the check lives beside the CORS code
 from shardq.protocol.frames import MAX_PAYLOAD
 
 __all__ = [
@@ -259,20 +259,6 @@ class ListOf(Check):
         return tuple(self.item(f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
-class Origin(Check):
-    """A CORS origin as browsers send it: ``scheme://host[:port]``, no path; or ``*`` (any)."""
-
-    allowed = "'*' or an origin such as 'https://app.example.com' (scheme://host[:port], no path)"
-    _FORM = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
-
-    def __call__(self, key: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self.fail(key, value, "is not a string")
-        if value != "*" and not self._FORM.match(value):
-            raise self.fail(key, value, "is not an origin")
-        return value
-
-
 class Record(Check):
     """A mapping with exactly the fields of ``cls``, each passing its check; builds a ``cls``."""
 
@@ -377,11 +363,9 @@ class RaftConfig:
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
-    rest_enabled: bool = _opt(True, Bool())                    # the HTTP API (docs/http-api.md)
     rest_host: str = _opt("127.0.0.1", Text())
-    rest_port: int = _opt(8080, PORT)                          # 0 = any free port
-    # Browser origins allowed to call the HTTP API (CORS); empty: CORS off.
-    cors_origins: tuple[str, ...] = _opt((), ListOf(Origin()))
+    rest_port: int = _opt(8080, PORT)
+    cors_origins: tuple[str, ...] = _opt((), ListOf(Origin()))  # () = CORS off
     grpc_port: int = _opt(9090, PORT)                          # gRPC is a later feature
     tls_enabled: bool = _opt(False, Bool())
     tls_cert_file: str | None = _opt(None, Path(optional=True))  # required when tls_enabled

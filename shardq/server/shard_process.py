@@ -43,11 +43,9 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
     peer_ops = Operations(shard, forwarded=True)
     shard.session_factory = lambda carried: Session(shard, client_ops, carried=carried)
     shard.on_others_ready = client_ops.claims.offer_to_waiters
-    http: HttpServer | None = None
-    if cfg.api.rest_enabled:
-        # TLS slots in here: one server SSLContext, given to this adopt and to the TCP one.
-        http = HttpServer(shard, client_ops, ssl=None)
-        shard.http_adopt = http.adopt
+    # TLS slots in here: one server SSLContext, given to this adopt and to the TCP one.
+    http = HttpServer(shard, client_ops, ssl=None)
+    shard.http_adopt = http.adopt
     shard.start(loop)
     path = mesh_path(run_dir, index)
     with contextlib.suppress(FileNotFoundError):
@@ -80,8 +78,7 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
             session.transport.pause_reading()
     await asyncio.sleep(0)
     shard.close()
-    if http is not None:
-        await http.drain()
+    await http.drain()
     for session in sessions:
         if session.transport is not None:
             session.transport.close()

@@ -114,15 +114,14 @@ class Supervisor:
             log.error("cannot listen on %s:%s: %s", cfg.broker.host, cfg.broker.port, exc)
             return EXIT_BIND
         port = self.listener.getsockname()[1]
-        if cfg.api.rest_enabled:
-            try:
-                self.http_listener = socket.create_server(
-                    (cfg.api.rest_host, cfg.api.rest_port), family=_family(cfg.api.rest_host),
-                    backlog=1024, reuse_port=False)
-            except OSError as exc:
-                log.error("cannot listen for HTTP on %s:%s: %s", cfg.api.rest_host, cfg.api.rest_port, exc)
-                self.listener.close()
-                return EXIT_BIND
+        try:
+            self.http_listener = socket.create_server(
+                (cfg.api.rest_host, cfg.api.rest_port), family=_family(cfg.api.rest_host),
+                backlog=1024, reuse_port=False)
+        except OSError as exc:
+            log.error("cannot listen for HTTP on %s:%s: %s", cfg.api.rest_host, cfg.api.rest_port, exc)
+            self.listener.close()
+            return EXIT_BIND
         set_title(f"supervisor {cfg.broker.host}:{port} {data_dir}")
         # Unix socket paths are limited to ~108 bytes: keep the run dir short.
         clean_stale_run_dirs()
