@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from shardq.errors import ConfigError
+from shardq.http.origins import Origin  # api.cors_origins: the check lives beside the CORS code
 from shardq.protocol.frames import MAX_PAYLOAD
 
 __all__ = [
@@ -364,6 +365,7 @@ class RaftConfig:
 class ApiConfig:
     rest_host: str = _opt("127.0.0.1", Text())
     rest_port: int = _opt(8080, PORT)
+    cors_origins: tuple[str, ...] = _opt((), ListOf(Origin()))  # () = CORS off
     grpc_port: int = _opt(9090, PORT)                          # gRPC is a later feature
     tls_enabled: bool = _opt(False, Bool())
     tls_cert_file: str | None = _opt(None, Path(optional=True))  # required when tls_enabled

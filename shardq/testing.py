@@ -27,6 +27,7 @@ class ServerProcess:
         self.host = host
         self.port = 0
         self.metrics_port = 0
+        self.http_port = 0
         self.ready_fields: dict[str, str] = {}
         self.proc: subprocess.Popen[str] | None = None
         self.stderr_lines: list[str] = []
@@ -45,6 +46,8 @@ class ServerProcess:
         # /metrics on any free port unless asked otherwise: servers of parallel tests must not
         # fight over 9091 (and a restart asks for the port it had).
         metrics = [] if "--metrics-port" in self.args else ["--metrics-port", str(self.metrics_port)]
+        # The HTTP API likewise: any free port, the same one on a restart.
+        metrics += [] if "--http-port" in self.args else ["--http-port", str(self.http_port)]
         cmd = [sys.executable, "-m", "shardq", "serve", "--host", self.host,
                "--port", str(self.port if port is None else port), "--data-dir", self.data_dir,
                *metrics, *self.args]
@@ -71,6 +74,8 @@ class ServerProcess:
                 self.ready_fields = fields
                 if "metrics_port" in fields:
                     self.metrics_port = int(fields["metrics_port"])
+                if "http_port" in fields:
+                    self.http_port = int(fields["http_port"])
                 threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines),
                                  daemon=True).start()
                 return self
@@ -81,6 +86,11 @@ class ServerProcess:
     def _pump(stream, sink: list[str]) -> None:  # type: ignore[no-untyped-def]
         for line in stream:
             sink.append(line)
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP API's base URL (``http://host:port``)."""
+        return f"http://{self.host}:{self.http_port}"
 
     def connect(self, timeout: float = 30.0) -> Connection:
         return Connection(self.host, self.port, timeout=timeout)

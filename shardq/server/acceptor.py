@@ -12,8 +12,12 @@ Rules:
    (its slot moves with it: neither refused there nor counted twice). A shard
    that goes away frees the slots of every connection it held. A connection
    beyond the limit gets the contract's NACK and is closed.
-3. The listening socket belongs to the supervisor, which binds it once: an
-   acceptor restarted after a crash accepts on the same port at once.
+3. The listening sockets belong to the supervisor, which binds them once: an
+   acceptor restarted after a crash accepts on the same ports at once.
+4. Two listeners, one admission: the shardq protocol's port and the HTTP API's
+   (shardq/http). A connection goes to a shard tagged with its listener
+   (handoff.py); both count against the same max_connections. One refused
+   gets its listener's answer: the protocol's NACK, or an HTTP 503.
 """
 
 from __future__ import annotations
@@ -23,14 +27,22 @@ import contextlib
 import logging
 import signal
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
 from shardq.config import BrokerConfig, MonitoringConfig
+from shardq.http.problems import http_refusal
 from shardq.process import start_child
 from shardq.protocol.frames import encode_nack
-from shardq.server.handoff import ACCEPTOR_HELLO, Slots, connect_seqpacket, send_connection
+from shardq.server.handoff import (
+    ACCEPTOR_HELLO,
+    LISTENER_HTTP,
+    LISTENER_TCP,
+    Slots,
+    connect_seqpacket,
+    send_connection,
+)
 from shardq.server.mesh import handoff_path
 
 if TYPE_CHECKING:
@@ -44,9 +56,11 @@ REPORT_MAX = 64 * 1024  # a shard's Slots report is 8 bytes per shard plus 16
 
 
 class Acceptor:
-    def __init__(self, max_connections: int, listener: socket.socket, run_dir: str, shards: int) -> None:
+    def __init__(self, max_connections: int, listener: socket.socket, run_dir: str, shards: int,
+                 http_listener: socket.socket | None = None) -> None:
         self.max_connections = max_connections
         self.listener = listener
+        self.http_listener = http_listener
         self.run_dir = run_dir
         self.shards = shards
         self.channels: list[socket.socket | None] = [None] * shards
@@ -66,7 +80,11 @@ class Acceptor:
         while any(ch is None for ch in self.channels) and loop.time() < deadline:
             await asyncio.sleep(0.01)
         self.listener.setblocking(False)
-        accepting = loop.create_task(self._accept_loop())
+        loops = [self._accept_loop(self.listener, LISTENER_TCP)]
+        if self.http_listener is not None:
+            self.http_listener.setblocking(False)
+            loops.append(self._accept_loop(self.http_listener, LISTENER_HTTP))
+        accepting = loop.create_task(_all(loops))
         loop.add_signal_handler(signal.SIGTERM, self.stop, accepting)
         if ready is not None:
             ready.send("ready")
@@ -82,45 +100,45 @@ class Acceptor:
                     ch.close()
             log.info("acceptor stopped: accepted=%d refused=%d", self.accepted, self.refused)
 
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, listener: socket.socket, kind: int) -> None:
         loop = asyncio.get_running_loop()
         while not self.stopping:
             try:
-                conn, _ = await loop.sock_accept(self.listener)
+                conn, _ = await loop.sock_accept(listener)
             except OSError as exc:
                 log.warning("accept failed: %s", exc)  # e.g. EMFILE: back off briefly
                 await asyncio.sleep(0.05)
                 continue
-            self._place(conn)
+            self._place(conn, kind)
 
     def stop(self, accepting: asyncio.Task[None]) -> None:
         self.stopping = True
         accepting.cancel()
 
-    def _place(self, conn: socket.socket) -> None:
+    def _place(self, conn: socket.socket, kind: int = LISTENER_TCP) -> None:
         with conn:
             live = [i for i, ch in enumerate(self.channels) if ch is not None]
             if sum(self.counts) >= self.max_connections:
-                self._refuse(conn, "too many connections")
+                self._refuse(conn, "too many connections", kind)
                 return
             if not live:
-                self._refuse(conn, "no shard is available; retry shortly")
+                self._refuse(conn, "no shard is available; retry shortly", kind)
                 return
             # Fewest connections first; a shard that just died (its channel not yet seen closed)
             # fails the send, and the next one gets the connection.
             for shard in sorted(live, key=lambda i: self.counts[i]):
                 channel = self.channels[shard]
-                if channel is not None and send_connection(channel, conn.fileno()):
+                if channel is not None and send_connection(channel, conn.fileno(), listener=kind):
                     self.counts[shard] += 1  # its slot, until the shard reports it free
                     self.accepted += 1
                     return
-            self._refuse(conn, "no shard is available; retry shortly")
+            self._refuse(conn, "no shard is available; retry shortly", kind)
 
-    def _refuse(self, conn: socket.socket, message: str) -> None:
+    def _refuse(self, conn: socket.socket, message: str, kind: int = LISTENER_TCP) -> None:
         self.refused += 1
         with contextlib.suppress(OSError):
             conn.setblocking(False)
-            conn.send(encode_nack(None, "Unavailable", message))
+            conn.send(http_refusal(message) if kind == LISTENER_HTTP else encode_nack(None, "Unavailable", message))
 
     async def _keep_linked(self, shard: int) -> None:
         """Hold a handoff channel to ``shard``; reconnect while it restarts."""
@@ -190,8 +208,13 @@ class Acceptor:
             self.counts[shard] = 0
 
 
+async def _all(loops: list[Any]) -> None:
+    await asyncio.gather(*loops)
+
+
 def acceptor_main(broker: BrokerConfig, monitoring: MonitoringConfig, listener: socket.socket,
-                  run_dir: str, shards: int, ready: Connection | None = None) -> None:
+                  run_dir: str, shards: int, http_listener: socket.socket | None = None,
+                  ready: Connection | None = None) -> None:
     """Entry point of the acceptor process (spawned by the supervisor)."""
     start_child("acceptor", monitoring)
-    uvloop.run(Acceptor(broker.max_connections, listener, run_dir, shards).run(ready))
+    uvloop.run(Acceptor(broker.max_connections, listener, run_dir, shards, http_listener).run(ready))

@@ -1,11 +1,12 @@
 """Handing TCP connections to shards: file descriptors over Unix SEQPACKET sockets.
 
 Each shard listens on ``handoff-<i>.sock``. A message there is one accepted
-TCP connection (its fd, sent with SCM_RIGHTS) plus the bytes already read from
-it, which the shard decodes before anything else (empty from the acceptor; the
-first frames when another shard forwards a connection that asked for this shard
-in its HELLO). SEQPACKET keeps each handoff one message: a sender killed
-mid-way delivers all of it or nothing.
+TCP connection (its fd, sent with SCM_RIGHTS): one byte naming the listener it
+came in on (``LISTENER_TCP``: the shardq protocol, ``LISTENER_HTTP``: the HTTP
+API), then the bytes already read from it, which the shard decodes before
+anything else (empty from the acceptor; the first frames when another shard
+forwards a connection that asked for this shard in its HELLO). SEQPACKET keeps
+each handoff one message: a sender killed mid-way delivers all of it or nothing.
 
 The acceptor announces itself with ``ACCEPTOR_HELLO``; the shard answers with a
 ``Slots`` report, and sends another whenever a connection it was given ends
@@ -33,6 +34,9 @@ log = logging.getLogger("shardq.handoff")
 ACCEPTOR_HELLO = b"\x00acceptor"
 # Bytes a handed-over connection may carry along; more stays with the first shard.
 MAX_CARRIED = 64 * 1024
+# The listener a handed-over connection came in on: the first byte of its message.
+LISTENER_TCP = 0
+LISTENER_HTTP = 1
 _U64 = struct.Struct(">Q")
 
 
@@ -82,10 +86,11 @@ def connect_seqpacket(path: str) -> socket.socket:
     return sock
 
 
-def send_connection(channel: socket.socket, fd: int, carried: bytes = b"") -> bool:
+def send_connection(channel: socket.socket, fd: int, carried: bytes = b"",
+                    listener: int = LISTENER_TCP) -> bool:
     """Pass ``fd`` (and the bytes read from it so far) over ``channel``; False if it failed."""
     try:
-        socket.send_fds(channel, [carried], [fd])
+        socket.send_fds(channel, [bytes((listener,)) + carried], [fd])
     except OSError as exc:
         log.warning("handoff failed: %s", exc)
         return False
@@ -95,11 +100,12 @@ def send_connection(channel: socket.socket, fd: int, carried: bytes = b"") -> bo
 class HandoffReceiver:
     """The shard's side: adopts handed-over connections, reports its slots to the acceptor.
 
-    ``adopt(sock, carried)`` takes each connection (sock None: its descriptor was unusable, but
+    ``adopt(sock, carried, listener)`` takes each connection (sock None: its descriptor was unusable, but
     its slot must still come back); ``slots()`` is the shard's account now."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, path: str,
-                 adopt: Callable[[socket.socket | None, bytes], None], slots: Callable[[], Slots]) -> None:
+                 adopt: Callable[[socket.socket | None, bytes, int], None],
+                 slots: Callable[[], Slots]) -> None:
         self.loop = loop
         self.adopt = adopt
         self.slots = slots
@@ -135,6 +141,7 @@ class HandoffReceiver:
             self.acceptor = conn
             self._send_report()
             return
+        listener, carried = (data[0], data[1:]) if data else (LISTENER_TCP, b"")
         for fd in fds:
             sock: socket.socket | None
             try:
@@ -145,7 +152,7 @@ class HandoffReceiver:
             if sock is not None:
                 sock.setblocking(False)
             # Adopted even when unusable: the slot it was given must come back (shard.py).
-            self.adopt(sock, data)
+            self.adopt(sock, carried, listener)
 
     def _drop(self, conn: socket.socket) -> None:
         self.loop.remove_reader(conn)

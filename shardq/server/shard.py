@@ -41,7 +41,15 @@ from shardq.errors import Unavailable
 from shardq.metrics import LoopLagProbe, shard_histograms
 from shardq.protocol.frames import MAX_FRAME, Message, MsgType
 from shardq.server.budget import HeapTrimmer, InputBudget, OutputBudget
-from shardq.server.handoff import MAX_CARRIED, HandoffReceiver, Slots, connect_seqpacket, send_connection
+from shardq.server.handoff import (
+    LISTENER_HTTP,
+    LISTENER_TCP,
+    MAX_CARRIED,
+    HandoffReceiver,
+    Slots,
+    connect_seqpacket,
+    send_connection,
+)
 from shardq.server.mesh import Link, Peers, coordinator_path, handoff_path, open_link
 from shardq.server.shard_disk import DISK_CHECK_PERIOD_S, ShardDisk
 from shardq.server.shard_stats import ShardStats
@@ -130,6 +138,7 @@ class ShardServer(ShardDisk, ShardStats):
         # operations layer: how to serve an adopted connection, and who to tell when another
         # shard reports ready work.
         self.session_factory: SessionFactory | None = None
+        self.http_adopt: Callable[[socket.socket], None] | None = None  # the HTTP API, when on
         self.on_others_ready: Callable[[], None] = lambda: None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Metrics (shardq/metrics.py): recorded here, shipped in the stats REPORT.
@@ -385,15 +394,24 @@ class ShardServer(ShardDisk, ShardStats):
 
     # -- connections: handed over by the acceptor or by another shard ------------------
 
-    def adopt(self, sock: socket.socket | None, carried: bytes) -> None:
+    def adopt(self, sock: socket.socket | None, carried: bytes, listener: int = LISTENER_TCP) -> None:
         """A TCP connection handed to this shard, with the bytes already read from it.
 
         It holds an admission slot from now until its session ends or passes it on
-        (``Session.slot``); one that cannot be served gives its slot back at once."""
+        (``Session.slot``); one that cannot be served gives its slot back at once.
+        A connection of the HTTP listener goes to ``http_adopt`` (shardq/http), which gives
+        its slot back when it closes."""
         assert self.loop is not None and self.session_factory is not None
         self.slots_held += 1
         if sock is None:
             self.slot_released()
+            return
+        if listener == LISTENER_HTTP:
+            if self.http_adopt is None:
+                sock.close()
+                self.slot_released()
+            else:
+                self.http_adopt(sock)
             return
         session = self.session_factory(carried)
         session.slot = True

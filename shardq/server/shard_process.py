@@ -3,7 +3,7 @@
 `shardq serve` itself is the supervisor (supervisor.py); this is what it runs once per shard.
 It wires the parts together: the shard service (shard.py: engine, store, group commit), the
 operations layer (operations.py) and the transports that call it (session.py for the TCP
-protocol, over client connections and over the mesh).
+protocol, over client connections and over the mesh; shardq/http for the HTTP API).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from shardq.config import Config
+from shardq.http.server import HttpServer
 from shardq.process import EXIT_BIND, EXIT_CONFIG, EXIT_OK, start_child
 from shardq.server.handoff import HandoffReceiver
 from shardq.server.mesh import handoff_path, mesh_path
@@ -42,6 +43,9 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
     peer_ops = Operations(shard, forwarded=True)
     shard.session_factory = lambda carried: Session(shard, client_ops, carried=carried)
     shard.on_others_ready = client_ops.claims.offer_to_waiters
+    # TLS slots in here: one server SSLContext, given to this adopt and to the TCP one.
+    http = HttpServer(shard, client_ops, ssl=None)
+    shard.http_adopt = http.adopt
     shard.start(loop)
     path = mesh_path(run_dir, index)
     with contextlib.suppress(FileNotFoundError):
@@ -74,6 +78,7 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
             session.transport.pause_reading()
     await asyncio.sleep(0)
     shard.close()
+    await http.drain()
     for session in sessions:
         if session.transport is not None:
             session.transport.close()

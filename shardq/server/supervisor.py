@@ -4,9 +4,10 @@ restarts whichever dies; drains them all on SIGTERM/SIGINT.
 Rules:
 1. Children are started with ``spawn``: RocksDB handles and event loops are
    opened in the child, never inherited.
-2. The supervisor binds the client port once and passes the listening socket to
-   the acceptor, so an acceptor restarted after a crash serves the same port at
-   once (and ``--port 0`` keeps the port it printed).
+2. The supervisor binds the client port (and the HTTP API's, ``api.rest_port``)
+   once and passes the listening sockets to the acceptor, so an acceptor
+   restarted after a crash serves the same ports at once (and ``--port 0`` keeps
+   the port it printed).
 3. A child that dies is restarted after a backoff (0.1 s, doubling while it
    keeps dying young, at most 5 s), with a log line that says how it died. A
    shard that exits EXIT_CONFIG before it ever served (its data dir is locked or
@@ -92,6 +93,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.signals = 0
         self.listener: socket.socket | None = None
+        self.http_listener: socket.socket | None = None
         self.run_dir = ""
 
     def run(self) -> int:
@@ -112,6 +114,14 @@ class Supervisor:
             log.error("cannot listen on %s:%s: %s", cfg.broker.host, cfg.broker.port, exc)
             return EXIT_BIND
         port = self.listener.getsockname()[1]
+        try:
+            self.http_listener = socket.create_server(
+                (cfg.api.rest_host, cfg.api.rest_port), family=_family(cfg.api.rest_host),
+                backlog=1024, reuse_port=False)
+        except OSError as exc:
+            log.error("cannot listen for HTTP on %s:%s: %s", cfg.api.rest_host, cfg.api.rest_port, exc)
+            self.listener.close()
+            return EXIT_BIND
         set_title(f"supervisor {cfg.broker.host}:{port} {data_dir}")
         # Unix socket paths are limited to ~108 bytes: keep the run dir short.
         clean_stale_run_dirs()
@@ -124,6 +134,8 @@ class Supervisor:
             return self._supervise(shards, port)
         finally:
             self.listener.close()
+            if self.http_listener is not None:
+                self.http_listener.close()
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -145,7 +157,8 @@ class Supervisor:
                                (cfg.broker, cfg.monitoring, run_dir, shards, metrics_port))]
         self.children += [Child(f"shard-{i}", shard_main, (cfg, i, shards, run_dir)) for i in range(shards)]
         self.children.append(Child("acceptor", acceptor_main,
-                                   (cfg.broker, cfg.monitoring, self.listener, run_dir, shards)))
+                                   (cfg.broker, cfg.monitoring, self.listener, run_dir, shards,
+                                    self.http_listener)))
         for child in self.children:
             self._start(child)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -178,6 +191,10 @@ class Supervisor:
             time.sleep(0.01)
         log.info("serving on %s:%d with %d shard(s), data dir %s, sync=%s", cfg.broker.host, port,
                  shards, cfg.persistence.data_dir, cfg.persistence.sync)
+        if self.http_listener is not None:
+            bound["http_port"] = self.http_listener.getsockname()[1]
+            log.info("HTTP API on http://%s:%d/api/v1 (reference: /api/docs)", cfg.api.rest_host,
+                     bound["http_port"])
         extra = "".join(f" {k}={v}" for k, v in bound.items())
         print(f"READY port={port}{extra}", flush=True)
         while not self.signals:
@@ -226,6 +243,8 @@ class Supervisor:
                  sum(1 for c in self.children if c.name.startswith("shard-")))
         if self.listener is not None:
             self.listener.close()  # connections not yet accepted are refused, not left hanging
+        if self.http_listener is not None:
+            self.http_listener.close()
         order = [[c for c in self.children if c.name == "acceptor"],
                  [c for c in self.children if c.name.startswith("shard-")],
                  [c for c in self.children if c.name == "coordinator"]]

@@ -220,6 +220,8 @@ BAD = [
     ("raft.heartbeat_interval_ms", 0),
     ("raft.snapshot_interval_s", 0),
     ("api.rest_host", ""),
+    ("api.cors_origins", "https://a.example"), ("api.cors_origins", ["https://a.example/path"]),
+    ("api.cors_origins", ["a.example"]), ("api.cors_origins", [3]),
     ("api.rest_port", 65536),
     ("api.grpc_port", -5),
     ("api.tls_enabled", "on"),

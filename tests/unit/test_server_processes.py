@@ -54,7 +54,7 @@ def test_acceptor_places_on_the_next_shard_when_a_send_fails(monkeypatch) -> Non
 
     sent: list[int] = []
 
-    def send(channel: Any, fd: int, carried: bytes = b"") -> bool:
+    def send(channel: Any, fd: int, carried: bytes = b"", listener: int = 0) -> bool:
         sent.append(channel)
         return channel != 0  # "channel" 0 is the dead shard's
 
@@ -83,7 +83,7 @@ def test_acceptor_counts_at_handoff_and_applies_the_shards_reports(monkeypatch) 
     from shardq.server import acceptor as acceptor_mod
     from shardq.server.handoff import Slots
 
-    monkeypatch.setattr(acceptor_mod, "send_connection", lambda channel, fd, carried=b"": True)
+    monkeypatch.setattr(acceptor_mod, "send_connection", lambda channel, fd, carried=b"", listener=0: True)
     acc = acceptor_mod.Acceptor(3, None, "/nonexistent", 2)  # type: ignore[arg-type]
     acc.channels = [0, 1]  # type: ignore[list-item]
     acc._account(0, Slots(0, 0, (0, 0)))  # first reports: the baselines

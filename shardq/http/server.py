@@ -1,0 +1,121 @@
+"""The HTTP API's connections on one shard: aiohttp serving the sockets the acceptor hands over.
+
+Rules:
+1. No listener here: the supervisor binds the HTTP port, the acceptor admits each connection
+   against max_connections and hands it to a shard (handoff.py, tagged LISTENER_HTTP), and
+   ``adopt`` serves it on this shard's loop with aiohttp's low-level server, a protocol factory
+   (``loop.connect_accepted_socket``). TLS, when on, is one ``ssl`` context given here.
+2. Each connection holds the acceptor's slot until it closes (``ShardServer.slot_released``),
+   and is a ``Caller`` (claims.py): when it closes, its waiting claims are cancelled and what
+   they were given goes back at once.
+3. The limits are the TCP protocol's: a body of at most one frame (api.py), header lines and
+   fields of at most MAX_LINE / MAX_FIELD bytes, MAX_HEADERS headers, and a connection silent for
+   broker.connection_timeout_ms between requests (a request left half-sent included) is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl as ssl_module
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from shardq.http.api import MAX_BODY, Api
+from shardq.http.problems import http_refusal
+from shardq.server.claims import Caller
+from shardq.server.operations import Operations
+
+if TYPE_CHECKING:
+    from shardq.server.shard import ShardServer
+
+log = logging.getLogger("shardq.http")
+
+# Header limits: aiohttp's defaults, named (a request line or header line, one header's value,
+# and how many headers): a browser's headers fit many times over.
+MAX_LINE = 8190
+MAX_FIELD = 8190
+MAX_HEADERS = 128
+
+
+class HttpServer(web.Server):
+    """aiohttp's low-level server, one per shard, counting its connections as the shard's."""
+
+    def __init__(self, shard: ShardServer, ops: Operations, ssl: ssl_module.SSLContext | None = None) -> None:
+        self.shard = shard
+        self.ssl = ssl
+        self.callers: dict[RequestHandler, Caller] = {}
+        self._starting: set[RequestHandler] = set()  # made, not yet connected (a TLS handshake)
+        self.api = Api(shard, ops, self.callers.get)
+        super().__init__(self.api.handle, request_factory=self._make_request_big,
+                         keepalive_timeout=shard.cfg.broker.connection_timeout_ms / 1000,
+                         max_line_size=MAX_LINE, max_field_size=MAX_FIELD, max_headers=MAX_HEADERS,
+                         access_log=None)
+
+    def _make_request_big(self, message: Any, payload: Any, protocol: Any, writer: Any,
+                          task: asyncio.Task[None]) -> web.BaseRequest:
+        return web.BaseRequest(message, payload, protocol, writer, task, self._loop, client_max_size=MAX_BODY)
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def adopt(self, sock: socket.socket) -> None:
+        """A connection of the HTTP listener, handed to this shard with its admission slot."""
+        shard = self.shard
+        if shard.closing or len(self.callers) + len(shard.sessions) >= shard.cfg.broker.max_connections:
+            # A guard only, as in session.py: the acceptor admits against max_connections.
+            try:
+                sock.send(http_refusal("server is shutting down" if shard.closing else "too many connections"))
+            except OSError:
+                pass
+            sock.close()
+            shard.slot_released()
+            return
+        shard.spawn(self._serve(sock))
+
+    async def _serve(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        made: list[RequestHandler] = []
+        try:
+            await loop.connect_accepted_socket(lambda: self._protocol(made), sock, ssl=self.ssl)
+        except Exception as exc:
+            log.info("cannot serve an HTTP connection: %s", exc)
+            sock.close()
+            if not made or made[0] in self._starting:  # no connection_made: no connection_lost either
+                self._starting.difference_update(made)
+                self.shard.slot_released()
+
+    def _protocol(self, made: list[RequestHandler]) -> RequestHandler:
+        handler = self()
+        made.append(handler)
+        self._starting.add(handler)
+        return handler
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self._starting.discard(handler)
+        self.callers[handler] = Caller()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        caller = self.callers.pop(handler, None)
+        if caller is not None:
+            caller.hang_up()  # its waiting claims end; what they were given goes back
+            self.shard.slot_released()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.callers)
+
+    async def drain(self) -> None:
+        """SIGTERM: refuse new requests (503), let the answers of this turn go out, close."""
+        for handler in list(self.callers):
+            handler.close()  # closes once its request in progress is answered; idle ones now
+        await asyncio.sleep(0.05)
+        for handler in list(self.callers):
+            handler.force_close()
