@@ -14,6 +14,8 @@ from typing import Any
 from shardq import __version__
 from shardq.config import FLAG_TO_KEY, default_of, dump_config, load_config
 from shardq.errors import ConfigError
+from shardq.keys_cli import add_keys_command
+from shardq.keys_cli import run as run_keys_command
 
 # How each serve flag parses; every one overrides config file and environment.
 _FLAG_TYPES: dict[str, Any] = {
@@ -61,7 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     from shardq.cli_commands import add_client_commands
     add_client_commands(sub)
-    from shardq.keys_cli import add_keys_command
     add_keys_command(sub)
 
     # The worker owns its arguments; main() hands them to _run_worker.
@@ -91,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         return _run_worker(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "keys":
-        from shardq.keys_cli import run as run_keys_command
         return run_keys_command(args)
     if getattr(args, "handler", None) is not None:
         from shardq.cli_commands import run as run_client_command

@@ -18,6 +18,8 @@ from typing import Any
 
 from shardq import keys as K
 from shardq.cli_commands import print_json, print_table
+from shardq.config import load_config
+from shardq.errors import ConfigError
 from shardq.patterns import PatternError
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
@@ -55,8 +57,6 @@ def parse_expires(text: str | None, now: int) -> int | None:
 def _keys_file(args: argparse.Namespace) -> str:
     if args.keys_file:
         return str(args.keys_file)
-    from shardq.config import load_config
-    from shardq.errors import ConfigError
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -198,8 +198,6 @@ def cmd_disable(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """The plaintext ``auth.api_keys`` of a config file into the keys file: the same secrets go
     on working (only their hashes are written), each permission on every task type."""
-    from shardq.config import load_config
-    from shardq.errors import ConfigError
     if not args.keys_file:
         raise KeysCliError("give --keys-file: where to write the imported keys")
     try:

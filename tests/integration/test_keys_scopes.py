@@ -15,8 +15,8 @@ import pytest
 from wire import (
     claim,
     deregister,
-    hello,
     heartbeat,
+    hello,
     id_in_shard,
     list_tasks,
     nack,
