@@ -1,7 +1,7 @@
 """The `shardq` command line. Errors print one clear line and exit non-zero.
 
 `serve`, `config` and `bench` live here; the client commands (submit, status, cancel, list,
-stats, workers, dlq) in ``shardq.cli_commands``; `worker` in ``shardq.worker.cli``, imported
+stats, workers, dlq) in ``shardq.cli_commands``; `keys` in ``shardq.keys_cli``; `worker` in ``shardq.worker.cli``, imported
 only when that command runs.
 """
 
@@ -14,6 +14,8 @@ from typing import Any
 from shardq import __version__
 from shardq.config import FLAG_TO_KEY, default_of, dump_config, load_config
 from shardq.errors import ConfigError
+from shardq.keys_cli import add_keys_command
+from shardq.keys_cli import run as run_keys_command
 
 # How each serve flag parses; every one overrides config file and environment.
 _FLAG_TYPES: dict[str, Any] = {
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from shardq.cli_commands import add_client_commands
     add_client_commands(sub)
+    add_keys_command(sub)
 
     # The worker owns its arguments; main() hands them to _run_worker.
     sub.add_parser("worker", help="run tasks: shardq worker MODULE:APP (shardq worker --help)",
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["worker"]:  # the top level has no options that take a value
         return _run_worker(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "keys":
+        return run_keys_command(args)
     if getattr(args, "handler", None) is not None:
         from shardq.cli_commands import run as run_client_command
         return run_client_command(args)

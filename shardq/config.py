@@ -387,7 +387,9 @@ API_KEY = Record(ApiKey, {"key": Secret(min_len=16), "name": Text(),
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     enabled: bool = _opt(False, Bool())
-    api_keys: tuple[ApiKey, ...] = _opt((), ListOf(API_KEY))   # at least one when enabled
+    keys_file: str | None = _opt(None, Path(optional=True))  # hashed, scoped keys (keys.py)
+    api_keys: tuple[ApiKey, ...] = _opt((), ListOf(API_KEY))  # deprecated: keys in clear text
+    allow_insecure: bool = _opt(False, Bool())  # keys over plaintext from non-loopback peers
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,20 +431,20 @@ KEYS: dict[str, dict[str, Check]] = {
 # Rules that tie keys together, checked once every key is valid on its own:
 # (the key reported, does the config satisfy it, what is wrong with the reported value).
 _CROSS_RULES: tuple[tuple[str, Callable[[Config], bool], Callable[[Config], str]], ...] = (
-    ("broker.retry_backoff_max_ms",
-     lambda c: c.broker.retry_backoff_max_ms >= c.broker.retry_backoff_base_ms,
-     lambda c: f"is less than broker.retry_backoff_base_ms "
-               f"(allowed: >= {c.broker.retry_backoff_base_ms})"),
-    ("raft.heartbeat_interval_ms",
-     lambda c: c.raft.heartbeat_interval_ms < c.raft.election_timeout_ms,
-     lambda c: f"is not below raft.election_timeout_ms "
-               f"(allowed: < {c.raft.election_timeout_ms})"),
+    ("broker.retry_backoff_max_ms", lambda c: c.broker.retry_backoff_max_ms >= c.broker.retry_backoff_base_ms,
+     lambda c: f"is less than broker.retry_backoff_base_ms (allowed: >= {c.broker.retry_backoff_base_ms})"),
+    ("raft.heartbeat_interval_ms", lambda c: c.raft.heartbeat_interval_ms < c.raft.election_timeout_ms,
+     lambda c: f"is not below raft.election_timeout_ms (allowed: < {c.raft.election_timeout_ms})"),
     ("api.tls_cert_file", lambda c: not c.api.tls_enabled or bool(c.api.tls_cert_file),
      lambda c: "is missing (allowed: a certificate file path, required when api.tls_enabled)"),
     ("api.tls_key_file", lambda c: not c.api.tls_enabled or bool(c.api.tls_key_file),
      lambda c: "is missing (allowed: a private key file path, required when api.tls_enabled)"),
-    ("auth.api_keys", lambda c: not c.auth.enabled or bool(c.auth.api_keys),
-     lambda c: "is empty (allowed: at least one key when auth.enabled)"),
+    ("auth.keys_file", lambda c: not c.auth.enabled or bool(c.auth.api_keys or c.auth.keys_file),
+     lambda c: "is missing (allowed: a keys file path, required when auth.enabled: `shardq keys create`)"),
+    ("auth.keys_file", lambda c: c.auth.enabled or not c.auth.keys_file,
+     lambda c: "is set but auth.enabled is false (allowed: null unless auth.enabled)"),
+    ("auth.allow_insecure", lambda c: c.auth.enabled or not c.auth.allow_insecure,
+     lambda c: "is set but auth.enabled is false (allowed: false unless auth.enabled)"),
     ("auth.api_keys", lambda c: len({k.key for k in c.auth.api_keys}) == len(c.auth.api_keys),
      lambda c: "holds the same key twice (allowed: distinct keys)"),
 )

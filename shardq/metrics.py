@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from shardq.keys import FAILURE_REASONS as AUTH_FAILURE_REASONS
 from shardq.task import STATUS_NAMES, TIERS
 
 if TYPE_CHECKING:
@@ -153,7 +154,8 @@ OUTCOMES = ("submitted", "claimed", "completed", "retried", "dead_lettered", "ca
 RECLAIM_REASONS = ("lease_expired", "worker_lost", "timeout")  # REPORT counters reclaimed_<reason>
 # Every key of REPORT["counters"] the collector reads (a shard may send more; a missing one is 0).
 COUNTERS = (*OUTCOMES, "queue_full", *(f"reclaimed_{r}" for r in RECLAIM_REASONS), "forwarded",
-            "cross_shard_claims", "store_write_errors", "disk_alarm_refused")
+            "cross_shard_claims", "store_write_errors", "disk_alarm_refused",
+            *(f"auth_failures_{r}" for r in AUTH_FAILURE_REASONS))
 
 # --- the metrics -----------------------------------------------------------------------------------
 
@@ -221,6 +223,9 @@ METRICS: tuple[MetricSpec, ...] = (
                "1 while free space is below persistence.min_free_disk_bytes: SUBMITs are refused."),
     MetricSpec("tq_disk_alarm_refused_total", "counter", _S,
                "SUBMIT requests refused because free disk space was below the watermark."),
+    MetricSpec("tq_auth_failures_total", "counter", ("shard", "reason"),
+               "HELLOs refused, by reason: missing, unknown_key, bad_secret, disabled, expired, "
+               "insecure_channel (an API key over plaintext from a non-loopback address)."),
     MetricSpec("tq_process_cpu_seconds_total", "counter", _S, "CPU time (user + system) of the shard process."),
     MetricSpec("tq_process_resident_memory_bytes", "gauge", _S, "Resident memory of the shard process."),
     MetricSpec("tq_worker_cpu_ratio", "gauge", _W,
@@ -331,6 +336,8 @@ def _add_shard(f: dict[str, Any], shard: str, r: Mapping[str, Any]) -> None:
         f[name].add_metric(labels, counters.get(key, 0))
     for reason in RECLAIM_REASONS:
         f["tq_reclaims_total"].add_metric([shard, reason], counters.get(f"reclaimed_{reason}", 0))
+    for reason in AUTH_FAILURE_REASONS:
+        f["tq_auth_failures_total"].add_metric([shard, reason], counters.get(f"auth_failures_{reason}", 0))
     f["tq_connections"].add_metric(labels, r.get("connections", 0))
     histograms = r.get("histograms") or {}
     for name, key in _HISTOGRAMS.items():

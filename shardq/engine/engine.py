@@ -37,7 +37,7 @@ from shardq.engine.deps import Dependencies
 from shardq.engine.leases import Lease, LeaseTable, Worker
 from shardq.engine.maintenance import EngineMaintenance
 from shardq.engine.reads import EngineReads
-from shardq.engine.ready import ReadyQueue, _key_id
+from shardq.engine.ready import ReadyQueue, _key_id, type_filter
 from shardq.engine.settings import EngineSettings
 from shardq.engine.storage import Store
 from shardq.engine.waiters import ClaimWaiter, Deliver, WaitingClaims
@@ -265,13 +265,13 @@ class Engine(EngineReads, EngineMaintenance):
             return 1000
         return int(min(60_000, max(100, overflow / rate * 1000)))
 
-    # -- CLAIM -------------------------------------------------------------
+    # -- CLAIM (``types``: None, literal types, or a filter: ready.type_filter) -----------
 
     def claim(self, worker_id: str, max_tasks: int, types: Iterable[str] | None,
               now: int) -> list[tuple[Task, bytes]]:
         """Lease up to ``max_tasks`` ready tasks (highest priority, then FIFO)."""
         self._leases.touch(worker_id, now)
-        return self._take(worker_id, max_tasks, frozenset(types) if types is not None else None, now)
+        return self._take(worker_id, max_tasks, type_filter(types), now)
 
     def _take(self, worker_id: str, max_tasks: int, types: frozenset[str] | None,
               now: int) -> list[tuple[Task, bytes]]:
@@ -313,8 +313,7 @@ class Engine(EngineReads, EngineMaintenance):
         if got or wait_ms <= 0:
             deliver(got)
             return None
-        waiter = ClaimWaiter(worker_id, max_tasks, frozenset(types) if types is not None else None,
-                             now + wait_ms, deliver)
+        waiter = ClaimWaiter(worker_id, max_tasks, type_filter(types), now + wait_ms, deliver)
         self._waiters.add(waiter)
         return waiter
 
@@ -595,3 +594,4 @@ class Engine(EngineReads, EngineMaintenance):
 # ResultItem in specs.py; they stay importable from here, where the server imports them.
 __all__ = ["Engine", "EngineSettings", "TaskSpec", "ResultItem", "ClaimWaiter", "Deliver", "Lease",
            "Worker", "Task", "STATUS_CODES"]
+

@@ -15,6 +15,7 @@ rebuild. The attributes and methods declared below are the Engine's, named for t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shardq.engine.deps import Dependencies
@@ -56,7 +57,7 @@ class EngineMaintenance:
     # -- REQUEUE (bulk) -----------------------------------------------------------
 
     def requeue_slice(self, status: int, task_type: str | None, limit: int, after: bytes | None,
-                      now: int) -> tuple[int, bytes | None]:
+                      now: int, type_ok: Callable[[str], bool] | None = None) -> tuple[int, bytes | None]:
         """Requeue up to ``limit`` tasks of ``status`` after ``after`` (one bounded slice).
 
         Returns (how many were requeued, where to resume or None at the end)."""
@@ -66,7 +67,7 @@ class EngineMaintenance:
         for task in self.store.scan_status(status, after, SCAN_SLICE):
             scanned += 1
             last = task.id
-            if task_type is not None and task.type != task_type:
+            if (task_type is not None and task.type != task_type) or (type_ok is not None and not type_ok(task.type)):
                 continue
             try:
                 self.requeue(task.id, now)

@@ -14,6 +14,7 @@ declared below are the Engine's (set in ``Engine.__init__``), named here for the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from shardq.engine.leases import LeaseTable, Worker
@@ -52,9 +53,11 @@ class EngineReads:
     # -- LIST_TASKS ------------------------------------------------------------
 
     def list_tasks(self, status: int, task_type: str | None, min_priority: int, max_priority: int,
-                   limit: int, cursor: str | None) -> tuple[list[Task], str | None]:
+                   limit: int, cursor: str | None,
+                   type_ok: Callable[[str], bool] | None = None) -> tuple[list[Task], str | None]:
         """One page; the order is by task id (see docs/protocol.md). Bounded: looks at
-        most SCAN_SLICE keys, so a page may be short with a non-null cursor."""
+        most SCAN_SLICE keys, so a page may be short with a non-null cursor. ``type_ok``:
+        only tasks of the types it accepts (an API key's patterns)."""
         after = _decode_cursor(cursor)
         out: list[Task] = []
         last: bytes | None = None
@@ -64,7 +67,8 @@ class EngineReads:
             for task in self.store.scan_status(status, after, SCAN_SLICE):
                 scanned += 1
                 last = task.id
-                if full_range or min_priority <= task.priority <= max_priority:
+                if (full_range or min_priority <= task.priority <= max_priority) and \
+                        (type_ok is None or type_ok(task.type)):
                     out.append(task)
                     if len(out) >= limit:
                         break

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shardq.task import Task
@@ -80,8 +80,10 @@ class ReadyQueue:
         best_type = None
         if types is None:
             candidates: Iterable[str] = list(ready)
-        else:
+        elif isinstance(types, frozenset):
             candidates = [t for t in types if t in ready]
+        else:  # a filter (patterns.TypePatterns): every ready type it matches
+            candidates = [t for t in ready if t in types]
         for t in candidates:
             heap = ready[t]
             if best_heap is None or heap[0] < best_heap[0]:
@@ -125,3 +127,11 @@ class ReadyQueue:
         self.schedule = schedule
         scheduled.update(self.scheduled)
         self.scheduled = scheduled
+
+
+def type_filter(types: Any) -> Any:
+    """A CLAIM's types as ``ReadyQueue.pop_best`` takes them: None (any type), a frozenset of
+    literal types, or a filter that answers ``in`` (patterns.TypePatterns: a scoped API key)."""
+    if types is None or isinstance(types, frozenset) or hasattr(types, "matches"):
+        return types
+    return frozenset(types)

@@ -226,7 +226,10 @@ class Api:
             if scheme.lower() != "bearer" or not credentials.strip():
                 raise Unauthorized("Authorization: expected 'Bearer <api key>'")
             key = credentials.strip()
-        return self.ops.authenticate(key)
+        transport = request.transport
+        tls = transport is not None and transport.get_extra_info("ssl_object") is not None
+        # The peer and the channel let the rule on keys over plaintext apply (docs/security.md).
+        return self.ops.authenticate(key, peer=request.remote, tls=tls)
 
     def _query(self, route: Route, request: web.BaseRequest) -> Any:
         q = request.rel_url.query

@@ -22,14 +22,18 @@ the wire form, and one line in each transport's dispatch table.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shardq.clock import now_ms
 from shardq.config import PERMISSIONS
-from shardq.errors import Forbidden, InvalidState, NotFound, TooLarge, Unauthorized, WireError
+from shardq.errors import BadRequest, Forbidden, InvalidState, NotFound, TooLarge, Unauthorized, WireError
+from shardq.patterns import PatternError, TypePatterns
 from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.server import routing
 from shardq.server.claims import Caller, Claimed, Claims
@@ -41,37 +45,87 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardq.operations")
 
+# What a refused HELLO is told: the same for an unknown key and a wrong secret (no oracle for
+# which ids exist); expiry and disabling are said, so that an operator knows what to fix.
+_REFUSALS = {"disabled": "this API key is disabled", "expired": "this API key has expired"}
+
 T = TypeVar("T")
 Result = T | Awaitable[T]  # an answer now, or one to await (routed, or waiting)
 
 ALL_PERMISSIONS = frozenset(PERMISSIONS)
-# The permission each operation needs (``admin`` grants every one).
+# The permission each operation needs (``admin`` grants every one). An operation missing here
+# needs ``admin``: a new operation is closed until it is given its row.
 PERMISSION = {
     "submit": "submit", "claim": "claim", "result": "claim", "heartbeat": "claim",
     "register": "claim", "deregister": "claim", "query": "read", "list": "read", "stats": "read",
     "cancel": "admin", "requeue": "admin",
 }
+# The operations whose tasks a key's task-type patterns limit (docs/security.md). The others
+# (stats, heartbeat, register, deregister) need the permission on any pattern: they carry no
+# task's type, id or payload, only counts and a worker's own leases.
+TYPE_SCOPED = frozenset({"submit", "claim", "result", "query", "list", "cancel", "requeue"})
 # A REQUEUE without ids runs in slices of this many record moves, the group commit between them.
 REQUEUE_SLICE = 200
 WORKER_KEYS = ("worker_id", "hostname", "pid", "types", "concurrency", "first_seen_ms", "last_seen_ms",
                "cpu_percent", "memory_rss", "memory_percent", "state")
+# Mesh requests for a scoped key carry its patterns in this header field; the owner applies them.
+SCOPE_FIELD = "_scope"
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who asks: the name of its API key (for logs) and what that key may do."""
+    """Who asks: the name of its API key (for logs), what that key may do, and on which task
+    types (``scopes``: permission -> patterns; None: every type for every permission it has).
+    ``key_id`` and ``secret_hash`` let a connection be closed when its key is revoked."""
 
     name: str
     permissions: frozenset[str]
+    scopes: tuple[tuple[str, TypePatterns], ...] | None = None
+    key_id: str | None = None
+    secret_hash: str = ""
 
     def require(self, operation: str) -> None:
-        perm = PERMISSION.get(operation)
-        if perm is not None and perm not in self.permissions and "admin" not in self.permissions:
+        perm = PERMISSION.get(operation, "admin")
+        if perm not in self.permissions and "admin" not in self.permissions:
             raise Forbidden(f"this API key lacks the '{perm}' permission for {operation}")
 
+    def scope(self, operation: str) -> TypePatterns | None:
+        """The task types ``operation`` may touch; None for every type."""
+        if self.scopes is None:
+            return None
+        perm = PERMISSION.get(operation, "admin")
+        found = [pats for p, pats in self.scopes if p in (perm, "admin")]
+        if not found:
+            return NO_TYPES
+        merged = found[0] if len(found) == 1 else found[0].union(found[1])
+        return None if merged.all else merged
 
+
+NO_TYPES = TypePatterns(["\x00"])  # a pattern no task type matches (types are printable)
 ANYONE = Identity("anonymous", ALL_PERMISSIONS)  # auth is off
 PEER = Identity("peer", ALL_PERMISSIONS)  # another shard, over the mesh
+
+
+def peer_identity(header: dict[str, Any]) -> Identity:
+    """Who a mesh request acts for: any type, or the patterns the asking shard sent."""
+    pats = header.get(SCOPE_FIELD)
+    if pats is None:
+        return PEER
+    try:
+        scope = TypePatterns(pats)
+    except PatternError as exc:
+        raise BadRequest(f"{SCOPE_FIELD}: {exc}") from None
+    return Identity("peer", ALL_PERMISSIONS, tuple((p, scope) for p in PERMISSIONS))
+
+
+def wire_scope(scope: TypePatterns | None) -> dict[str, Any]:
+    """The header field that carries ``scope`` to the owner of a task (empty: every type)."""
+    return {} if scope is None else {SCOPE_FIELD: list(scope.patterns)}
+
+
+def _hidden(raw: bytes) -> NotFound:
+    # The same answer as for an id no task has: a scoped key learns nothing of other types.
+    return NotFound(f"no task {id_to_str(raw)}")
 
 
 @dataclass(slots=True)
@@ -96,26 +150,57 @@ class Operations:
 
     # -- identity --------------------------------------------------------------------------
 
-    def authenticate(self, api_key: object) -> Identity:
-        """The identity of a HELLO's ``api_key`` (anyone at all when auth is off)."""
+    def authenticate(self, api_key: object, peer: str | None = None, tls: bool = False) -> Identity:
+        """The identity of a HELLO's ``api_key`` (anyone at all when auth is off): key string in,
+        Identity out, or Unauthorized. ``peer`` (the source address, when the transport knows it)
+        and ``tls`` let the insecure-channel rule apply (``check_channel``); a refusal is counted,
+        logged without the secret, and carries ``delay_s``: how long to wait before answering it."""
         if self.forwarded:
             return PEER
         auth = self.shard.cfg.auth
         if not auth.enabled:
             return ANYONE
-        match = next((k for k in auth.api_keys if k.key == api_key), None) if type(api_key) is str else None
-        if match is None:
-            raise Unauthorized("api_key is missing or not valid")
-        return Identity(match.name, frozenset(match.permissions))
+        keys = self.shard.auth
+        if peer is not None and not self.channel_ok(peer, tls):
+            raise self._refused("insecure_channel", "unknown", peer, Unauthorized(
+                "API keys are not accepted over plaintext from a non-loopback address: connect "
+                "with TLS (shardqs://), or set auth.allow_insecure on the server (docs/security.md)"))
+        verdict = keys.verify(api_key)
+        rec = verdict.record
+        if rec is None:
+            raise self._refused(verdict.reason, verdict.key_id, peer or "unknown",
+                                Unauthorized(_REFUSALS.get(verdict.reason, "api_key is missing or not valid")))
+        return Identity(rec.name, frozenset(p for p, _ in rec.permissions), rec.permissions, rec.id,
+                        verdict.hash)
+
+    def channel_ok(self, peer: str, tls: bool) -> bool:
+        """May an API key come over this channel? TLS, or a loopback peer, or allow_insecure."""
+        return tls or self.shard.cfg.auth.allow_insecure or _is_loopback(peer)
+
+    def _refused(self, reason: str, key_id: str, peer: str, err: Unauthorized) -> Unauthorized:
+        err.delay_s = self.shard.auth.failed(reason, key_id, peer, time.monotonic())  # type: ignore[attr-defined]
+        return err
 
     def initial_identity(self) -> Identity | None:
         """Who a new connection is before its HELLO: nobody when auth is on."""
         return ANYONE if self.forwarded or not self.shard.cfg.auth.enabled else None
 
+    def still_valid(self, who: Identity) -> str:
+        """"" while the key ``who`` authenticated with may go on; else why not (revoked,
+        rotated, disabled, expired): its connections are closed then."""
+        if who.key_id is None:
+            return ""
+        return self.shard.auth.still_valid(who.key_id, who.secret_hash)
+
     # -- producers ---------------------------------------------------------------------------
 
     def submit(self, who: Identity, specs: list[TaskSpec]) -> Result[list[str]]:
         who.require("submit")
+        scope = who.scope("submit")
+        if scope is not None:
+            for i, spec in enumerate(specs):
+                if not scope.matches(spec.type):
+                    raise Forbidden(f"tasks[{i}]: this API key may not submit tasks of type {spec.type!r}")
         self.shard.check_submit_space()
         if self.routed and not self._all_local(specs):
             return routing.submit(self.shard, specs)
@@ -140,39 +225,59 @@ class Operations:
 
     def query(self, who: Identity, ids: list[bytes], with_result: bool) -> Result[Queried]:
         who.require("query")
+        scope = who.scope("query")
         if self.routed and not all(self.shard.owns(i) for i in ids):
-            return self._routed_query(ids, with_result)
-        if not with_result:
-            part = self.shard.store.part_index
-            return Queried([None if t is None else t.to_wire(part(t.id)) for t in self.engine.query(ids)], b"")
-        wire, results = self.query_local(ids)
-        return Queried(wire, _fits(b"".join(results), len(ids)))
+            return self._routed_query(ids, with_result, scope)
+        wire, results = self.query_local(ids, scope, with_result)
+        return Queried(wire, _fits(b"".join(results), len(ids)) if with_result else b"")
 
-    def query_local(self, ids: list[bytes]) -> tuple[list[dict[str, Any] | None], list[bytes]]:
+    def query_local(self, ids: list[bytes], scope: TypePatterns | None = None,
+                    with_result: bool = True) -> tuple[list[dict[str, Any] | None], list[bytes]]:
+        """This shard's tasks of ``ids`` (None where there is none, or none ``scope`` may see)."""
         tasks = self.engine.query(ids)
+        if scope is not None:
+            tasks = [t if t is not None and scope.matches(t.type) else None for t in tasks]
         part = self.shard.store.part_index
         wire = [None if t is None else t.to_wire(part(t.id)) for t in tasks]
-        results = [self.engine.store.get_result(t.id) if t is not None and t.result_len else b""
-                   for t in tasks]
+        results = [self.engine.store.get_result(t.id) if with_result and t is not None and t.result_len
+                   else b"" for t in tasks]
         return wire, results
 
-    async def _routed_query(self, ids: list[bytes], with_result: bool) -> Queried:
-        tasks, blob = await routing.query(self.shard, ids, with_result, self.query_local)
+    async def _routed_query(self, ids: list[bytes], with_result: bool, scope: TypePatterns | None) -> Queried:
+        tasks, blob = await routing.query(self.shard, ids, with_result,
+                                          functools.partial(self.query_local, scope=scope, with_result=with_result),
+                                          wire_scope(scope))
         return Queried(tasks, _fits(blob, len(ids)))
+
+    def _visible(self, raw: bytes, scope: TypePatterns | None) -> bool:
+        """This shard's task ``raw`` exists and ``scope`` may touch it (None: skip the lookup)."""
+        if scope is None:
+            return True
+        task = self.engine.query([raw])[0]
+        return task is not None and scope.matches(task.type)
 
     def cancel(self, who: Identity, raw: bytes) -> Result[str]:
         """Cancel a task that has not started; its new status."""
         who.require("cancel")
+        scope = who.scope("cancel")
+        if not self.forwarded:
+            log.info("CANCEL %s by API key %r", id_to_str(raw), who.name)
         if self.routed and not self.shard.owns(raw):
-            return routing.cancel(self.shard, raw)
+            return routing.cancel(self.shard, raw, wire_scope(scope))
         self.shard.check_writable()
+        if not self._visible(raw, scope):
+            raise _hidden(raw)
         self.engine.cancel(raw, now_ms())
         return "cancelled"
 
     def list_tasks(self, who: Identity, status: int, task_type: str | None, min_priority: int,
                    max_priority: int, limit: int, cursor: str | None) -> Result[Page]:
         who.require("list")
-        tasks, nxt = self.engine.list_tasks(status, task_type, min_priority, max_priority, limit, cursor)
+        scope = who.scope("list")
+        if scope is not None and task_type is not None and not scope.matches(task_type):
+            return Page([], None)  # a type this key may not read: as if it had no tasks
+        tasks, nxt = self.engine.list_tasks(status, task_type, min_priority, max_priority, limit, cursor,
+                                            type_ok=None if scope is None else scope.matches)
         part = self.shard.store.part_index
         page = [t.to_wire(part(t.id)) for t in tasks]
         if not self.routed:
@@ -181,6 +286,7 @@ class Operations:
                                   "max_priority": max_priority, "limit": limit, "cursor": cursor}
         if task_type is not None:
             header["type"] = task_type
+        header.update(wire_scope(scope))
         return self._routed_list(header, limit, page, nxt)
 
     async def _routed_list(self, header: dict[str, Any], limit: int, page: list[dict[str, Any]],
@@ -194,19 +300,28 @@ class Operations:
         (and ``task_type``) up to ``limit``; ``{"requeued": n, "results"?: [...]}``."""
         who.require("requeue")
         self.shard.check_writable()
+        scope = who.scope("requeue")
+        if not self.forwarded:
+            log.info("REQUEUE %s by API key %r", f"{len(ids)} ids" if ids is not None else
+                     f"status={STATUS_NAMES[status]} type={task_type} limit={limit}", who.name)
         if ids is None:
-            return self._requeue_scan(status, task_type, limit)
+            if scope is not None and task_type is not None and not scope.matches(task_type):
+                return {"requeued": 0}
+            return self._requeue_scan(status, task_type, limit, scope)
         if self.routed and not all(self.shard.owns(i) for i in ids):
-            return routing.requeue_ids(self.shard, ids, self.requeue_local)
-        results = self.requeue_local(ids)
+            return routing.requeue_ids(self.shard, ids, functools.partial(self.requeue_local, scope=scope),
+                                       wire_scope(scope))
+        results = self.requeue_local(ids, scope)
         return {"requeued": sum(1 for r in results if "error" not in r), "results": results}
 
-    def requeue_local(self, ids: list[bytes]) -> list[dict[str, Any]]:
+    def requeue_local(self, ids: list[bytes], scope: TypePatterns | None = None) -> list[dict[str, Any]]:
         now = now_ms()
         results: list[dict[str, Any]] = []
         for raw in ids:
             sid = id_to_str(raw)
             try:
+                if not self._visible(raw, scope):
+                    raise _hidden(raw)
                 self.engine.requeue(raw, now)
             except (NotFound, InvalidState) as err:
                 results.append({"id": sid, "error": err.to_wire()})
@@ -214,21 +329,24 @@ class Operations:
                 results.append({"id": sid, "status": "pending"})
         return results
 
-    async def _requeue_scan(self, status: int, task_type: str | None, limit: int) -> dict[str, Any]:
+    async def _requeue_scan(self, status: int, task_type: str | None, limit: int,
+                            scope: TypePatterns | None) -> dict[str, Any]:
         total = 0
         after: bytes | None = None
         while total < limit:
             # At most REQUEUE_SLICE per loop turn (each requeue is a record move); the group
             # commit runs between slices.
             n, after = self.engine.requeue_slice(status, task_type, min(limit - total, REQUEUE_SLICE),
-                                                 after, now_ms())
+                                                 after, now_ms(),
+                                                 type_ok=None if scope is None else scope.matches)
             total += n
             self.shard.mutated()
             if after is None:
                 break
             await asyncio.sleep(0)
         if self.routed and total < limit:
-            total += await routing.requeue_elsewhere(self.shard, status, task_type, limit - total)
+            total += await routing.requeue_elsewhere(self.shard, status, task_type, limit - total,
+                                                     wire_scope(scope))
         return {"requeued": total}
 
     def stats(self, who: Identity, workers_detail: bool) -> Result[dict[str, Any]]:
@@ -279,20 +397,39 @@ class Operations:
         """Lease up to ``max_tasks`` ready tasks, waiting up to ``wait_ms`` for one. None: the
         caller went away meanwhile (and what was leased for it was given back)."""
         who.require("claim")
+        scoped = _claim_types(who.scope("claim"), types)
         if not self.forwarded:
             self.shard.worker_heard(worker_id)
         self.shard.check_writable()
-        return self.claims.claim(caller, worker_id, max_tasks, wait_ms, types)
+        return self.claims.claim(caller, worker_id, max_tasks, wait_ms, scoped)
 
     def result(self, who: Identity, worker_id: str, items: list[ResultItem]) -> Result[list[dict[str, Any]]]:
         """Completed / failed / released, per item: ``{"id", "status"}`` or ``{"id", "error"}``."""
         who.require("result")
+        scope = who.scope("result")
         if not self.forwarded:
             self.shard.worker_heard(worker_id)
         if self.routed and not all(self.shard.owns(it.id) for it in items):
-            return routing.result(self.shard, worker_id, items)
+            return routing.result(self.shard, worker_id, items,
+                                  functools.partial(self.result_local, scope=scope), wire_scope(scope))
         self.shard.check_writable()
-        return self.engine.result(worker_id, items, now_ms())
+        return self.result_local(worker_id, items, scope)
+
+    def result_local(self, worker_id: str, items: list[ResultItem],
+                     scope: TypePatterns | None = None) -> list[dict[str, Any]]:
+        """RESULT for this shard's items; an item of a type ``scope`` may not claim is NotFound."""
+        if scope is None:
+            return self.engine.result(worker_id, items, now_ms())
+        out: list[dict[str, Any] | None] = [None] * len(items)
+        allowed = []
+        for i, item in enumerate(items):
+            if self._visible(item.id, scope):
+                allowed.append(i)
+            else:
+                out[i] = {"id": id_to_str(item.id), "error": _hidden(item.id).to_wire()}
+        for i, answer in zip(allowed, self.engine.result(worker_id, [items[i] for i in allowed], now_ms())):
+            out[i] = answer
+        return out  # type: ignore[return-value]
 
     def heartbeat(self, who: Identity, worker_id: str, info: dict[str, Any],
                   active: list[bytes] | None) -> Result[tuple[int, list[str]]]:
@@ -320,6 +457,30 @@ class Operations:
         if self.routed:
             return routing.deregister(self.shard, worker_id)
         return self.engine.deregister_worker(worker_id, now_ms())
+
+
+def _claim_types(scope: TypePatterns | None,
+                 types: frozenset[str] | None) -> frozenset[str] | TypePatterns | None:
+    """What a CLAIM may take: the types it named, each allowed by ``scope`` (Forbidden otherwise:
+    a worker asking for types its key cannot claim is misconfigured, and should hear so), or,
+    when it named none, the key's patterns themselves."""
+    if scope is None:
+        return types
+    if types is None:
+        return scope
+    refused = sorted(t for t in types if not scope.matches(t))
+    if refused:
+        raise Forbidden(f"this API key may not claim tasks of type {', '.join(map(repr, refused))}")
+    return types
+
+
+def _is_loopback(peer: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return peer == "unix"  # a Unix socket is as local as loopback
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
 
 
 def _fits(results: bytes, n_ids: int) -> bytes:

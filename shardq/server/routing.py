@@ -11,6 +11,9 @@ Rules:
    answer has items (RESULT, REQUEUE), for the whole request elsewhere.
 4. Forwarded requests are served by the owner's mesh sessions, which never
    forward again: no request crosses more than one hop.
+5. A request of an API key scoped to some task types carries its patterns to
+   the owner (``_scope``, operations.wire_scope), and the owner applies them, as
+   it knows each task's type: no type check is skipped for a task on another shard.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardq.clock import now_ms
 from shardq.errors import Unavailable, WireError
+from shardq.patterns import TypePatterns
 from shardq.protocol.frames import MsgType
 from shardq.protocol.requests import MAX_QUERY_IDS
 from shardq.specs import ResultItem, TaskSpec
@@ -42,7 +46,7 @@ async def _forward(server: ShardServer, shard: int, msg_type: MsgType, header: d
 # -- CLAIM -------------------------------------------------------------------------------
 
 async def claim_remote(server: ShardServer, worker_id: str, max_tasks: int,
-                       types: frozenset[str] | None,
+                       types: frozenset[str] | TypePatterns | None,
                        shards: list[int] | None = None) -> tuple[list[dict[str, Any]], bytes]:
     """Lease ready tasks from another shard (the owner grants and keeps the lease).
 
@@ -54,7 +58,9 @@ async def claim_remote(server: ShardServer, worker_id: str, max_tasks: int,
         likely = [i for i, t in ready.items() if types is None or not types.isdisjoint(t)]
         shards = likely + [i for i in server.peers.others() if i not in likely]
     header: dict[str, Any] = {"worker_id": worker_id, "max": max_tasks}
-    if types is not None:
+    if isinstance(types, TypePatterns):
+        header["_scope"] = list(types.patterns)  # a scoped key's CLAIM: the owner applies them
+    elif types is not None:
         header["types"] = sorted(types)
     for shard in shards:
         try:
@@ -190,14 +196,17 @@ async def _statuses(server: ShardServer, ids: set[bytes]) -> dict[bytes, int | N
 
 # -- RESULT / HEARTBEAT / DEREGISTER ----------------------------------------------------------
 
-async def result(server: ShardServer, worker_id: str, items: list[ResultItem]) -> list[dict[str, Any]]:
+async def result(server: ShardServer, worker_id: str, items: list[ResultItem], local_result: Any,
+                 scope: dict[str, Any]) -> list[dict[str, Any]]:
+    """``local_result(worker_id, items)`` answers this shard's items; ``scope``: the header field
+    with a scoped key's patterns (rule 5), or empty."""
     out: list[dict[str, Any] | None] = [None] * len(items)
     by_owner: dict[int, list[int]] = {}
     for i, item in enumerate(items):
         by_owner.setdefault(_owner(server, item.id), []).append(i)
     local = by_owner.pop(server.index, None)
     if local:
-        answers = server.engine.result(worker_id, [items[i] for i in local], now_ms())
+        answers = local_result(worker_id, [items[i] for i in local])
         server.mutated()
         for i, a in zip(local, answers):
             out[i] = a
@@ -206,7 +215,8 @@ async def result(server: ShardServer, worker_id: str, items: list[ResultItem]) -
         blob = b"".join(items[i].result for i in positions if items[i].status == "completed")
         try:
             answer, _ = await _forward(server, shard, MsgType.RESULT,
-                                       {"worker_id": worker_id, "results": [result_header(items[i]) for i in positions]},
+                                       {"worker_id": worker_id,
+                                        "results": [result_header(items[i]) for i in positions], **scope},
                                        blob)
             for i, a in zip(positions, answer["results"]):
                 out[i] = a
@@ -259,7 +269,7 @@ async def deregister(server: ShardServer, worker_id: str) -> int:
 # -- QUERY_STATUS / CANCEL / REQUEUE / LIST_TASKS ---------------------------------------------
 
 async def query(server: ShardServer, ids: list[bytes], with_result: bool,
-                local_query: Any) -> tuple[list[dict[str, Any] | None], bytes]:
+                local_query: Any, scope: dict[str, Any]) -> tuple[list[dict[str, Any] | None], bytes]:
     """``local_query(ids)`` answers this shard's part as (wire tasks, results)."""
     tasks: list[dict[str, Any] | None] = [None] * len(ids)
     results: list[bytes] = [b""] * len(ids)
@@ -274,7 +284,8 @@ async def query(server: ShardServer, ids: list[bytes], with_result: bool,
 
     async def forward(shard: int, positions: list[int]) -> None:
         answer, blob = await _forward(server, shard, MsgType.QUERY_STATUS,
-                                      {"ids": [id_to_str(ids[i]) for i in positions], "with_result": with_result})
+                                      {"ids": [id_to_str(ids[i]) for i in positions], "with_result": with_result,
+                                       **scope})
         pos = 0
         for i, t in zip(positions, answer["tasks"]):
             tasks[i] = t
@@ -286,12 +297,12 @@ async def query(server: ShardServer, ids: list[bytes], with_result: bool,
     return tasks, b"".join(results) if with_result else b""
 
 
-async def cancel(server: ShardServer, raw: bytes) -> str:
-    answer, _ = await _forward(server, _owner(server, raw), MsgType.CANCEL, {"id": id_to_str(raw)})
+async def cancel(server: ShardServer, raw: bytes, scope: dict[str, Any]) -> str:
+    answer, _ = await _forward(server, _owner(server, raw), MsgType.CANCEL, {"id": id_to_str(raw), **scope})
     return str(answer["status"])
 
 
-async def requeue_ids(server: ShardServer, ids: list[bytes], local: Any) -> dict[str, Any]:
+async def requeue_ids(server: ShardServer, ids: list[bytes], local: Any, scope: dict[str, Any]) -> dict[str, Any]:
     """``local(ids)`` requeues this shard's ids and returns their result items."""
     results: list[dict[str, Any] | None] = [None] * len(ids)
     by_owner: dict[int, list[int]] = {}
@@ -305,7 +316,7 @@ async def requeue_ids(server: ShardServer, ids: list[bytes], local: Any) -> dict
     async def forward(shard: int, positions: list[int]) -> None:
         try:
             answer, _ = await _forward(server, shard, MsgType.REQUEUE,
-                                       {"ids": [id_to_str(ids[i]) for i in positions]})
+                                       {"ids": [id_to_str(ids[i]) for i in positions], **scope})
             for i, r in zip(positions, answer["results"]):
                 results[i] = r
         except WireError as err:
@@ -316,14 +327,15 @@ async def requeue_ids(server: ShardServer, ids: list[bytes], local: Any) -> dict
     return {"requeued": sum(1 for r in results if r is not None and "error" not in r), "results": results}
 
 
-async def requeue_elsewhere(server: ShardServer, status: int, task_type: str | None, limit: int) -> int:
+async def requeue_elsewhere(server: ShardServer, status: int, task_type: str | None, limit: int,
+                            scope: dict[str, Any]) -> int:
     """REQUEUE without ids, on the other shards in turn, up to ``limit`` in all."""
     assert server.peers is not None
     total = 0
     for shard in server.peers.others():
         if total >= limit:
             break
-        header: dict[str, Any] = {"status": STATUS_NAMES[status], "limit": limit - total}
+        header: dict[str, Any] = {"status": STATUS_NAMES[status], "limit": limit - total, **scope}
         if task_type is not None:
             header["type"] = task_type
         answer, _ = await _forward(server, shard, MsgType.REQUEUE, header)

@@ -51,6 +51,7 @@ from shardq.protocol.frames import (
 from shardq.server.budget import SMALL_FRAME
 from shardq.server.claims import Caller, Claimed
 from shardq.server.operations import Identity, Operations, Page, Queried
+from shardq.server.session_auth import SessionAuth
 from shardq.task import id_to_str
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ def _released(n: int) -> Body:
     return {"released": n}, b""
 
 
-class Session(asyncio.Protocol, Caller):
+class Session(asyncio.Protocol, Caller, SessionAuth):
     def __init__(self, server: ShardServer, ops: Operations, peer: bool = False,
                  carried: bytes = b"") -> None:
         Caller.__init__(self)
@@ -498,7 +499,8 @@ class Session(asyncio.Protocol, Caller):
         if (self.ops.routed and self.frames == 1 and type(hint) is int and 0 <= hint < server.shards
                 and hint != server.index and self._hand_over(hint, msg)):
             return  # the shard it asked for answers this HELLO
-        self.identity = self.ops.authenticate(h.get("api_key"))
+        if not self._authenticate(msg.rid, h.get("api_key")):
+            return  # refused, answered after the throttle's delay (session_auth.py)
         b = server.cfg.broker
         self._ack(msg.rid, {"server": f"shardq/{__version__}", "protocol": PROTOCOL_VERSION,
                             "shard": server.index, "shards": server.shards, "max_frame": MAX_FRAME,
@@ -527,68 +529,68 @@ class Session(asyncio.Protocol, Caller):
 
     def on_submit(self, msg: Message) -> None:
         specs = rq.parse_submit(msg.header, msg.blob, self.server.engine.s.max_payload)
-        assert self.identity is not None
+        who = self._who(msg)
         if self.peer:
             remote = msg.header.get("_remote_status") or {}
             ids = self.ops.store_part(specs, {bytes.fromhex(k): v for k, v in remote.items()},
                                       check_depth=not msg.header.get("_skip_depth", False))
             self._ack(msg.rid, {"ids": ids})
             return
-        self._answer(msg.rid, self.ops.submit(self.identity, specs), _ids)
+        self._answer(msg.rid, self.ops.submit(who, specs), _ids)
 
     def on_claim(self, msg: Message) -> None:
         worker_id, max_tasks, wait_ms, types = rq.parse_claim(msg.header)
-        assert self.identity is not None
-        self._answer(msg.rid, self.ops.claim(self.identity, self, worker_id, max_tasks, wait_ms,
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.claim(who, self, worker_id, max_tasks, wait_ms,
                                              frozenset(types) if types is not None else None), _claimed)
 
     def on_result(self, msg: Message) -> None:
         worker_id, items = rq.parse_result(msg.header, msg.blob)
-        assert self.identity is not None
-        self._answer(msg.rid, self.ops.result(self.identity, worker_id, items), _results)
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.result(who, worker_id, items), _results)
 
     def on_heartbeat(self, msg: Message) -> None:
         worker_id, info, active = rq.parse_heartbeat(msg.header)
-        assert self.identity is not None
-        self._answer(msg.rid, self.ops.heartbeat(self.identity, worker_id, info, active), _heartbeat)
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.heartbeat(who, worker_id, info, active), _heartbeat)
 
     def on_register(self, msg: Message) -> None:
         worker_id, info = rq.parse_register(msg.header)
-        assert self.identity is not None
-        self.ops.register(self.identity, worker_id, info)
+        who = self._who(msg)
+        self.ops.register(who, worker_id, info)
         self._ack(msg.rid, {})
 
     def on_deregister(self, msg: Message) -> None:
         worker_id = rq.parse_deregister(msg.header)
-        assert self.identity is not None
-        self._answer(msg.rid, self.ops.deregister(self.identity, worker_id), _released)
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.deregister(who, worker_id), _released)
 
     def on_query(self, msg: Message) -> None:
         ids, with_result = rq.parse_query(msg.header)
-        assert self.identity is not None
-        self._answer(msg.rid, self.ops.query(self.identity, ids, with_result), _queried)
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.query(who, ids, with_result), _queried)
 
     def on_cancel(self, msg: Message) -> None:
         raw = rq.parse_cancel(msg.header)
-        assert self.identity is not None
-        self._answer(msg.rid, self.ops.cancel(self.identity, raw),
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.cancel(who, raw),
                      lambda status: ({"id": id_to_str(raw), "status": status}, b""))
 
     def on_list(self, msg: Message) -> None:
         status, task_type, lo, hi, limit, cursor = rq.parse_list(msg.header)
-        assert self.identity is not None
-        self._answer(msg.rid, self.ops.list_tasks(self.identity, status, task_type, lo, hi, limit, cursor),
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.list_tasks(who, status, task_type, lo, hi, limit, cursor),
                      _page)
 
     def on_stats(self, msg: Message) -> None:
         detail = rq.parse_stats(msg.header)  # workers_detail: a shardq extension
-        assert self.identity is not None
-        self._answer(msg.rid, self.ops.stats(self.identity, detail), _as_is)
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.stats(who, detail), _as_is)
 
     def on_requeue(self, msg: Message) -> None:
         ids, status, task_type, limit = rq.parse_requeue(msg.header)
-        assert self.identity is not None
-        self._answer(msg.rid, self.ops.requeue(self.identity, ids, status, task_type, limit), _as_is)
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.requeue(who, ids, status, task_type, limit), _as_is)
 
 
 __all__ = ["Session", "OUT_HIGH_WATER"]

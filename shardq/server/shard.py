@@ -40,6 +40,7 @@ from shardq.engine.engine import Engine, EngineSettings
 from shardq.errors import Unavailable
 from shardq.metrics import LoopLagProbe, shard_histograms
 from shardq.protocol.frames import MAX_FRAME, Message, MsgType
+from shardq.server.auth import Auth
 from shardq.server.budget import HeapTrimmer, InputBudget, OutputBudget
 from shardq.server.handoff import (
     LISTENER_HTTP,
@@ -69,6 +70,7 @@ RETENTION_PERIOD_S = 60.0
 # Deleting one task is ~8 RocksDB deletes; 200 of them keep a loop turn to a few ms.
 RETENTION_SLICE = 200
 IDLE_SWEEP_PERIOD_S = 1.0
+KEYS_CHECK_PERIOD_S = 1.0  # the keys file's mtime, and keys expiring under open connections
 REPORT_PERIOD_S = 0.1  # depth and ready types to the coordinator (the contract allows 250 ms)
 REPORT_MIN_GAP_S = 0.01  # a change of ready types is reported this soon, not sooner
 STATS_PERIOD_S = 0.5
@@ -118,6 +120,7 @@ class ShardServer(ShardDisk, ShardStats):
         self.in_budget = InputBudget(cfg.broker.input_budget_bytes)
         self.trimmer = HeapTrimmer()
         self.handoff: HandoffReceiver | None = None
+        self.auth = Auth(cfg.auth)  # the API keys (server/auth.py); loaded by the shard process
         self._handoff_out: dict[int, socket.socket] = {}
         # The admission slots of the connections handed to this shard (the acceptor admits:
         # acceptor.py); reported to it through ``handoff`` as they come free or move.
@@ -190,6 +193,8 @@ class ShardServer(ShardDisk, ShardStats):
         self._every(min(RETENTION_PERIOD_S, max(1.0, p.completed_retention_s / 4)), self._retention)
         self._every(float(p.compaction_interval_s), self._compact)
         self._every(IDLE_SWEEP_PERIOD_S, self._sweep_idle)
+        if self.cfg.auth.enabled:
+            self._every(KEYS_CHECK_PERIOD_S, self.reload_keys)
         self._check_disk()
         self._every(DISK_CHECK_PERIOD_S, self._check_disk)
         self._lag_probe.start(loop)
@@ -391,6 +396,13 @@ class ShardServer(ShardDisk, ShardStats):
         now = time.monotonic()
         for session in list(self.sessions):
             session.check_idle(now, limit)
+
+    def reload_keys(self, force: bool = False) -> None:
+        """Take the keys file again if it changed (``force``: SIGHUP), then close the connections
+        whose key is no longer valid (revoked, rotated, disabled, or expired meanwhile)."""
+        self.auth.reload(force)
+        for session in list(self.sessions):
+            session.check_key()
 
     # -- connections: handed over by the acceptor or by another shard ------------------
 

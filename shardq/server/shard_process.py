@@ -20,6 +20,7 @@ import uvloop
 
 from shardq.config import Config
 from shardq.http.server import HttpServer
+from shardq.keys import KeysFileError
 from shardq.process import EXIT_BIND, EXIT_CONFIG, EXIT_OK, start_child
 from shardq.server.handoff import HandoffReceiver
 from shardq.server.mesh import handoff_path, mesh_path
@@ -38,6 +39,8 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
                        ready: Connection | None) -> int:
     loop = asyncio.get_running_loop()
     shard = ShardServer(cfg, cfg.persistence.data_dir, shards, index, run_dir)
+    if cfg.auth.enabled:
+        shard.auth.load()  # KeysFileError: the supervisor checked it at start; changed since
     summary = shard.recover()
     client_ops = Operations(shard)
     peer_ops = Operations(shard, forwarded=True)
@@ -59,6 +62,8 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
         return EXIT_BIND
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # SIGHUP (forwarded by the supervisor): reload what can be reloaded. The keys file:
+    loop.add_signal_handler(signal.SIGHUP, shard.reload_keys, True)
     log.info("shard %d of %d serving (pid %d), recovered in %.3f s", index, shards, os.getpid(),
              summary["seconds"])
     if ready is not None:
@@ -93,7 +98,7 @@ def shard_main(cfg: Config, index: int, shards: int, run_dir: str,
     start_child(f"shard-{index}", cfg.monitoring)
     try:
         code = uvloop.run(_serve_shard(cfg, index, shards, run_dir, ready))
-    except StoreError as exc:
+    except (StoreError, KeysFileError) as exc:
         print(f"shardq serve: shard {index}: {exc}", file=sys.stderr, flush=True)
         code = EXIT_CONFIG
     sys.stdout.flush()

@@ -42,6 +42,8 @@ class ShardStats:
             row["counters"]["forwarded"] = self.peers.forwarded
         row["counters"]["store_write_errors"] = self.write_errors
         row["counters"]["disk_alarm_refused"] = self.disk_refused
+        for reason, n in self.auth.failures.items():
+            row["counters"][f"auth_failures_{reason}"] = n
         return row
 
     def _metrics_fields(self) -> dict[str, Any]:

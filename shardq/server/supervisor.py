@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardq.config import Config
+from shardq.keys import KeysFileError
 from shardq.process import (
     EXIT_BIND,
     EXIT_CONFIG,
@@ -45,6 +46,7 @@ from shardq.process import (
     setup_logging,
 )
 from shardq.server.acceptor import acceptor_main
+from shardq.server.auth import load_ring
 from shardq.server.coordinator import coordinator_main
 from shardq.server.shard_process import shard_main
 from shardq.store.partitioned import record_shards, resolve_shards
@@ -99,6 +101,8 @@ class Supervisor:
     def run(self) -> int:
         cfg = self.cfg
         setup_logging(cfg.monitoring, "supervisor")
+        if not self._check_auth():
+            return EXIT_CONFIG
         data_dir = cfg.persistence.data_dir
         try:
             shards = resolve_shards(data_dir, cfg.broker.shards)
@@ -130,6 +134,7 @@ class Supervisor:
             f.write(str(os.getpid()))
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
         try:
             return self._supervise(shards, port)
         finally:
@@ -137,6 +142,33 @@ class Supervisor:
             if self.http_listener is not None:
                 self.http_listener.close()
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _check_auth(self) -> bool:
+        """The keys file loads (else the reason, naming the entry, never a secret); the
+        deprecated plaintext ``auth.api_keys`` still work, with a warning."""
+        auth = self.cfg.auth
+        if not auth.enabled:
+            return True
+        try:
+            ring = load_ring(auth)
+        except KeysFileError as exc:
+            print(f"shardq serve: {exc}", file=sys.stderr, flush=True)
+            return False
+        if auth.api_keys:
+            log.warning("auth.api_keys is deprecated (keys in clear text in the config) and will be "
+                        "removed in the next release: move them to a keys file with `shardq keys import "
+                        "--config FILE --keys-file KEYS`, then set auth.keys_file (docs/security.md)")
+        log.info("auth on: %d API keys%s", len(ring.records),
+                 "" if auth.allow_insecure else "; plaintext from non-loopback addresses refused")
+        return True
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        """SIGHUP: the shards reload what they can (the keys file); nothing else restarts."""
+        log.info("SIGHUP: asking the shards to reload")
+        for child in self.children:
+            if child.name.startswith("shard-") and child.process is not None and child.process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.process.pid, signal.SIGHUP)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals += 1

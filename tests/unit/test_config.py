@@ -235,6 +235,7 @@ BAD = [
     ("auth.api_keys", [{"key": GOOD_KEY, "name": "n", "permissions": "admin"}]),
     ("auth.api_keys", [{"key": GOOD_KEY, "name": "n"}]),
     ("auth.api_keys", ["k"]),
+    ("auth.keys_file", 7), ("auth.allow_insecure", "yes"),
     ("monitoring.prometheus_port", 100000),
     ("monitoring.metrics_enabled", 0),
     ("monitoring.log_level", "verbose"), ("monitoring.log_level", 10),
@@ -474,8 +475,18 @@ def test_empty_tls_file_counts_as_missing():
 
 
 def test_auth_needs_a_key():
-    with pytest.raises(ConfigError, match=r"auth\.api_keys: \[\] is empty .*auth\.enabled"):
+    with pytest.raises(ConfigError, match=r"auth\.keys_file: None is missing .*required when auth\.enabled"):
         load_config(env={}, overrides={"auth.enabled": True})
+
+
+def test_auth_settings_that_would_do_nothing_are_refused():
+    with pytest.raises(ConfigError, match=r"auth\.keys_file: '/k.yaml' is set but auth\.enabled is false"):
+        load_config(env={}, overrides={"auth.keys_file": "/k.yaml"})
+    with pytest.raises(ConfigError, match=r"auth\.allow_insecure: True is set but auth\.enabled is false"):
+        load_config(env={}, overrides={"auth.allow_insecure": True})
+    cfg = load_config(env={}, overrides={"auth.enabled": True, "auth.keys_file": "/k.yaml",
+                                         "auth.allow_insecure": True})
+    assert cfg.auth.keys_file == "/k.yaml" and cfg.auth.allow_insecure and cfg.auth.api_keys == ()
 
 
 def test_auth_keys(tmp_path):
