@@ -11,7 +11,9 @@ Rules:
    ``Slots``) when one ends, and when one moves to another shard on a HELLO hint
    (its slot moves with it: neither refused there nor counted twice). A shard
    that goes away frees the slots of every connection it held. A connection
-   beyond the limit gets the contract's NACK and is closed.
+   beyond the limit gets the contract's NACK and is closed (under TLS it is only
+   closed: a TLS client could not read a plaintext NACK, and the acceptor does
+   no handshakes; the bundled clients retry it as a broken connection).
 3. The listening socket belongs to the supervisor, which binds it once: an
    acceptor restarted after a crash accepts on the same port at once.
 """
@@ -44,8 +46,10 @@ REPORT_MAX = 64 * 1024  # a shard's Slots report is 8 bytes per shard plus 16
 
 
 class Acceptor:
-    def __init__(self, max_connections: int, listener: socket.socket, run_dir: str, shards: int) -> None:
+    def __init__(self, max_connections: int, listener: socket.socket, run_dir: str, shards: int,
+                 tls: bool = False) -> None:
         self.max_connections = max_connections
+        self.tls = tls
         self.listener = listener
         self.run_dir = run_dir
         self.shards = shards
@@ -118,6 +122,8 @@ class Acceptor:
 
     def _refuse(self, conn: socket.socket, message: str) -> None:
         self.refused += 1
+        if self.tls:
+            return  # rule 2: closed without a word
         with contextlib.suppress(OSError):
             conn.setblocking(False)
             conn.send(encode_nack(None, "Unavailable", message))
@@ -191,7 +197,7 @@ class Acceptor:
 
 
 def acceptor_main(broker: BrokerConfig, monitoring: MonitoringConfig, listener: socket.socket,
-                  run_dir: str, shards: int, ready: Connection | None = None) -> None:
+                  run_dir: str, shards: int, tls: bool = False, ready: Connection | None = None) -> None:
     """Entry point of the acceptor process (spawned by the supervisor)."""
     start_child("acceptor", monitoring)
-    uvloop.run(Acceptor(broker.max_connections, listener, run_dir, shards).run(ready))
+    uvloop.run(Acceptor(broker.max_connections, listener, run_dir, shards, tls).run(ready))

@@ -495,8 +495,9 @@ class Session(asyncio.Protocol, Caller):
         rq.parse_hello(h)
         hint = h.get("shard")
         server = self.server
+        # (Under TLS a session cannot move: the ClientHello's ALPN asked instead, tls_accept.py.)
         if (self.ops.routed and self.frames == 1 and type(hint) is int and 0 <= hint < server.shards
-                and hint != server.index and self._hand_over(hint, msg)):
+                and hint != server.index and server.tls is None and self._hand_over(hint, msg)):
             return  # the shard it asked for answers this HELLO
         self.identity = self.ops.authenticate(h.get("api_key"))
         b = server.cfg.broker

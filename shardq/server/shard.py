@@ -45,6 +45,7 @@ from shardq.server.handoff import MAX_CARRIED, HandoffReceiver, Slots, connect_s
 from shardq.server.mesh import Link, Peers, coordinator_path, handoff_path, open_link
 from shardq.server.shard_disk import DISK_CHECK_PERIOD_S, ShardDisk
 from shardq.server.shard_stats import ShardStats
+from shardq.server.tls_accept import HandshakeRefused, serve_tls
 from shardq.store.partitioned import PartitionedStore
 from shardq.store.rocks import StoreSettings, StoreWriteError
 from shardq.task import STATUS_CODES, id_to_str, owner_of
@@ -52,6 +53,7 @@ from shardq.task import STATUS_CODES, id_to_str, owner_of
 if TYPE_CHECKING:
     from shardq.config import Config
     from shardq.server.session import Session
+    from shardq.tls import ServerTLS
 
 SessionFactory = Callable[[bytes], "Session"]  # bytes already read -> a client session
 
@@ -110,6 +112,8 @@ class ShardServer(ShardDisk, ShardStats):
         self.in_budget = InputBudget(cfg.broker.input_budget_bytes)
         self.trimmer = HeapTrimmer()
         self.handoff: HandoffReceiver | None = None
+        self.tls: ServerTLS | None = None  # set when api.tls_enabled (tls_accept.py)
+        self.tls_refused = 0  # connections that never became a TLS session here
         self._handoff_out: dict[int, socket.socket] = {}
         # The admission slots of the connections handed to this shard (the acceptor admits:
         # acceptor.py); reported to it through ``handoff`` as they come free or move.
@@ -402,12 +406,24 @@ class ShardServer(ShardDisk, ShardStats):
     async def _serve(self, sock: socket.socket, session: Session) -> None:
         assert self.loop is not None
         try:
-            await self.loop.connect_accepted_socket(lambda: session, sock)
+            if self.tls is None:
+                await self.loop.connect_accepted_socket(lambda: session, sock)
+            else:
+                await serve_tls(self, sock, session)
         except Exception as exc:
-            log.warning("cannot serve a handed-over connection: %s", exc)
+            if isinstance(exc, HandshakeRefused):
+                self.tls_refused += 1
+                log.info("TLS connection refused: %s", exc)  # a client's mistake, not ours
+            else:
+                log.warning("cannot serve a handed-over connection: %s", exc)
             sock.close()
             if session.transport is None:  # no connection_made, so no connection_lost either
                 session.give_back_slot()
+
+    def reload_tls(self) -> None:
+        """SIGHUP: new handshakes use the certificate and key read now; sessions keep theirs."""
+        if self.tls is not None:
+            self.tls.reload()
 
     def hand_over(self, fd: int, shard: int, carried: bytes) -> bool:
         """Pass a connection to ``shard`` (a HELLO asked for it); False: keep it here."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from shardq.config import Config
+from shardq.errors import ConfigError
 from shardq.process import EXIT_BIND, EXIT_CONFIG, EXIT_OK, start_child
 from shardq.server.handoff import HandoffReceiver
 from shardq.server.mesh import handoff_path, mesh_path
@@ -26,6 +27,7 @@ from shardq.server.operations import Operations
 from shardq.server.session import Session
 from shardq.server.shard import ShardServer
 from shardq.store.rocks import StoreError
+from shardq.tls import ServerTLS
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -36,7 +38,9 @@ log = logging.getLogger("shardq.shard")
 async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
                        ready: Connection | None) -> int:
     loop = asyncio.get_running_loop()
+    tls = ServerTLS.from_config(cfg.api)  # before the store: a bad file costs no recovery
     shard = ShardServer(cfg, cfg.persistence.data_dir, shards, index, run_dir)
+    shard.tls = tls
     summary = shard.recover()
     client_ops = Operations(shard)
     peer_ops = Operations(shard, forwarded=True)
@@ -55,6 +59,7 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
         return EXIT_BIND
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(shard))
     log.info("shard %d of %d serving (pid %d), recovered in %.3f s", index, shards, os.getpid(),
              summary["seconds"])
     if ready is not None:
@@ -82,6 +87,11 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
     return EXIT_OK
 
 
+def _reload(shard: ShardServer) -> None:
+    """SIGHUP (forwarded by the supervisor): reload what this shard reads from files."""
+    shard.reload_tls()
+
+
 def shard_main(cfg: Config, index: int, shards: int, run_dir: str,
                ready: Connection | None = None) -> None:
     """Entry point of shard process ``index`` (spawned by the supervisor)."""
@@ -90,6 +100,9 @@ def shard_main(cfg: Config, index: int, shards: int, run_dir: str,
         code = uvloop.run(_serve_shard(cfg, index, shards, run_dir, ready))
     except StoreError as exc:
         print(f"shardq serve: shard {index}: {exc}", file=sys.stderr, flush=True)
+        code = EXIT_CONFIG
+    except ConfigError as exc:  # the TLS files: the supervisor checked them, they changed since
+        print(f"shardq serve: shard {index}: config error: {exc}", file=sys.stderr, flush=True)
         code = EXIT_CONFIG
     sys.stdout.flush()
     os._exit(code)
