@@ -3,9 +3,14 @@
 Rules:
 1. Servers: TLS 1.2 and 1.3 only; for TLS 1.2 only ECDHE key exchange with AES-GCM or
    ChaCha20-Poly1305 (TLS 1.3's suites are all AEAD with forward secrecy). No compression, no
-   renegotiation. ``api.tls_ca_file`` turns on client certificates: CERT_REQUIRED, so a client
-   without one signed by that CA is refused in the handshake. The TCP protocol port, /metrics
-   (and later the HTTP and gRPC listeners) all take their context from ``ServerTLS``.
+   renegotiation. ``api.tls_ca_file`` turns on client certificates: one that does not verify
+   against that CA fails the handshake. A client that sends none fails it too on /metrics
+   (CERT_REQUIRED); on the protocol port the handshake lets it through (CERT_OPTIONAL,
+   ``mutual_by_session``) and its session refuses it before reading a byte, with an
+   ``Unauthorized`` NACK saying a client certificate is required (session.py): the TLS alert
+   alone never reaches the client, whose TLS 1.3 handshake is over before the server's ends,
+   and it would only see the connection close. The TCP protocol port, /metrics (and later the
+   HTTP and gRPC listeners) all take their context from ``ServerTLS``.
 2. A misconfiguration is a ``ConfigError`` naming the config key and the file (missing or
    unreadable file, no PEM in it, a key that does not match the certificate, an encrypted key),
    raised before anything listens: ``shardq serve`` exits 2 with it.
@@ -70,9 +75,12 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, cert_key: str, key_key
 
 
 def server_context(cert: str, key: str, ca: str | None = None, *, alpn: str | None = ALPN,
+                   mutual_by_session: bool = False,
                    keys: tuple[str, str, str] = ("api.tls_cert_file", "api.tls_key_file",
                                                  "api.tls_ca_file")) -> ssl.SSLContext:
-    """A server context under rule 1 (``keys``: the config keys the errors name)."""
+    """A server context under rule 1 (``keys``: the config keys the errors name).
+    ``mutual_by_session``: with ``ca``, a client without a certificate passes the handshake and
+    the listener's sessions must refuse it (``ServerTLS.refuses``)."""
     cert_key, key_key, ca_key = keys
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MIN_VERSION
@@ -87,31 +95,42 @@ def server_context(cert: str, key: str, ca: str | None = None, *, alpn: str | No
             ctx.load_verify_locations(cafile=ca)
         except ssl.SSLError as exc:
             raise ConfigError(f"{ca_key}: {ca!r} cannot be loaded ({exc.reason or exc})") from None
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.verify_mode = ssl.CERT_OPTIONAL if mutual_by_session else ssl.CERT_REQUIRED
     return ctx
 
 
 class ServerTLS:
     """The context a listener uses for new handshakes, and its reload (rule 3)."""
 
-    def __init__(self, api: ApiConfig, alpn: str | None = ALPN) -> None:
+    def __init__(self, api: ApiConfig, alpn: str | None = ALPN, mutual_by_session: bool = False) -> None:
         assert api.tls_cert_file is not None and api.tls_key_file is not None
         self.cert, self.key, self.ca = api.tls_cert_file, api.tls_key_file, api.tls_ca_file
         self.alpn = alpn
+        self.mutual_by_session = mutual_by_session
         self.context = self._build()
         self.reloads = 0
 
     @classmethod
-    def from_config(cls, api: ApiConfig, alpn: str | None = ALPN) -> ServerTLS | None:
+    def from_config(cls, api: ApiConfig, alpn: str | None = ALPN,
+                    mutual_by_session: bool = False) -> ServerTLS | None:
         """None when ``api.tls_enabled`` is off; raises ConfigError (rule 2)."""
-        return cls(api, alpn) if api.tls_enabled else None
+        return cls(api, alpn, mutual_by_session) if api.tls_enabled else None
 
     @property
     def mutual(self) -> bool:
         return self.ca is not None
 
+    def refuses(self, peercert: object) -> str | None:
+        """Why a session over this TLS must be refused before it reads anything (rule 1), or
+        None. ``peercert``: the transport's ``get_extra_info("peercert")``."""
+        if self.mutual and not peercert:
+            return ("this server requires a client certificate (mutual TLS): give one signed by "
+                    "its CA with --tls-cert/--tls-key (SHARDQ_TLS_CERT/SHARDQ_TLS_KEY)")
+        return None
+
     def _build(self) -> ssl.SSLContext:
-        return server_context(self.cert, self.key, self.ca, alpn=self.alpn)
+        return server_context(self.cert, self.key, self.ca, alpn=self.alpn,
+                              mutual_by_session=self.mutual_by_session)
 
     def reload(self) -> bool:
         """Read the files again; True when the new context is in use."""

@@ -197,6 +197,13 @@ class Session(asyncio.Protocol, Caller):
             transport.close()
             self.closing = True
             return
+        tls = self.server.tls
+        refusal = tls.refuses(transport.get_extra_info("peercert")) if tls is not None else None
+        if refusal is not None:  # mutual TLS and no client certificate: before reading a byte
+            transport.write(encode_nack(None, "Unauthorized", refusal))
+            transport.close()
+            self.closing = True
+            return
         self.server.sessions.add(self)
         if self.carried:
             carried, self.carried = self.carried, b""

@@ -38,7 +38,9 @@ log = logging.getLogger("shardq.shard")
 async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
                        ready: Connection | None) -> int:
     loop = asyncio.get_running_loop()
-    tls = ServerTLS.from_config(cfg.api)  # before the store: a bad file costs no recovery
+    # Before the store: a bad file costs no recovery. Sessions refuse a client without a
+    # certificate themselves, with a NACK it can read (tls.py rule 1, session.py).
+    tls = ServerTLS.from_config(cfg.api, mutual_by_session=True)
     shard = ShardServer(cfg, cfg.persistence.data_dir, shards, index, run_dir)
     shard.tls = tls
     summary = shard.recover()
