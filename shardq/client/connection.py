@@ -8,6 +8,7 @@ refused our client certificate: TLS 1.3 says so only then), raise ``TLSError``.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from typing import Any
@@ -78,10 +79,15 @@ class Connection:
     @classmethod
     def from_url(cls, url: str, timeout: float | None = 30.0,
                  ssl_context: ssl.SSLContext | None = None) -> Connection:
-        """``shardqs://`` needs ``ssl_context`` (or gets a default one: system CAs)."""
+        """``shardqs://`` without ``ssl_context``: the files named by SHARDQ_TLS_CA (else the
+        system CAs), SHARDQ_TLS_CERT and SHARDQ_TLS_KEY, as the CLI reads them (for tools:
+        the benchmark, loadtests/)."""
         host, port, tls = parse_target(url)
         if tls and ssl_context is None:
-            ssl_context = client_context()
+            env = os.environ
+            ssl_context = client_context(env.get("SHARDQ_TLS_CA") or None,
+                                         env.get("SHARDQ_TLS_CERT") or None,
+                                         env.get("SHARDQ_TLS_KEY") or None)
         return cls(host, port, timeout=timeout, ssl_context=ssl_context if tls else None)
 
     def recv(self, n: int = 1 << 20) -> bytes:
