@@ -191,16 +191,13 @@ class Session(asyncio.Protocol, Caller):
         # (acceptor.py): one handed to us, by it or by another shard, has a slot already.
         # This bound is only a guard should its count ever fall short (a restarted acceptor
         # learns the shards' counts from them): no one shard holds more than the limit.
-        if len(self.server.sessions) >= self.server.cfg.broker.max_connections or self.server.closing:
-            transport.write(encode_nack(None, "Unavailable", "too many connections"
-                                        if not self.server.closing else "server is shutting down"))
-            transport.close()
-            self.closing = True
-            return
+        # Under mutual TLS, a client without a certificate is refused before we read a byte.
         tls = self.server.tls
         refusal = tls.refuses(transport.get_extra_info("peercert")) if tls is not None else None
-        if refusal is not None:  # mutual TLS and no client certificate: before reading a byte
-            transport.write(encode_nack(None, "Unauthorized", refusal))
+        if refusal is not None or self.server.closing or (
+                len(self.server.sessions) >= self.server.cfg.broker.max_connections):
+            transport.write(encode_nack(None, "Unauthorized", refusal) if refusal else encode_nack(
+                None, "Unavailable", "server is shutting down" if self.server.closing else "too many connections"))
             transport.close()
             self.closing = True
             return
