@@ -24,6 +24,10 @@ tasks/s of the whole drain (first "ready" to last completion), and the cross-sha
 shard forwarded to another, GET_STATS ``forwarded``) per task. HEARTBEATs always reach every shard,
 so a few hops remain even when pinned.
 
+``--tls``: the server speaks TLS only (trustme certificates made for the run), every client and
+worker connects with ``shardqs://`` and trusts that CA (SHARDQ_TLS_CA); ``--pin`` then reaches
+shard k through the ClientHello's ALPN offer instead of the HELLO hint (docs/architecture.md).
+
 The server (``shardq serve --shards S``, its own temp data dir) and the worker share this
 machine's cores; every task must end ``completed`` or the run fails. The handler is
 ``bench_worker:app`` below, so the worker imports this file (with ``loadtests/`` on its path).
@@ -73,11 +77,36 @@ def _when(line: str) -> float:
     return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
+TLS_CA: str | None = None  # --tls: the CA file every client and worker trusts
+
+
+def open_client(url: str, **kw) -> shardq.Client:  # type: ignore[no-untyped-def]
+    return shardq.Client(url, tls_ca=TLS_CA, **kw) if TLS_CA else shardq.Client(url, **kw)
+
+
 def worker_env() -> dict[str, str]:
     """The environment for ``python -m shardq.worker bench_worker:app``: this file and the
-    checkout importable."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+    checkout importable (and, with --tls, the CA to trust)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    if TLS_CA:
+        env["SHARDQ_TLS_CA"] = TLS_CA
+    return env
+
+
+def tls_server_env(dir: str) -> dict[str, str]:
+    """--tls: certificates for 127.0.0.1 signed by a fresh CA; sets TLS_CA."""
+    global TLS_CA
+    import trustme
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    TLS_CA = os.path.join(dir, "ca.pem")
+    ca.cert_pem.write_to_path(TLS_CA)
+    os.environ["SHARDQ_TLS_CA"] = TLS_CA  # for Connection.from_url (the floor loop)
+    leaf.cert_chain_pems[0].write_to_path(os.path.join(dir, "server.crt"))
+    leaf.private_key_pem.write_to_path(os.path.join(dir, "server.key"))
+    return {"SHARDQ_API__TLS_ENABLED": "true", "SHARDQ_API__TLS_CERT_FILE": os.path.join(dir, "server.crt"),
+            "SHARDQ_API__TLS_KEY_FILE": os.path.join(dir, "server.key")}
 
 
 def fill(client: shardq.Client, task_type: str, n: int) -> float:
@@ -93,7 +122,7 @@ def floor(url: str, task_type: str, n: int, concurrency: int) -> float:
     """N tasks claimed C at a time, each batch completed by one RESULT pipelined with the next CLAIM."""
     from shardq.client.connection import Connection
     from shardq.protocol.frames import MsgType
-    client = shardq.Client(url)
+    client = open_client(url)
     fill(client, task_type, n)
     client.close()
     conn = Connection.from_url(url)
@@ -121,7 +150,7 @@ def floor(url: str, task_type: str, n: int, concurrency: int) -> float:
 
 
 def run_one(url: str, task_type: str, n: int, concurrency: int, pool: str, log_dir: str) -> dict:
-    client = shardq.Client(url)
+    client = open_client(url)
     before = client.stats()["totals"]["completed"]
     fill_s = fill(client, task_type, n)
     log_path = os.path.join(log_dir, f"worker-c{concurrency}.log")
@@ -160,9 +189,9 @@ def run_spread(url: str, shards: int, task_type: str, n: int, concurrency: int, 
     """N tasks spread evenly over the shards, drained by one worker per shard at once."""
     share = [n // shards + (1 if k < n % shards else 0) for k in range(shards)]
     for k in range(shards):
-        with shardq.Client(url, shard=k) as producer:
+        with open_client(url, shard=k) as producer:
             fill(producer, task_type, share[k])
-    client = shardq.Client(url)
+    client = open_client(url)
     before_done, before_hops = client.stats()["totals"]["completed"], _forwarded(client)
     env = worker_env()
     procs, logs = [], []
@@ -202,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spread", action="store_true",
                         help="tasks on every shard, one worker per shard at once (needs --shards > 1)")
     parser.add_argument("--pin", action="store_true", help="with --spread: worker k runs with --shard k")
+    parser.add_argument("--tls", action="store_true", help="the server speaks TLS only (shardqs://)")
     args = parser.parse_args(argv)
     if args.spread and int(args.shards) < 2:
         parser.error("--spread needs --shards 2 or more")
@@ -212,27 +242,29 @@ def main(argv: list[str] | None = None) -> int:
     from shardq.testing import ServerProcess
     task_type = "noop" if args.handler == "sync" else "anoop"
     with tempfile.TemporaryDirectory(prefix="shardq-bench-worker-") as tmp:
-        srv = ServerProcess(os.path.join(tmp, "data"), ["--shards", args.shards]).start()
+        env = tls_server_env(tmp) if args.tls else None
+        srv = ServerProcess(os.path.join(tmp, "data"), ["--shards", args.shards], env=env).start()
+        url = srv.url.replace("shardq://", "shardqs://") if args.tls else srv.url
         try:
             if args.spread:
                 shards = int(args.shards)
-                print(f"server {srv.url} (--shards {shards}); {args.tasks} {args.handler} no-op tasks "
+                print(f"server {url} (--shards {shards}); {args.tasks} {args.handler} no-op tasks "
                       f"spread over the shards, {shards} workers {'pinned (--shard k)' if args.pin else 'placed by the acceptor'}")
                 print(f"{'concurrency':>11} | {'tasks/s':>9} | {'run s':>6} | {'hops':>6} | {'hops/task':>9}")
                 for c in (int(x) for x in args.concurrency.split(",")):
                     for _ in range(args.repeat):
-                        r = run_spread(srv.url, shards, task_type, args.tasks, c, args.pool, args.pin, tmp)
+                        r = run_spread(url, shards, task_type, args.tasks, c, args.pool, args.pin, tmp)
                         print(f"{c:>11} | {r['tasks_per_s']:>9,.0f} | {r['run_s']:>6.2f} | "
                               f"{r['hops']:>6,} | {r['hops_per_task']:>9.4f}", flush=True)
                 return 0
-            print(f"server {srv.url} (--shards {args.shards}); {args.tasks} {args.handler} no-op tasks "
+            print(f"server {url} (--shards {args.shards}); {args.tasks} {args.handler} no-op tasks "
                   f"per run, {args.pool} pool; {os.cpu_count()} CPUs")
             print(f"{'concurrency':>11} | {'tasks/s':>9} | {'run s':>6} | {'wall tasks/s':>12} | "
                   f"{'wall s':>6} | {'worker CPU s':>12} | {'floor tasks/s':>13}")
             for c in (int(x) for x in args.concurrency.split(",")):
                 for _ in range(args.repeat):
-                    r = run_one(srv.url, task_type, args.tasks, c, args.pool, tmp)
-                    bare = "-" if args.no_floor else f"{floor(srv.url, task_type, args.tasks, c):,.0f}"
+                    r = run_one(url, task_type, args.tasks, c, args.pool, tmp)
+                    bare = "-" if args.no_floor else f"{floor(url, task_type, args.tasks, c):,.0f}"
                     print(f"{c:>11} | {r['tasks_per_s']:>9,.0f} | {r['run_s']:>6.2f} | "
                           f"{r['wall_tasks_per_s']:>12,.0f} | {r['wall_s']:>6.2f} | "
                           f"{r['worker_cpu_s']:>12.2f} | {bare:>13}", flush=True)

@@ -2,6 +2,7 @@
 
     locust -f loadtests/locustfile.py --host shardq://127.0.0.1:7070                 # web UI on :8089
     locust -f loadtests/locustfile.py --host shardq://127.0.0.1:7070 --headless -u 50 -r 10 -t 1m
+    SHARDQ_TLS_CA=ca.pem locust -f loadtests/locustfile.py --host shardqs://127.0.0.1:7070   # TLS
 
 Three users, weighted by ``--producer-weight`` / ``--worker-weight`` / ``--reader-weight``:
 
@@ -10,6 +11,9 @@ Three users, weighted by ``--producer-weight`` / ``--worker-weight`` / ``--reade
   priorities drawn from ``--priorities`` (a comma list), a ``--delay-ms`` delay on a share of them.
 - WorkerUser: CLAIM up to ``--claim-max`` with ``--claim-wait-s``, then RESULT completed for all.
 - ReaderUser: QUERY_STATUS of tasks it submitted, GET_STATS.
+
+A ``shardqs://`` host speaks TLS, trusting ``--tls-ca`` (else the system CAs) and presenting
+``--tls-cert``/``--tls-key`` to a server with mutual TLS (docs/security.md).
 
 Every option can also be given as an environment variable (``SHARDQ_PAYLOAD_SIZE=1024`` ...). Each
 request is reported to Locust with its message type as the request type, its response time, the
@@ -51,6 +55,12 @@ def _options(parser: Any) -> None:
                        help="how long a CLAIM waits for work")
     group.add_argument("--task-type", env_var="SHARDQ_TASK_TYPE", default="locust",
                        help="the task type the users submit and claim")
+    group.add_argument("--tls-ca", env_var="SHARDQ_TLS_CA", default="",
+                       help="with a shardqs:// host: the CA that signed the server's certificate")
+    group.add_argument("--tls-cert", env_var="SHARDQ_TLS_CERT", default="",
+                       help="with a shardqs:// host: a client certificate (mutual TLS)")
+    group.add_argument("--tls-key", env_var="SHARDQ_TLS_KEY", default="",
+                       help="the private key of --tls-cert")
     group.add_argument("--producer-weight", type=int, env_var="SHARDQ_PRODUCER_WEIGHT", default=2)
     group.add_argument("--worker-weight", type=int, env_var="SHARDQ_WORKER_WEIGHT", default=4)
     group.add_argument("--reader-weight", type=int, env_var="SHARDQ_READER_WEIGHT", default=1)
@@ -73,7 +83,11 @@ class ShardqUser(User):
 
     def on_start(self) -> None:
         self.options = self.environment.parsed_options
-        self.client = Client(self.host or "shardq://127.0.0.1:7070", timeout=30, name="locust/1")
+        url = self.host or "shardq://127.0.0.1:7070"
+        tls = {name: getattr(self.options, name) or None for name in ("tls_ca", "tls_cert", "tls_key")}
+        if not url.startswith("shardqs://"):
+            tls = {}  # (the environment may carry them for another target)
+        self.client = Client(url, timeout=30, name="locust/1", **tls)
 
     def on_stop(self) -> None:
         self.client.close()

@@ -1,4 +1,4 @@
-"""The client commands of the `shardq` CLI: submit, status, cancel, list, stats, workers, dlq.
+"""The client commands of the `shardq` CLI: submit, status, cancel, list, stats, workers, dlq, ping.
 
 One small function per command; each takes the parsed arguments and an open ``shardq.Client``
 and returns the exit code. Human output is a table (``print_table``); ``--json`` prints the
@@ -19,7 +19,10 @@ from typing import Any
 
 import orjson
 
-from shardq.errors import QueueFull, ShardqError, WireError
+from shardq.client.connection import Connection, check_tls_options, parse_target
+from shardq.errors import QueueFull, ShardqError, Unauthorized, WireError, error_from_wire
+from shardq.protocol.frames import MsgType
+from shardq.tls import client_context
 
 DEFAULT_URL = "shardq://127.0.0.1:7070"
 STATUSES = ("pending", "in_progress", "completed", "failed", "dead_letter", "cancelled")
@@ -148,9 +151,17 @@ def common_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("connection and output")
     g.add_argument("--server", metavar="URL", default=os.environ.get("SHARDQ_URL") or DEFAULT_URL,
-                   help=f"shardq://host:port (default: $SHARDQ_URL, else {DEFAULT_URL})")
+                   help=f"shardq://host:port, or shardqs://host:port for TLS (default: $SHARDQ_URL, "
+                        f"else {DEFAULT_URL})")
     g.add_argument("--api-key", metavar="KEY", default=os.environ.get("SHARDQ_API_KEY"),
                    help="API key sent in HELLO (default: $SHARDQ_API_KEY)")
+    g.add_argument("--tls-ca", metavar="FILE", default=os.environ.get("SHARDQ_TLS_CA") or None,
+                   help="with a shardqs:// URL: the CA file that signed the server's certificate "
+                        "(default: $SHARDQ_TLS_CA, else the system CAs)")
+    g.add_argument("--tls-cert", metavar="FILE", default=os.environ.get("SHARDQ_TLS_CERT") or None,
+                   help="client certificate, for a server that asks for one (default: $SHARDQ_TLS_CERT)")
+    g.add_argument("--tls-key", metavar="FILE", default=os.environ.get("SHARDQ_TLS_KEY") or None,
+                   help="the private key of --tls-cert (default: $SHARDQ_TLS_KEY)")
     g.add_argument("--timeout", type=_non_negative(float), default=10.0, metavar="S",
                    help="seconds to wait for the server (default 10)")
     g.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
@@ -195,6 +206,10 @@ def add_client_commands(sub: Any) -> None:
     p = sub.add_parser("workers", parents=common, help="live workers with their CPU and memory")
     p.set_defaults(handler=cmd_workers)
 
+    p = sub.add_parser("ping", parents=common,
+                       help="check that the server answers (needs no API key: for health checks)")
+    p.set_defaults(handler=cmd_ping, raw=True)
+
     dlq = sub.add_parser("dlq", help="the dead-letter queue: list, requeue, purge")
     dsub = dlq.add_subparsers(dest="dlq_action", required=True, metavar="{list,requeue,purge}")
     p = dsub.add_parser("list", parents=common, help="tasks in dead_letter")
@@ -229,12 +244,13 @@ def run(args: argparse.Namespace) -> int:
     """Run a client command; every error becomes one line on stderr."""
     client = None
     try:
-        if getattr(args, "offline", False):
+        if getattr(args, "offline", False) or getattr(args, "raw", False):
             return int(args.handler(args, None))
         from shardq.client.sync import Client
         try:
             client = Client(args.server, timeout=args.timeout or None, api_key=args.api_key,
-                            retries=1, name="shardq-cli")
+                            retries=1, name="shardq-cli", tls_ca=args.tls_ca,
+                            tls_cert=args.tls_cert, tls_key=args.tls_key)
         except ValueError as exc:
             raise CliError(str(exc), code=2) from None
         return int(args.handler(args, client))
@@ -395,6 +411,34 @@ def cmd_workers(args: argparse.Namespace, client: Any) -> int:
             for w in workers]
     print_table(("id", "host", "pid", "types", "concurrency", "active", "cpu %", "rss", "state", "last seen"),
                 rows, empty="no live workers")
+    return 0
+
+
+def cmd_ping(args: argparse.Namespace, _client: Any) -> int:
+    """One PING before any HELLO, over TLS for a shardqs:// URL. Answered (an ACK, or
+    Unauthorized when the server wants an API key first) means up: exit 0."""
+    try:
+        host, port, tls = parse_target(args.server)
+        check_tls_options(args.server, tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                          tls_key=args.tls_key)
+        ctx = client_context(args.tls_ca, args.tls_cert, args.tls_key) if tls else None
+    except ValueError as exc:
+        raise CliError(str(exc), code=2) from None
+    started = time.perf_counter()
+    with Connection(host, port, timeout=args.timeout or None, ssl_context=ctx) as conn:
+        answer = conn.wait_for(conn.send(MsgType.PING, {}))
+    took_ms = (time.perf_counter() - started) * 1000
+    auth = False
+    if answer.type == MsgType.NACK:
+        err = error_from_wire(answer.header.get("error") or {})
+        if not isinstance(err, Unauthorized):
+            raise err
+        auth = True
+    if args.json:
+        print_json({"up": True, "ms": round(took_ms, 3), "auth_required": auth, "tls": tls})
+    else:
+        print(f"{args.server}: up ({took_ms:.1f} ms{', TLS' if tls else ''}"
+              f"{', API key required' if auth else ''})")
     return 0
 
 

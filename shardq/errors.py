@@ -18,6 +18,12 @@ class ConfigError(ShardqError):
     """A configuration value is missing, ill-typed or out of range."""
 
 
+class TLSError(ShardqError):
+    """A TLS connection could not be set up: an untrusted or expired server certificate, a
+    client certificate the server refused or did not get, a peer that does not speak TLS.
+    Retrying cannot fix it; the message says what to change."""
+
+
 class ProtocolViolation(ShardqError):
     """The peer broke the framing rules; the connection cannot continue."""
 

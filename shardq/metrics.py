@@ -18,14 +18,18 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
+import socket
+import threading
 import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -35,9 +39,10 @@ from shardq.task import STATUS_NAMES, TIERS
 
 if TYPE_CHECKING:
     import asyncio
-    from wsgiref.simple_server import WSGIServer
 
     from prometheus_client.metrics_core import Metric
+
+    from shardq.tls import ServerTLS
 
 log = logging.getLogger("shardq.metrics")
 
@@ -410,13 +415,51 @@ def metrics_registry(collector: Collector) -> CollectorRegistry:
     return registry
 
 
-def start_metrics_server(port: int, host: str, collector: Collector) -> tuple[WSGIServer, int]:
-    """Serve /metrics (Prometheus text, or OpenMetrics when asked) on a daemon thread.
+class _MetricsHandler(WSGIRequestHandler):
+    """One scrape; quiet (no line per request). ``timeout`` bounds every read and write, the TLS
+    handshake included, so a client that stalls holds one thread that long and no more."""
+
+    timeout: float | None = 30.0
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    """prometheus_client's threading WSGI server, with TLS done our way: each accepted socket is
+    wrapped with the context ``tls`` holds *now* (a SIGHUP reload takes effect for the next
+    scrape), and the handshake runs in the request's thread, not in the accept loop, so a client
+    that never finishes it cannot block the others."""
+
+    daemon_threads = True
+    tls: ServerTLS | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = self.socket.accept()
+        if self.tls is not None:
+            sock = self.tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("/metrics request from %s failed", client_address, exc_info=True)
+
+
+def start_metrics_server(port: int, host: str, collector: Collector, tls: ServerTLS | None = None,
+                         timeout: float = 30.0) -> tuple[WSGIServer, int]:
+    """Serve /metrics (Prometheus text, or OpenMetrics when asked) on a daemon thread; over TLS
+    when ``tls`` is given (shardq/tls.py: client certificates too when it asks for them).
 
     ``port`` 0 binds any free port; the bound port is returned. Raises OSError when it cannot bind.
+    ``timeout``: seconds a request (its TLS handshake included) may stall.
     Stop it with ``stop_metrics_server(server)``.
     """
-    server, _thread = start_http_server(port, addr=host, registry=metrics_registry(collector))
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                   flags=socket.AI_PASSIVE)[0]
+    server_cls = type("MetricsServer", (_MetricsServer,), {"address_family": family, "tls": tls})
+    handler_cls = type("MetricsHandler", (_MetricsHandler,), {"timeout": timeout})
+    server = make_server(sockaddr[0], port, make_wsgi_app(metrics_registry(collector)),
+                         server_cls, handler_class=handler_cls)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server, server.server_port
 
 

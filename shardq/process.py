@@ -58,11 +58,11 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 
 def start_child(role: str, monitoring: MonitoringConfig) -> None:
     """The first lines of every spawned server process: follow the supervisor, leave SIGINT to
-    it (it orders the drain), survive a SIGHUP (a reload, not a hang-up), name the process and
-    set up its logging."""
+    it (it orders the drain), ignore SIGHUP unless the process reloads something on it (the
+    supervisor forwards it: supervisor.py rule 5), name the process and set up its logging."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor forwards it to those that reload
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     set_title(role)
     setup_logging(monitoring, role)
 

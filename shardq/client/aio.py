@@ -25,16 +25,18 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from shardq.client import requests as rq
-from shardq.client.aio_connection import AsyncConnection
-from shardq.client.connection import ConnectionClosed, parse_url
+from shardq.client.aio_connection import AsyncConnection, open_connection
+from shardq.client.connection import ConnectionClosed, check_tls_options, parse_target
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
 from shardq.errors import ShardqError, WireError
 from shardq.protocol.frames import Message, MsgType
+from shardq.tls import client_context
 
 _BROKEN = (OSError, ConnectionClosed)
 
@@ -44,13 +46,20 @@ class AsyncClient:
 
     Use it from one event loop. ``timeout`` (seconds, None for none) bounds every call;
     ``retries`` is how many times a call reconnects and tries again. ``shard``: connect to that
-    shard of a multi-shard server (the HELLO hint), as ``shardq.Client`` does."""
+    shard of a multi-shard server (the HELLO hint), as ``shardq.Client`` does; ``shardqs://``,
+    ``tls_ca``, ``tls_cert``, ``tls_key`` and ``ssl_context`` as there too (a TLS failure is a
+    ``TLSError``, not retried)."""
 
     def __init__(self, url: str = "shardq://127.0.0.1:7070", *, timeout: float | None = 30.0,
                  api_key: str | None = None, retries: int = 3, name: str = "shardq-python-asyncio",
-                 shard: int | None = None) -> None:
-        self.host, self.port = parse_url(url)
+                 shard: int | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.host, self.port, tls = parse_target(url)
+        check_tls_options(url, tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                          ssl_context=ssl_context)
         self.shard_hint = None if shard is None else rq.check_shard(shard)
+        self.ssl_context = (ssl_context or client_context(tls_ca, tls_cert, tls_key, self.shard_hint)
+                            if tls else None)
         self.url = url
         self.timeout = timeout
         self.api_key = api_key
@@ -66,11 +75,18 @@ class AsyncClient:
     async def _open(self) -> AsyncConnection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.timeout):
-            _, conn = await loop.create_connection(lambda: AsyncConnection(loop), self.host, self.port)
+            conn = await open_connection(loop, lambda: AsyncConnection(loop), self.host, self.port,
+                                         self.ssl_context)
             try:
                 msg = await conn.request(MsgType.HELLO, rq.hello_header(self.name, self.api_key,
                                                                         self.shard_hint))
                 self.server_info = rq.server_info(msg)
+            except ConnectionClosed:
+                conn.close()
+                tls_error = conn.tls_error()
+                if tls_error is not None:
+                    raise tls_error from None
+                raise
             except BaseException:
                 conn.close()
                 raise

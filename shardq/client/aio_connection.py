@@ -14,6 +14,9 @@ decides (shardq.client.core's rules); it adds only what needs a loop:
    each write buffers at most the high-water mark plus one frame.
 4. ``coalesce=True`` gathers the frames written in one loop turn into one write (a RESULT and
    the CLAIM after it leave together).
+5. ``open_connection`` connects, over TLS when given a context; a failed handshake raises
+   ``TLSError``, and so does a connection the server ended with a TLS alert (``tls_error``:
+   under TLS 1.3 a refused client certificate is only heard of on the first read).
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
+from shardq.client.connection import tls_failure
 from shardq.client.core import ConnectionClosed, ConnectionCore, Resolution
-from shardq.errors import error_from_wire
+from shardq.errors import TLSError, error_from_wire
 from shardq.protocol.frames import Message, MsgType
 
 Callback = Callable[[Message | None, BaseException | None], None]
@@ -48,6 +53,8 @@ class AsyncConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._paused = False
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
+        self.where = ""  # host:port, for errors
+        self.lost_exc: BaseException | None = None  # why the transport went, when it said
 
     @property
     def closed(self) -> bool:
@@ -76,6 +83,7 @@ class AsyncConnection(asyncio.Protocol):
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_exc = exc
         self._resolve(self.core.lose("connection closed" if exc is None else f"connection lost: {exc}"))
         while self._drain_waiters:
             waiter = self._drain_waiters.popleft()
@@ -142,6 +150,14 @@ class AsyncConnection(asyncio.Protocol):
         """Whether a request has waited past its timeout (``now``: time.monotonic())."""
         return any(now > deadline for _cb, deadline in self.core.pending.values())
 
+    def tls_error(self) -> TLSError | None:
+        """Rule 5: a TLSError when the server ended this connection with a TLS alert."""
+        exc = self.lost_exc
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError):
+            host, _, port = self.where.rpartition(":")
+            return tls_failure(exc, host, int(port or 0))
+        return None
+
     def abort(self, reason: str) -> None:
         self._resolve(self.core.lose(reason))
         if self.transport is not None:
@@ -172,4 +188,16 @@ class AsyncConnection(asyncio.Protocol):
                 self.loop.call_soon(self._on_bug, bug)
 
 
-__all__ = ["AsyncConnection", "Callback", "ConnectionClosed"]
+async def open_connection(loop: asyncio.AbstractEventLoop, factory: Callable[[], AsyncConnection],
+                          host: str, port: int, ssl_context: ssl.SSLContext | None) -> AsyncConnection:
+    """Connect (rule 5): over TLS when ``ssl_context`` is given, verifying ``host``."""
+    try:
+        _, conn = await loop.create_connection(factory, host, port, ssl=ssl_context,
+                                               server_hostname=host if ssl_context is not None else None)
+    except ssl.SSLError as exc:
+        raise tls_failure(exc, host, port) from None
+    conn.where = f"{host}:{port}"
+    return conn
+
+
+__all__ = ["AsyncConnection", "Callback", "ConnectionClosed", "open_connection"]

@@ -12,20 +12,24 @@ Rules:
    same backoff for up to 10 s when the request is safe to repeat.
 3. NACKs become the typed exceptions of ``shardq.errors`` (QueueFull carries
    ``retry_after_ms``).
+4. ``shardqs://`` speaks TLS and verifies the server (shardq/tls.py ``client_context``); a TLS
+   failure is a ``TLSError``, raised at once (no retry can fix a certificate).
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from shardq.client import requests as rq
-from shardq.client.connection import Connection, ConnectionClosed, parse_url
+from shardq.client.connection import Connection, ConnectionClosed, check_tls_options, parse_target
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
 from shardq.errors import Unavailable, error_from_wire
 from shardq.protocol.frames import Message, MsgType
+from shardq.tls import client_context
 
 _RETRYABLE = rq.RETRYABLE
 _BROKEN = (OSError, ConnectionClosed)
@@ -34,14 +38,24 @@ _BROKEN = (OSError, ConnectionClosed)
 class Client:
     """A connection to a shardq server. Not shared between threads: make one per thread.
 
-    ``shard``: connect to that shard of a multi-shard server (the HELLO hint). Requests about
-    tasks owned there, and claims of work queued there, then never cross shards."""
+    ``shard``: connect to that shard of a multi-shard server (the HELLO hint; over TLS, the ALPN
+    offer). Requests about tasks owned there, and claims of work queued there, then never cross
+    shards.
+
+    ``shardqs://`` URLs speak TLS: ``tls_ca`` is the CA file that signed the server's certificate
+    (default: the system's CAs), ``tls_cert``/``tls_key`` a client certificate for servers that
+    ask for one; or pass a ready ``ssl_context``."""
 
     def __init__(self, url: str = "shardq://127.0.0.1:7070", *, timeout: float | None = 30.0,
                  api_key: str | None = None, retries: int = 3, name: str = "shardq-python",
-                 shard: int | None = None) -> None:
-        self.host, self.port = parse_url(url)
+                 shard: int | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.host, self.port, tls = parse_target(url)
+        check_tls_options(url, tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                          ssl_context=ssl_context)
         self.shard_hint = None if shard is None else rq.check_shard(shard)
+        self.ssl_context = (ssl_context or client_context(tls_ca, tls_cert, tls_key, self.shard_hint)
+                            if tls else None)
         self.url = url
         self.timeout = timeout
         self.api_key = api_key
@@ -53,7 +67,7 @@ class Client:
     # -- connection ------------------------------------------------------------
 
     def _connect(self) -> Connection:
-        conn = Connection(self.host, self.port, timeout=self.timeout)
+        conn = Connection(self.host, self.port, timeout=self.timeout, ssl_context=self.ssl_context)
         try:
             self.server_info = rq.server_info(conn.call(MsgType.HELLO, rq.hello_header(self.name, self.api_key,
                                                                                  self.shard_hint)))
@@ -87,11 +101,15 @@ class Client:
     def _stale(conn: Connection) -> bool:
         """True when the server has closed an idle connection (or sent something unasked):
         no request is in flight between calls, so a readable socket means it is unusable.
-        A non-blocking peek (no select: no fd limit, and it works under gevent)."""
+        A non-blocking peek (no select: no fd limit, and it works under gevent). Over TLS a
+        non-blocking read: records that carry no data (TLS 1.3 session tickets) are not stale."""
         try:
             conn.sock.settimeout(0)
-            conn.sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
+            if conn.tls:
+                conn.sock.recv(1)
+            else:
+                conn.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, ssl.SSLWantReadError):
             return False
         except OSError:
             return True

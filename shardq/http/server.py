@@ -4,7 +4,9 @@ Rules:
 1. No listener here: the supervisor binds the HTTP port, the acceptor admits each connection
    against max_connections and hands it to a shard (handoff.py, tagged LISTENER_HTTP), and
    ``adopt`` serves it on this shard's loop with aiohttp's low-level server, a protocol factory
-   (``loop.connect_accepted_socket``). TLS, when on, is one ``ssl`` context given here.
+   (``loop.connect_accepted_socket``). TLS, when on, is the ``ServerTLS`` given here (shardq/tls.py:
+   the same files as the protocol port, ALPN ``http/1.1``, client certificates required at the
+   handshake under mTLS).
 2. Each connection holds the acceptor's slot until it closes (``ShardServer.slot_released``),
    and is a ``Caller`` (claims.py): when it closes, its waiting claims are cancelled and what
    they were given goes back at once.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl as ssl_module
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from shardq.http.api import MAX_BODY, Api
 from shardq.http.problems import http_refusal
 from shardq.server.claims import Caller
 from shardq.server.operations import Operations
+from shardq.tls import ServerTLS
 
 if TYPE_CHECKING:
     from shardq.server.shard import ShardServer
@@ -44,9 +46,9 @@ MAX_HEADERS = 128
 class HttpServer(web.Server):
     """aiohttp's low-level server, one per shard, counting its connections as the shard's."""
 
-    def __init__(self, shard: ShardServer, ops: Operations, ssl: ssl_module.SSLContext | None = None) -> None:
+    def __init__(self, shard: ShardServer, ops: Operations, tls: ServerTLS | None = None) -> None:
         self.shard = shard
-        self.ssl = ssl
+        self.tls = tls  # its context is read per connection: a SIGHUP reload swaps it
         self.callers: dict[RequestHandler, Caller] = {}
         self._starting: set[RequestHandler] = set()  # made, not yet connected (a TLS handshake)
         self.api = Api(shard, ops, self.callers.get)
@@ -79,7 +81,8 @@ class HttpServer(web.Server):
         loop = asyncio.get_running_loop()
         made: list[RequestHandler] = []
         try:
-            await loop.connect_accepted_socket(lambda: self._protocol(made), sock, ssl=self.ssl)
+            await loop.connect_accepted_socket(lambda: self._protocol(made), sock,
+                                           ssl=self.tls.context if self.tls is not None else None)
         except Exception as exc:
             log.info("cannot serve an HTTP connection: %s", exc)
             sock.close()

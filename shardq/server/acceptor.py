@@ -11,7 +11,9 @@ Rules:
    ``Slots``) when one ends, and when one moves to another shard on a HELLO hint
    (its slot moves with it: neither refused there nor counted twice). A shard
    that goes away frees the slots of every connection it held. A connection
-   beyond the limit gets the contract's NACK and is closed.
+   beyond the limit gets the contract's NACK and is closed (under TLS it is only
+   closed: a TLS client could not read a plaintext NACK, and the acceptor does
+   no handshakes; the bundled clients retry it as a broken connection).
 3. The listening sockets belong to the supervisor, which binds them once: an
    acceptor restarted after a crash accepts on the same ports at once.
 4. Two listeners, one admission: the shardq protocol's port and the HTTP API's
@@ -57,8 +59,9 @@ REPORT_MAX = 64 * 1024  # a shard's Slots report is 8 bytes per shard plus 16
 
 class Acceptor:
     def __init__(self, max_connections: int, listener: socket.socket, run_dir: str, shards: int,
-                 http_listener: socket.socket | None = None) -> None:
+                 http_listener: socket.socket | None = None, tls: bool = False) -> None:
         self.max_connections = max_connections
+        self.tls = tls
         self.listener = listener
         self.http_listener = http_listener
         self.run_dir = run_dir
@@ -136,6 +139,8 @@ class Acceptor:
 
     def _refuse(self, conn: socket.socket, message: str, kind: int = LISTENER_TCP) -> None:
         self.refused += 1
+        if self.tls:
+            return  # rule 2: closed without a word
         with contextlib.suppress(OSError):
             conn.setblocking(False)
             conn.send(http_refusal(message) if kind == LISTENER_HTTP else encode_nack(None, "Unavailable", message))
@@ -214,7 +219,7 @@ async def _all(loops: list[Any]) -> None:
 
 def acceptor_main(broker: BrokerConfig, monitoring: MonitoringConfig, listener: socket.socket,
                   run_dir: str, shards: int, http_listener: socket.socket | None = None,
-                  ready: Connection | None = None) -> None:
+                  tls: bool = False, ready: Connection | None = None) -> None:
     """Entry point of the acceptor process (spawned by the supervisor)."""
     start_child("acceptor", monitoring)
-    uvloop.run(Acceptor(broker.max_connections, listener, run_dir, shards, http_listener).run(ready))
+    uvloop.run(Acceptor(broker.max_connections, listener, run_dir, shards, http_listener, tls).run(ready))

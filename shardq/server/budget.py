@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from shardq.protocol.frames import MAX_FRAME, Message, MsgType
+
 log = logging.getLogger("shardq.budget")
 
 # Frames up to this size need no input reservation: every connection may hold one (a PING, a
@@ -171,3 +173,33 @@ class HeapTrimmer:
 
 
 __all__ = ["SMALL_FRAME", "OutputBudget", "InputBudget", "HeapTrimmer"]
+
+
+# What a request answered later is expected to hold until its answer is sent: the request's own
+# blob (its payloads live on in the operation), plus its answer. A task row costs ~0.5 KiB on the
+# wire and several times that as Python objects while the answer is being merged.
+TASK_ROW_ESTIMATE = 2048
+SMALL_ANSWER_ESTIMATE = 4096
+STATS_ESTIMATE = 64 * 1024
+
+
+def answer_estimate(msg: Message) -> int:
+    """Bytes to reserve for ``msg`` while its answer is on its way (it need not be exact: it
+    bounds how many such requests one connection may have in flight)."""
+    h = msg.header
+    t = msg.type
+    n = SMALL_ANSWER_ESTIMATE + len(msg.blob)
+    if t is MsgType.LIST_TASKS:
+        limit = h.get("limit")
+        n += TASK_ROW_ESTIMATE * (limit if type(limit) is int and 0 < limit <= 1000 else 100)
+    elif t is MsgType.QUERY_STATUS:
+        ids = h.get("ids")
+        n += TASK_ROW_ESTIMATE * (len(ids) if type(ids) is list else 1)
+        if h.get("with_result"):
+            n += MAX_FRAME // 4  # results: up to a frame; a quarter is our guess
+    elif t is MsgType.GET_STATS:
+        n += STATS_ESTIMATE
+    elif t is MsgType.SUBMIT or t is MsgType.REQUEUE:
+        tasks = h.get("tasks") or h.get("ids")
+        n += 64 * (len(tasks) if type(tasks) is list else 1)
+    return n

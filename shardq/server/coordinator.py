@@ -20,17 +20,20 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import uvloop
 
 from shardq.clock import now_ms
-from shardq.config import BrokerConfig, MonitoringConfig
+from shardq.config import ApiConfig, BrokerConfig, MonitoringConfig
+from shardq.errors import ConfigError
 from shardq.metrics import BrokerCollector, on_loop, start_metrics_server, stop_metrics_server
-from shardq.process import EXIT_BIND, start_child
+from shardq.process import EXIT_BIND, EXIT_CONFIG, start_child
 from shardq.protocol.frames import Message, MsgType
 from shardq.server.mesh import Link, coordinator_path
+from shardq.tls import ServerTLS
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -44,6 +47,7 @@ WORKER_FIELDS = ("hostname", "pid", "types", "concurrency", "cpu_percent", "memo
 class Coordinator:
     def __init__(self, broker: BrokerConfig, shards: int) -> None:
         self.host = broker.host  # /metrics listens beside the client port
+        self.connection_timeout_s = broker.connection_timeout_ms / 1000
         self.shards = shards
         self.links: dict[int, Link] = {}
         self.reports: dict[int, dict[str, Any]] = {}  # the last stats REPORT of each shard
@@ -152,7 +156,8 @@ class Coordinator:
 
     # -- the process ------------------------------------------------------------------
 
-    async def run(self, run_dir: str, ready: Connection | None, metrics_port: int | None = None) -> int:
+    async def run(self, run_dir: str, ready: Connection | None, metrics_port: int | None = None,
+                  tls: ServerTLS | None = None) -> int:
         loop = asyncio.get_running_loop()
         path = coordinator_path(run_dir)
         with contextlib.suppress(FileNotFoundError):
@@ -162,14 +167,18 @@ class Coordinator:
         if metrics_port is not None:
             try:
                 metrics, metrics_port = start_metrics_server(
-                    metrics_port, self.host, BrokerCollector(on_loop(loop, self.snapshot)))
+                    metrics_port, self.host, BrokerCollector(on_loop(loop, self.snapshot)), tls,
+                    timeout=self.connection_timeout_s)
             except OSError as exc:
                 log.error("cannot serve /metrics on %s:%s: %s", self.host, metrics_port, exc)
                 server.close()
                 return EXIT_BIND
-            log.info("serving /metrics on %s:%d", self.host, metrics_port)
+            log.info("serving /metrics on %s:%d%s", self.host, metrics_port,
+                     " over TLS" if tls is not None else "")
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
+        if tls is not None:
+            loop.add_signal_handler(signal.SIGHUP, tls.reload)  # the supervisor forwards SIGHUP
         period = max(0.02, min(0.25, self.liveness_ms / 4000))
         if ready is not None:
             ready.send({"ready": True, "metrics_port": metrics_port})
@@ -188,9 +197,15 @@ class Coordinator:
         return 0
 
 
-def coordinator_main(broker: BrokerConfig, monitoring: MonitoringConfig, run_dir: str, shards: int,
-                     metrics_port: int | None = None, ready: Connection | None = None) -> None:
+def coordinator_main(broker: BrokerConfig, monitoring: MonitoringConfig, api: ApiConfig, run_dir: str,
+                     shards: int, metrics_port: int | None = None, ready: Connection | None = None) -> None:
     """Entry point of the coordinator process (spawned by the supervisor). ``metrics_port``:
-    where /metrics is served (0: any free port, reported back on ``ready``; None: off)."""
+    where /metrics is served (0: any free port, reported back on ``ready``; None: off), over
+    TLS when ``api.tls_enabled``."""
     start_child("coordinator", monitoring)
-    os._exit(uvloop.run(Coordinator(broker, shards).run(run_dir, ready, metrics_port)))
+    try:
+        tls = ServerTLS.from_config(api, alpn=None) if metrics_port is not None else None
+    except ConfigError as exc:  # the supervisor checked the files; they changed since
+        print(f"shardq serve: coordinator: config error: {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_CONFIG)
+    os._exit(uvloop.run(Coordinator(broker, shards).run(run_dir, ready, metrics_port, tls)))

@@ -48,7 +48,7 @@ from shardq.protocol.frames import (
     encode,
     encode_nack,
 )
-from shardq.server.budget import SMALL_FRAME
+from shardq.server.budget import SMALL_ANSWER_ESTIMATE, SMALL_FRAME, answer_estimate
 from shardq.server.claims import Caller, Claimed
 from shardq.server.operations import Identity, Operations, Page, Queried
 from shardq.server.session_auth import SessionAuth
@@ -71,36 +71,6 @@ MAX_FRAME_BEFORE_HELLO = SMALL_FRAME
 # Longest a connection decodes in one loop turn before the others get theirs (seastar calls
 # more than 20 ms without yielding a stall; PINGs of other clients wait for this much at most).
 SLICE_S = 0.002
-
-# What a request answered later is expected to hold until its answer is sent: the request's own
-# blob (its payloads live on in the operation), plus its answer. A task row costs ~0.5 KiB on the
-# wire and several times that as Python objects while the answer is being merged.
-TASK_ROW_ESTIMATE = 2048
-SMALL_ANSWER_ESTIMATE = 4096
-STATS_ESTIMATE = 64 * 1024
-
-
-def _estimate(msg: Message) -> int:
-    """Bytes to reserve for ``msg`` while its answer is on its way (it need not be exact: it
-    bounds how many such requests one connection may have in flight)."""
-    h = msg.header
-    t = msg.type
-    n = SMALL_ANSWER_ESTIMATE + len(msg.blob)
-    if t is MsgType.LIST_TASKS:
-        limit = h.get("limit")
-        n += TASK_ROW_ESTIMATE * (limit if type(limit) is int and 0 < limit <= 1000 else 100)
-    elif t is MsgType.QUERY_STATUS:
-        ids = h.get("ids")
-        n += TASK_ROW_ESTIMATE * (len(ids) if type(ids) is list else 1)
-        if h.get("with_result"):
-            n += MAX_FRAME // 4  # results: up to a frame; a quarter is our guess
-    elif t is MsgType.GET_STATS:
-        n += STATS_ESTIMATE
-    elif t is MsgType.SUBMIT or t is MsgType.REQUEUE:
-        tasks = h.get("tasks") or h.get("ids")
-        n += 64 * (len(tasks) if type(tasks) is list else 1)
-    return n
-
 
 # -- how each operation's result goes on the wire ------------------------------------------------
 
@@ -192,9 +162,13 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
         # (acceptor.py): one handed to us, by it or by another shard, has a slot already.
         # This bound is only a guard should its count ever fall short (a restarted acceptor
         # learns the shards' counts from them): no one shard holds more than the limit.
-        if len(self.server.sessions) >= self.server.cfg.broker.max_connections or self.server.closing:
-            transport.write(encode_nack(None, "Unavailable", "too many connections"
-                                        if not self.server.closing else "server is shutting down"))
+        # Under mutual TLS, a client without a certificate is refused before we read a byte.
+        tls = self.server.tls
+        refusal = tls.refuses(transport.get_extra_info("peercert")) if tls is not None else None
+        if refusal is not None or self.server.closing or (
+                len(self.server.sessions) >= self.server.cfg.broker.max_connections):
+            transport.write(encode_nack(None, "Unauthorized", refusal) if refusal else encode_nack(
+                None, "Unavailable", "server is shutting down" if self.server.closing else "too many connections"))
             transport.close()
             self.closing = True
             return
@@ -405,7 +379,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
 
     def _dispatch(self, msg: Message) -> None:
         rid = msg.rid
-        self._cost = _estimate(msg)
+        self._cost = answer_estimate(msg)
         try:
             if rid is None:
                 rq.parse_rid(msg.header)  # raises BadRequest naming the field
@@ -496,8 +470,9 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
         rq.parse_hello(h)
         hint = h.get("shard")
         server = self.server
+        # (Under TLS a session cannot move: the ClientHello's ALPN asked instead, tls_accept.py.)
         if (self.ops.routed and self.frames == 1 and type(hint) is int and 0 <= hint < server.shards
-                and hint != server.index and self._hand_over(hint, msg)):
+                and hint != server.index and server.tls is None and self._hand_over(hint, msg)):
             return  # the shard it asked for answers this HELLO
         if not self._authenticate(msg.rid, h.get("api_key")):
             return  # refused, answered after the throttle's delay (session_auth.py)

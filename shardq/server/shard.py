@@ -43,15 +43,10 @@ from shardq.protocol.frames import MAX_FRAME, Message, MsgType
 from shardq.server.auth import Auth
 from shardq.server.budget import HeapTrimmer, InputBudget, OutputBudget
 from shardq.server.handoff import (
-    LISTENER_HTTP,
-    LISTENER_TCP,
-    MAX_CARRIED,
     HandoffReceiver,
-    Slots,
-    connect_seqpacket,
-    send_connection,
 )
-from shardq.server.mesh import Link, Peers, coordinator_path, handoff_path, open_link
+from shardq.server.mesh import Link, Peers, coordinator_path, open_link
+from shardq.server.shard_connections import ShardConnections
 from shardq.server.shard_disk import DISK_CHECK_PERIOD_S, ShardDisk
 from shardq.server.shard_stats import ShardStats
 from shardq.store.partitioned import PartitionedStore
@@ -61,6 +56,7 @@ from shardq.task import STATUS_CODES, id_to_str, owner_of
 if TYPE_CHECKING:
     from shardq.config import Config
     from shardq.server.session import Session
+    from shardq.tls import ServerTLS
 
 SessionFactory = Callable[[bytes], "Session"]  # bytes already read -> a client session
 
@@ -101,7 +97,7 @@ def store_settings(cfg: Config) -> StoreSettings:
         block_cache_size=p.block_cache_size)
 
 
-class ShardServer(ShardDisk, ShardStats):
+class ShardServer(ShardConnections, ShardDisk, ShardStats):
     """Owns the engine, the store and every session of this process."""
 
     def __init__(self, cfg: Config, data_dir: str, shards: int, index: int = 0,
@@ -121,6 +117,8 @@ class ShardServer(ShardDisk, ShardStats):
         self.trimmer = HeapTrimmer()
         self.handoff: HandoffReceiver | None = None
         self.auth = Auth(cfg.auth)  # the API keys (server/auth.py); loaded by the shard process
+        self.tls: ServerTLS | None = None  # set when api.tls_enabled (tls_accept.py)
+        self.tls_refused = 0  # connections that never became a TLS session here
         self._handoff_out: dict[int, socket.socket] = {}
         # The admission slots of the connections handed to this shard (the acceptor admits:
         # acceptor.py); reported to it through ``handoff`` as they come free or move.
@@ -261,25 +259,6 @@ class ShardServer(ShardDisk, ShardStats):
     def owns(self, raw_id: bytes) -> bool:
         return self.shards == 1 or owner_of(raw_id, self.shards) == self.index
 
-    # -- admission slots: every connection handed to this shard holds one ----------------------
-
-    def slots(self) -> Slots:
-        return Slots(self.slots_held, self.slots_released, tuple(self.slots_moved))
-
-    def slot_released(self) -> None:
-        """A connection handed to this shard ended here (closed, refused, or never set up)."""
-        self.slots_held -= 1
-        self.slots_released += 1
-        if self.handoff is not None:
-            self.handoff.report()
-
-    def slot_moved(self, shard: int) -> None:
-        """A connection handed to this shard went on to ``shard``, and its slot with it."""
-        self.slots_held -= 1
-        self.slots_moved[shard] += 1
-        if self.handoff is not None:
-            self.handoff.report()
-
     # -- group commit ------------------------------------------------------------
 
     def reply(self, session: Session, frame: bytes) -> None:
@@ -396,65 +375,6 @@ class ShardServer(ShardDisk, ShardStats):
         now = time.monotonic()
         for session in list(self.sessions):
             session.check_idle(now, limit)
-
-    def reload_keys(self, force: bool = False) -> None:
-        """Take the keys file again if it changed (``force``: SIGHUP), then close the connections
-        whose key is no longer valid (revoked, rotated, disabled, or expired meanwhile)."""
-        self.auth.reload(force)
-        for session in list(self.sessions):
-            session.check_key()
-
-    # -- connections: handed over by the acceptor or by another shard ------------------
-
-    def adopt(self, sock: socket.socket | None, carried: bytes, listener: int = LISTENER_TCP) -> None:
-        """A TCP connection handed to this shard, with the bytes already read from it.
-
-        It holds an admission slot from now until its session ends or passes it on
-        (``Session.slot``); one that cannot be served gives its slot back at once.
-        A connection of the HTTP listener goes to ``http_adopt`` (shardq/http), which gives
-        its slot back when it closes."""
-        assert self.loop is not None and self.session_factory is not None
-        self.slots_held += 1
-        if sock is None:
-            self.slot_released()
-            return
-        if listener == LISTENER_HTTP:
-            if self.http_adopt is None:
-                sock.close()
-                self.slot_released()
-            else:
-                self.http_adopt(sock)
-            return
-        session = self.session_factory(carried)
-        session.slot = True
-        self.spawn(self._serve(sock, session))
-
-    async def _serve(self, sock: socket.socket, session: Session) -> None:
-        assert self.loop is not None
-        try:
-            await self.loop.connect_accepted_socket(lambda: session, sock)
-        except Exception as exc:
-            log.warning("cannot serve a handed-over connection: %s", exc)
-            sock.close()
-            if session.transport is None:  # no connection_made, so no connection_lost either
-                session.give_back_slot()
-
-    def hand_over(self, fd: int, shard: int, carried: bytes) -> bool:
-        """Pass a connection to ``shard`` (a HELLO asked for it); False: keep it here."""
-        if self.run_dir is None or len(carried) > MAX_CARRIED:
-            return False
-        channel = self._handoff_out.get(shard)
-        if channel is None:
-            try:
-                channel = self._handoff_out[shard] = connect_seqpacket(handoff_path(self.run_dir, shard))
-            except OSError as exc:
-                log.warning("cannot hand a connection to shard %d: %s", shard, exc)
-                return False
-        if send_connection(channel, fd, carried):
-            return True
-        self._handoff_out.pop(shard, None)
-        channel.close()
-        return False
 
     # -- the coordinator -------------------------------------------------------------------
 

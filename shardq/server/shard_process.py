@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from shardq.config import Config
+from shardq.errors import ConfigError
 from shardq.http.server import HttpServer
 from shardq.keys import KeysFileError
 from shardq.process import EXIT_BIND, EXIT_CONFIG, EXIT_OK, start_child
@@ -28,6 +29,7 @@ from shardq.server.operations import Operations
 from shardq.server.session import Session
 from shardq.server.shard import ShardServer
 from shardq.store.rocks import StoreError
+from shardq.tls import ServerTLS
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -38,7 +40,11 @@ log = logging.getLogger("shardq.shard")
 async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
                        ready: Connection | None) -> int:
     loop = asyncio.get_running_loop()
+    # Before the store: a bad file costs no recovery. Sessions refuse a client without a
+    # certificate themselves, with a NACK it can read (tls.py rule 1, session.py).
+    tls = ServerTLS.from_config(cfg.api, mutual_by_session=True)
     shard = ShardServer(cfg, cfg.persistence.data_dir, shards, index, run_dir)
+    shard.tls = tls
     if cfg.auth.enabled:
         shard.auth.load()  # KeysFileError: the supervisor checked it at start; changed since
     summary = shard.recover()
@@ -46,8 +52,10 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
     peer_ops = Operations(shard, forwarded=True)
     shard.session_factory = lambda carried: Session(shard, client_ops, carried=carried)
     shard.on_others_ready = client_ops.claims.offer_to_waiters
-    # TLS slots in here: one server SSLContext, given to this adopt and to the TCP one.
-    http = HttpServer(shard, client_ops, ssl=None)
+    # The HTTP API speaks TLS from the same files (its own context: ALPN http/1.1, and client
+    # certificates checked at the handshake, as browsers and curl expect).
+    http_tls = ServerTLS.from_config(cfg.api, alpn="http/1.1")
+    http = HttpServer(shard, client_ops, http_tls)
     shard.http_adopt = http.adopt
     shard.start(loop)
     path = mesh_path(run_dir, index)
@@ -62,8 +70,7 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
         return EXIT_BIND
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    # SIGHUP (forwarded by the supervisor): reload what can be reloaded. The keys file:
-    loop.add_signal_handler(signal.SIGHUP, shard.reload_keys, True)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(shard, http_tls))
     log.info("shard %d of %d serving (pid %d), recovered in %.3f s", index, shards, os.getpid(),
              summary["seconds"])
     if ready is not None:
@@ -92,6 +99,15 @@ async def _serve_shard(cfg: Config, index: int, shards: int, run_dir: str,
     return EXIT_OK
 
 
+def _reload(shard: ShardServer, http_tls: ServerTLS | None) -> None:
+    """SIGHUP (forwarded by the supervisor): reload what this shard reads from files — the
+    certificates of both listeners and the keys file."""
+    shard.reload_tls()
+    if http_tls is not None:
+        http_tls.reload()
+    shard.reload_keys(True)
+
+
 def shard_main(cfg: Config, index: int, shards: int, run_dir: str,
                ready: Connection | None = None) -> None:
     """Entry point of shard process ``index`` (spawned by the supervisor)."""
@@ -100,6 +116,9 @@ def shard_main(cfg: Config, index: int, shards: int, run_dir: str,
         code = uvloop.run(_serve_shard(cfg, index, shards, run_dir, ready))
     except (StoreError, KeysFileError) as exc:
         print(f"shardq serve: shard {index}: {exc}", file=sys.stderr, flush=True)
+        code = EXIT_CONFIG
+    except ConfigError as exc:  # the TLS files: the supervisor checked them, they changed since
+        print(f"shardq serve: shard {index}: config error: {exc}", file=sys.stderr, flush=True)
         code = EXIT_CONFIG
     sys.stdout.flush()
     os._exit(code)

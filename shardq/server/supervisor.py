@@ -15,6 +15,10 @@ Rules:
 4. Drain order: the acceptor (no new connections), then the shards (each answers
    what it read, flushes, closes its RocksDB), then the coordinator. A second
    signal kills what is left and exits EXIT_FORCED.
+5. SIGHUP is forwarded to every child: each reloads what it reads from files
+   (the TLS certificate and key: shard.py ``reload_tls``, the coordinator's
+   /metrics) without dropping a connection. The TLS files are checked once
+   before anything starts: a bad one exits EXIT_CONFIG naming the key and file.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardq.config import Config
+from shardq.errors import ConfigError
 from shardq.keys import KeysFileError
 from shardq.process import (
     EXIT_BIND,
@@ -51,6 +56,7 @@ from shardq.server.coordinator import coordinator_main
 from shardq.server.shard_process import shard_main
 from shardq.store.partitioned import record_shards, resolve_shards
 from shardq.store.rocks import StoreError
+from shardq.tls import ServerTLS
 
 log = logging.getLogger("shardq.supervisor")
 
@@ -101,6 +107,11 @@ class Supervisor:
     def run(self) -> int:
         cfg = self.cfg
         setup_logging(cfg.monitoring, "supervisor")
+        try:
+            ServerTLS.from_config(cfg.api)  # rule 5: the children build their own from the same files
+        except ConfigError as exc:
+            print(f"shardq serve: config error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         if not self._check_auth():
             return EXIT_CONFIG
         data_dir = cfg.persistence.data_dir
@@ -134,7 +145,7 @@ class Supervisor:
             f.write(str(os.getpid()))
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             return self._supervise(shards, port)
         finally:
@@ -162,14 +173,6 @@ class Supervisor:
                  "" if auth.allow_insecure else "; plaintext from non-loopback addresses refused")
         return True
 
-    def _on_hup(self, signum: int, frame: Any) -> None:
-        """SIGHUP: the shards reload what they can (the keys file); nothing else restarts."""
-        log.info("SIGHUP: asking the shards to reload")
-        for child in self.children:
-            if child.name.startswith("shard-") and child.process is not None and child.process.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.process.pid, signal.SIGHUP)
-
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals += 1
         if self.signals > 1:
@@ -181,16 +184,24 @@ class Supervisor:
             sys.stdout.flush()
             os._exit(EXIT_FORCED)
 
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        """Rule 5: pass SIGHUP on to every running child."""
+        alive = [c for c in self.children if c.process is not None and c.process.is_alive()]
+        log.info("SIGHUP: reloading in %d process(es)", len(alive))
+        for child in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid, signal.SIGHUP)
+
     def _supervise(self, shards: int, port: int) -> int:
         cfg, run_dir = self.cfg, self.run_dir
         metrics_port = cfg.monitoring.prometheus_port if cfg.monitoring.metrics_enabled else None
         # Each child gets the part of the configuration it uses.
         self.children = [Child("coordinator", coordinator_main,
-                               (cfg.broker, cfg.monitoring, run_dir, shards, metrics_port))]
+                               (cfg.broker, cfg.monitoring, cfg.api, run_dir, shards, metrics_port))]
         self.children += [Child(f"shard-{i}", shard_main, (cfg, i, shards, run_dir)) for i in range(shards)]
         self.children.append(Child("acceptor", acceptor_main,
                                    (cfg.broker, cfg.monitoring, self.listener, run_dir, shards,
-                                    self.http_listener)))
+                                    self.http_listener, cfg.api.tls_enabled)))
         for child in self.children:
             self._start(child)
         deadline = time.monotonic() + START_TIMEOUT_S

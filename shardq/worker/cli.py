@@ -86,6 +86,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", metavar="KEY", default=None,
                         help="the key to send in HELLO when the broker has auth on "
                              "(default: $SHARDQ_API_KEY)")
+    parser.add_argument("--tls-ca", metavar="FILE", default=None,
+                        help="with a shardqs:// URL: the CA file that signed the broker's "
+                             "certificate (default: $SHARDQ_TLS_CA, else the system CAs)")
+    parser.add_argument("--tls-cert", metavar="FILE", default=None,
+                        help="with a shardqs:// URL: this worker's client certificate, for a "
+                             "broker that asks for one (default: $SHARDQ_TLS_CERT)")
+    parser.add_argument("--tls-key", metavar="FILE", default=None,
+                        help="the private key of --tls-cert (default: $SHARDQ_TLS_KEY)")
     parser.add_argument("--log-level", default=None,
                         choices=("debug", "info", "warning", "error", "critical"),
                         help="default: monitoring.log_level, info (one line per task at info)")
@@ -189,11 +197,19 @@ def run(args: argparse.Namespace) -> int:
                                 else args.shutdown_timeout),
             max_inactivity_s=w.max_inactivity_s,
             api_key=args.api_key if args.api_key is not None else os.environ.get("SHARDQ_API_KEY"),
-            app_spec=args.app, shard=args.shard)
+            app_spec=args.app, shard=args.shard,
+            **tls_options(args, os.environ))
     except ValueError as exc:
         print(f"shardq worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return worker.run()
+
+
+def tls_options(args: argparse.Namespace, env: Any) -> dict[str, str | None]:
+    """--tls-ca/--tls-cert/--tls-key, each defaulting to its SHARDQ_TLS_* variable."""
+    return {name: getattr(args, name) if getattr(args, name) is not None
+            else env.get(f"SHARDQ_{name.upper()}") or None
+            for name in ("tls_ca", "tls_cert", "tls_key")}
 
 
 def main(argv: list[str] | None = None) -> int:

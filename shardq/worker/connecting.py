@@ -20,9 +20,9 @@ import socket
 from typing import Any
 
 from shardq.client import requests as rq
-from shardq.client.aio_connection import AsyncConnection
+from shardq.client.aio_connection import AsyncConnection, open_connection
 from shardq.client.connection import ConnectionClosed
-from shardq.errors import Forbidden, ProtocolError, Unauthorized, WireError
+from shardq.errors import Forbidden, ProtocolError, TLSError, Unauthorized, WireError
 from shardq.process import EXIT_FATAL
 from shardq.protocol.frames import MAX_PAYLOAD, MsgType
 
@@ -63,10 +63,14 @@ class Connecting:
             tries += 1
             conn: AsyncConnection | None = None
             try:
-                _, conn = await asyncio.wait_for(self.loop.create_connection(
-                    lambda: AsyncConnection(self.loop, coalesce=True, on_bug=self._internal_error), self.host, self.port), self.max_inactivity_s)
+                conn = await asyncio.wait_for(open_connection(
+                    self.loop, lambda: AsyncConnection(self.loop, coalesce=True, on_bug=self._internal_error),
+                    self.host, self.port, self.ssl_context), self.max_inactivity_s)
                 hello = rq.hello_header("shardq-worker", self.api_key, self.shard_hint)
-                msg = await conn.request(MsgType.HELLO, hello, timeout=self.max_inactivity_s)
+                try:
+                    msg = await conn.request(MsgType.HELLO, hello, timeout=self.max_inactivity_s)
+                except ConnectionClosed:
+                    raise conn.tls_error() or ConnectionClosed(conn.reason) from None
                 self.server_info = dict(msg.header)
                 self._check_shard()
                 await conn.request(MsgType.REGISTER_WORKER, rq.register_header(self.worker_id, {
@@ -76,7 +80,9 @@ class Connecting:
                 if conn is not None:
                     conn.close()
                 raise BrokerRefused(f"the broker at {self.url} refused this worker: {exc.code}: {exc}") from None
-            except (TimeoutError, OSError, ConnectionClosed, WireError) as exc:
+            except (TimeoutError, OSError, ConnectionClosed, WireError, TLSError) as exc:
+                # (A TLS failure is retried too: a certificate being rotated heals by itself;
+                # its message says what to fix when it does not.)
                 if conn is not None:
                     conn.close()
                 if tries == 1 or tries % 10 == 0:

@@ -46,9 +46,10 @@ from typing import Any
 
 from shardq.client import requests as rq
 from shardq.client.aio_connection import AsyncConnection
-from shardq.client.connection import parse_url
+from shardq.client.connection import check_tls_options, parse_target
 from shardq.process import EXIT_FATAL, EXIT_OK
 from shardq.protocol.frames import MAX_PAYLOAD
+from shardq.tls import client_context
 from shardq.worker.app import App
 from shardq.worker.connecting import BrokerRefused, Connecting
 from shardq.worker.cycle import ClaimCycle
@@ -75,14 +76,18 @@ class WorkerRuntime(Connecting, ClaimCycle, Shutdown):
                  burst: bool = False, heartbeat_interval_ms: int = 15000,
                  shutdown_timeout_s: float = 60.0, max_inactivity_s: float = 60.0,
                  api_key: str | None = None, app_spec: str | None = None,
-                 shard: int | None = None) -> None:
+                 shard: int | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if pool not in ("thread", "process"):
             raise ValueError(f"pool must be thread or process, got {pool!r}")
         self.app = app
         self.url = url
-        self.host, self.port = parse_url(url)
+        self.host, self.port, tls = parse_target(url)  # shardqs://: TLS (shardq/tls.py)
+        check_tls_options(url, tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+        self.ssl_context = (client_context(tls_ca, tls_cert, tls_key, None if shard is None else
+                                           rq.check_shard(shard)) if tls else None)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.concurrency = concurrency
         self.pool_kind = pool

@@ -63,7 +63,35 @@ def test_dockerfile_serves_on_the_configured_ports_with_its_data_dir() -> None:
     assert ("ENTRYPOINT", '["shardq", "serve"]') in ins
     assert ("USER", "shardq") in ins
     health = next(a for w, a in ins if w == "HEALTHCHECK")
-    assert '"shardq", "stats"' in health
+    # `shardq ping` needs no API key, and reads SHARDQ_URL / SHARDQ_TLS_* when TLS is on
+    assert '"shardq", "ping"' in health
+
+
+def test_the_tls_override_serves_tls_with_mounted_certificates_and_a_working_health_check() -> None:
+    base = yaml.safe_load((DOCKER / "compose.yml").read_text())
+    override = yaml.safe_load((DOCKER / "compose.tls.yml").read_text())
+    assert set(override["services"]) <= set(base["services"])
+    svc = override["services"]["shardq"]
+    env = {k: str(v) for k, v in svc["environment"].items()}
+    cfg = load_config(env={k: v for k, v in env.items() if "__" in k})  # valid config keys
+    assert cfg.api.tls_enabled and cfg.api.tls_cert_file and cfg.api.tls_key_file
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in svc["volumes"]}
+    for path in (cfg.api.tls_cert_file, cfg.api.tls_key_file, env["SHARDQ_TLS_CA"]):
+        target = str(Path(path).parent)
+        assert target in mounts, path
+        assert (DOCKER / mounts[target]).is_dir()
+    # the health check connects by the service name over TLS, trusting the mounted CA
+    assert env["SHARDQ_URL"] == f"shardqs://shardq:{cfg.broker.port}"
+    # Prometheus scrapes over https with that CA
+    prom = override["services"]["prometheus"]
+    config_file = next(a.split("=", 1)[1] for a in prom["command"] if a.startswith("--config.file="))
+    scrape = yaml.safe_load((DOCKER / "prometheus" / Path(config_file).name).read_text())
+    job = scrape["scrape_configs"][0]
+    assert job["scheme"] == "https"
+    ca = job["tls_config"]["ca_file"]
+    prom_mounts = {m.split(":")[1]: m.split(":")[0] for m in prom["volumes"]}
+    assert prom_mounts[str(Path(ca).parent)] == mounts[str(Path(env["SHARDQ_TLS_CA"]).parent)]
+    assert job["static_configs"][0]["targets"] == [f"shardq:{cfg.monitoring.prometheus_port}"]
 
 
 def test_compose_mounts_what_exists_and_wires_the_services(compose: dict[str, Any]) -> None:
