@@ -85,11 +85,12 @@ T = "/tasks"
 W = "/workers/{worker_id}"
 ROUTES: tuple[Route, ...] = (
     # producers
+    # 404: a task in depends_on does not exist (nothing of the batch is stored).
     Route("POST", API + T, "submit_task", "tasks", "Submit one task", s.Submitted, 201,
-          body=s.NewTask, errors=(413, 429)),
+          body=s.NewTask, errors=(404, 413, 429)),
     Route("POST", API + T + "/batch", "submit_batch", "tasks",
           "Submit a batch of tasks: all are stored, or none", s.SubmittedBatch, 201,
-          body=s.Batch, errors=(413, 429)),
+          body=s.Batch, errors=(404, 413, 429)),
     Route("GET", API + T + "/{id}", "get_task", "tasks", "Get a task (with its result when asked)",
           s.Task, query=GetQuery, errors=(404, 413)),
     Route("POST", API + T + "/query", "query_tasks", "tasks",

@@ -20,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from shardq.errors import BadRequest, WireError
 from shardq.http.api import MAX_BODY, Api
-from shardq.http.problems import http_refusal
+from shardq.http.problems import http_refusal, problem
 from shardq.server.claims import Caller
 from shardq.server.operations import Operations
 from shardq.tls import ServerTLS
@@ -41,6 +43,25 @@ log = logging.getLogger("shardq.http")
 MAX_LINE = 8190
 MAX_FIELD = 8190
 MAX_HEADERS = 128
+
+
+class ProblemHandler(RequestHandler):
+    """aiohttp's connection handler, with its own error answers (a request line or header over
+    the limits, a malformed request) as RFC 9457 problems like every other error of the API."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer was sent already; the connection is broken")
+        if status >= 500:
+            log.error("internal error on an HTTP request from %s", request.remote, exc_info=exc)
+            err = WireError("internal error; the server logged it")
+        else:
+            err = BadRequest((message or HTTPStatus(status).phrase)[:300])
+        status, headers, body = problem(err, status)
+        resp = web.Response(status=status, body=body, headers=headers)
+        resp.force_close()
+        return resp
 
 
 class HttpServer(web.Server):
@@ -89,6 +110,9 @@ class HttpServer(web.Server):
             if not made or made[0] in self._starting:  # no connection_made: no connection_lost either
                 self._starting.difference_update(made)
                 self.shard.slot_released()
+
+    def __call__(self) -> RequestHandler:
+        return ProblemHandler(self, loop=self._loop, **self._kwargs)
 
     def _protocol(self, made: list[RequestHandler]) -> RequestHandler:
         handler = self()

@@ -52,7 +52,7 @@ def test_dockerfile_serves_on_the_configured_ports_with_its_data_dir() -> None:
     ins = dockerfile_instructions()
     exposed = {int(p) for word, args in ins if word == "EXPOSE" for p in args.split()}
     defaults = load_config(env={})
-    assert exposed == {defaults.broker.port, defaults.monitoring.prometheus_port}
+    assert exposed == {defaults.broker.port, defaults.api.rest_port, defaults.monitoring.prometheus_port}
     assert defaults.broker.host == "0.0.0.0"  # reachable from outside the container
     env = {k: v for k, v in dockerfile().envs.items() if k.startswith("SHARDQ_")}
     assert env, "the image sets its data dir through the environment"
