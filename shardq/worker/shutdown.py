@@ -133,9 +133,3 @@ class Shutdown:
             return task.result()
         task.cancel()
         return None
-
-    async def _sleep_unless_stopped(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            pass
