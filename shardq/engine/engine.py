@@ -114,7 +114,7 @@ class Engine(EngineReads, EngineMaintenance):
         encoded after everything changed: so all field edits go through here."""
         old = task.status
         new = states.check(event, old)
-        old_sk, old_fk = self.store.index_keys(task)
+        old_key = self.store.index_key(task)
         for name, value in changes.items():
             setattr(task, name, value)
         if old == PENDING:
@@ -131,7 +131,7 @@ class Engine(EngineReads, EngineMaintenance):
         if new != IN_PROGRESS:
             task.worker_id = None
             task.lease_expires_ms = None
-        self.store.update(task, old, old_sk, old_fk)
+        self.store.update(task, old, old_key)
 
     # -- SUBMIT ------------------------------------------------------------
 

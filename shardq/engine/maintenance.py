@@ -5,8 +5,8 @@ Rules:
 1. This file decides which tasks to touch, never how a status changes: every change goes through
    the Engine's own paths in engine.py (``_set_status``, ``requeue``, ``_dependency_failed``).
 2. Retention and bulk requeue do one bounded slice a call (the shard schedules the next, so the
-   loop never stalls); recovery scans everything once, before the shard serves, committing every
-   ``commit_every`` staged changes.
+   loop never stalls); recovery scans the live records once (finished ones stay on disk),
+   before the shard serves, committing every ``commit_every`` staged changes.
 
 `EngineMaintenance` is a mixin of `Engine` for the reason reads.py gives: the shard calls
 ``engine.recover(...)`` and ``engine.retention_slice(...)`` on the one engine whose memory they
@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from shardq.engine import states
 from shardq.engine.deps import Dependencies
 from shardq.engine.leases import LeaseTable
 from shardq.engine.reads import SCAN_SLICE
@@ -64,10 +65,10 @@ class EngineMaintenance:
         done = 0
         last = None
         scanned = 0
-        for task in self.store.scan_status(status, after, SCAN_SLICE):
+        for raw, task in self.store.scan_status(status, after, SCAN_SLICE):
             scanned += 1
-            last = task.id
-            if (task_type is not None and task.type != task_type) or (type_ok is not None and not type_ok(task.type)):
+            last = raw
+            if task is None or (task_type is not None and task.type != task_type) or (type_ok is not None and not type_ok(task.type)):
                 continue
             try:
                 self.requeue(task.id, now)
@@ -93,25 +94,21 @@ class EngineMaintenance:
         return removed
 
     def recover(self, now: int, commit_every: int = 10_000) -> dict[str, int]:
-        """Rebuild memory from the store after a start: leases did not survive."""
+        """Rebuild memory from the store after a start. Leases survive: every in_progress
+        record is leased again to its worker for the same attempt, expiring a lease time from
+        ``now`` (the ``recover`` row of states.py), so a worker that outlives the restart and
+        heartbeats completes its task, and one that is gone is reclaimed at expiry."""
         store = self.store
-        moved = 0
-        for raw, data in list(store.iter_records(IN_PROGRESS)):
-            task = Task.decode(raw, data)
-            self._set_status(task, "recover", now)
-            moved += 1
-            if store.staged >= commit_every:
-                store.commit()
-        store.commit()
-        # The moves above counted the recovered tasks into pending_by_tier; the scan
-        # of pending records below counts every pending task (them included) again.
-        seen, with_deps = self._load_waiting(now)
+        seen, with_deps, in_progress = self._load_waiting(now)
+        restored = 0
+        for task in in_progress:
+            states.check("recover", task.status)
+            self._leases.restore(task, task.worker_id or "", now + self.s.lease_ms,
+                                 task.started_ms + task.timeout_seconds * 1000, now)
+            restored += 1
         # Correct the persisted counts to what was scanned *before* any dependent is
         # dead-lettered below: those moves adjust the counts themselves.
         corrected = [STATUS_NAMES[st] for st, ids in seen.items() if store.recount(st, ids)]
-        # Verify the id -> status index of every task that can still run (a multi-get,
-        # ~0.7 us a task); an entry that disagrees with where the record is gets repaired.
-        repaired = sum(store.verify_status_index(st, ids) for st, ids in seen.items())
         found = {st: len(ids) for st, ids in seen.items()}
         del seen
         for task in with_deps:
@@ -135,49 +132,55 @@ class EngineMaintenance:
                 self._deps.wait(task.id, unmet)
             else:
                 self._ready.enqueue(task, now)
+            if store.staged >= commit_every:
+                store.commit()
         store.commit()
         self._ready.dirty = bool(self._ready.heaps)
-        return {"reclaimed_in_progress": moved, "pending": found[PENDING],
-                "failed": found[FAILED], "counts_corrected": len(corrected),
-                "index_repaired": repaired}
+        return {"leases_restored": restored, "pending": found[PENDING], "failed": found[FAILED],
+                "dead_letter": found[DEAD_LETTER], "counts_corrected": len(corrected)}
 
-    def _load_waiting(self, now: int) -> tuple[dict[int, list[bytes]], list[Task]]:
-        """Rebuild the ready heaps, the schedule heap and pending_by_tier from the pending
-        and failed records (reads only). Returns the ids seen per status and the pending
-        tasks with dependencies, which the caller sorts out."""
+    def _load_waiting(self, now: int) -> tuple[dict[int, list[bytes]], list[Task], list[Task]]:
+        """Rebuild the ready heaps, the schedule heap and pending_by_tier from one scan of the
+        live records (reads only). Returns the ids seen per live status, the pending tasks
+        with dependencies (the caller sorts them out) and the in_progress tasks."""
         store = self.store
         self.pending_by_tier = dict.fromkeys(self.pending_by_tier, 0)
+        by_tier = self.pending_by_tier
         seq = 0
         ready: dict[str, list[int]] = {}  # per type, unordered until restored
         schedule: list[int] = []
         scheduled: set[bytes] = set()
         with_deps: list[Task] = []
-        seen: dict[int, list[bytes]] = {PENDING: [], FAILED: []}
+        in_progress: list[Task] = []
+        seen: dict[int, list[bytes]] = {PENDING: [], IN_PROGRESS: [], FAILED: [], DEAD_LETTER: []}
         decode = Task.decode
-        for raw, data in store.iter_records(PENDING):
+        for raw, data in store.iter_live():
+            status = data[1]  # the record's status byte (task.py)
+            seen[status].append(raw)
+            if status == DEAD_LETTER:
+                continue  # nothing in memory waits for it
             task = decode(raw, data)
-            seen[PENDING].append(raw)
             if task.seq > seq:
                 seq = task.seq
-            self.pending_by_tier[tier_of(task.priority)] += 1
-            if task.depends_on:
-                with_deps.append(task)
-            elif task.scheduled_ms > now:
-                scheduled.add(raw)
+            if status == IN_PROGRESS:
+                in_progress.append(task)
+            elif status == FAILED:
                 schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
             else:
-                heap = ready.get(task.type)
-                if heap is None:
-                    heap = ready[task.type] = []
-                heap.append(_ready_key(task.priority, task.seq, raw))
-        for raw, data in store.iter_records(FAILED):
-            task = decode(raw, data)
-            seen[FAILED].append(raw)
-            seq = max(seq, task.seq)
-            schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
+                by_tier[tier_of(task.priority)] += 1
+                if task.depends_on:
+                    with_deps.append(task)
+                elif task.scheduled_ms > now:
+                    scheduled.add(raw)
+                    schedule.append(_schedule_key(task.scheduled_ms, task.seq, raw))
+                else:
+                    heap = ready.get(task.type)
+                    if heap is None:
+                        heap = ready[task.type] = []
+                    heap.append(_ready_key(task.priority, task.seq, raw))
         self._ready.restore(ready, schedule, scheduled)
         self._seq = max(self._seq, seq + 1)
-        return seen, with_deps
+        return seen, with_deps, in_progress
 
     def reload(self, now: int) -> dict[str, int]:
         """Make memory match the store again after a failed commit dropped this turn's writes.
@@ -194,8 +197,10 @@ class EngineMaintenance:
         for w in leases.workers.values():
             w.leases = set()
         n_leases = 0
-        for raw, data in self.store.iter_records(IN_PROGRESS):
-            task = Task.decode(raw, data)
+        self._deps = Dependencies()
+        seen, with_deps, in_progress = self._load_waiting(now)
+        for task in in_progress:
+            raw = task.id
             worker_id = task.worker_id or ""
             before = old.by_id.get(raw)
             if before is not None and before.attempt == task.attempt and before.worker_id == worker_id:
@@ -206,8 +211,6 @@ class EngineMaintenance:
             leases.restore(task, worker_id, expires, deadline, now)
             n_leases += 1
         self._leases = leases
-        self._deps = Dependencies()
-        seen, with_deps = self._load_waiting(now)
         store = self.store
         for task in with_deps:
             unmet = [d for d in task.depends_on if not store.owns(d) or store.status_of(d) != COMPLETED]

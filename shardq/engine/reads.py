@@ -64,10 +64,10 @@ class EngineReads:
         scanned = 0
         full_range = min_priority == 0 and max_priority == 255
         if task_type is None:
-            for task in self.store.scan_status(status, after, SCAN_SLICE):
+            for raw, task in self.store.scan_status(status, after, SCAN_SLICE):
                 scanned += 1
-                last = task.id
-                if (full_range or min_priority <= task.priority <= max_priority) and \
+                last = raw
+                if task is not None and (full_range or min_priority <= task.priority <= max_priority) and \
                         (type_ok is None or type_ok(task.type)):
                     out.append(task)
                     if len(out) >= limit:

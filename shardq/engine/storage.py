@@ -5,12 +5,14 @@ Rules:
    (RocksDB, one per shard) and ``store/memory.py`` (dicts, for tests) both satisfy it.
 2. Writes are staged: ``insert``, ``update``, ``put_result``, ``delete`` are visible at once to the
    reads by id (``status_of``, ``get``, ``get_in``, ``payload_of``), and reach the durable state
-   only at ``commit``, all together. Scans (``scan_status``, ``scan_index``, ``iter_records``)
+   only at ``commit``, all together. Scans (``scan_status``, ``scan_index``, ``iter_live``)
    see only what was committed.
 3. A task read by id is the store's to keep until the next commit: the engine changes it only
-   through ``update`` (after reading ``index_keys`` of the unchanged task).
+   through ``update`` (after reading ``index_key`` of the unchanged task).
 4. Index keys are ``scan_index``'s currency: ``idx_type`` keys are ``type utf-8 | 0x00 | id``,
    ``idx_finished`` keys are ``updated_ms u64 BE | id`` (store/layout.py has the whole layout).
+5. Tasks are kept in two families: live (pending, in_progress, failed, dead_letter) and done
+   (completed, cancelled). A scan by status walks the family and says which ids had it.
 """
 
 from __future__ import annotations
@@ -48,14 +50,13 @@ class Store(Protocol):
 
     def payload_of(self, task: Task) -> bytes: ...
 
-    def index_keys(self, task: Task) -> tuple[bytes | None, bytes | None]:
-        """The task's time-index keys now; hand them to ``update`` after changing it."""
+    def index_key(self, task: Task) -> bytes | None:
+        """The task's time-index key now; hand it to ``update`` after changing it."""
         ...
 
     def insert(self, task: Task, payload: bytes) -> None: ...
 
-    def update(self, task: Task, old_status: int, old_scheduled_key: bytes | None = None,
-               old_finished_key: bytes | None = None) -> None: ...
+    def update(self, task: Task, old_status: int, old_index_key: bytes | None = None) -> None: ...
 
     def put_result(self, raw_id: bytes, result: bytes) -> None: ...
 
@@ -67,8 +68,10 @@ class Store(Protocol):
         """Make everything staged durable at once; returns how many changes it was."""
         ...
 
-    def scan_status(self, status: int, after: bytes | None, max_keys: int) -> Iterator[Task]:
-        """Committed records of one status in id order, strictly after ``after``."""
+    def scan_status(self, status: int, after: bytes | None,
+                    max_keys: int) -> Iterator[tuple[bytes, Task | None]]:
+        """The committed ids of the family that holds ``status`` in id order, strictly after
+        ``after``, at most ``max_keys`` of them: each with its task when it has ``status``."""
         ...
 
     def scan_index(self, index: str, prefix: bytes, after: bytes | None, max_keys: int,
@@ -77,13 +80,9 @@ class Store(Protocol):
         in order, strictly after ``after``."""
         ...
 
-    def iter_records(self, status: int) -> Iterable[tuple[bytes, bytes]]:
-        """Every committed (id, encoded record) of one status: for recovery."""
-        ...
-
-    def verify_status_index(self, status: int, ids: list[bytes]) -> int:
-        """Repair (staged) the id -> status entries of these ``status`` records that disagree;
-        returns how many did."""
+    def iter_live(self) -> Iterable[tuple[bytes, bytes]]:
+        """Every committed (id, encoded record) that is pending, in_progress, failed or
+        dead_letter (the status is the record's byte 1): for recovery."""
         ...
 
     def recount(self, status: int, ids: list[bytes]) -> bool:

@@ -2,63 +2,64 @@
 
 Rule: this file says which key goes in which family, and nothing about how they are kept. Pure.
 
-Key layout (SCHEMA_VERSION 1). ``id`` is the 16-byte UUID, integers are big-endian:
+Key layout (SCHEMA_VERSION 2). ``id`` is the 16-byte UUID, integers are big-endian. The status
+is byte 1 of the record (task.py), so no family or index says it a second time:
 
-    pending, in_progress, completed,      id -> task record (task.py)
-    failed, dead_letter, cancelled
-    payloads                              id -> payload bytes (written once)
-    results                               id -> result bytes
-    idx_status                            id -> status u8
-    idx_type                              type utf-8 | 0x00 | id -> b""
-    idx_priority                          priority u8 | id -> b""
-    idx_scheduled                         scheduled_ms u64 | id -> b""   (delayed and retrying tasks)
-    idx_finished                          updated_ms u64 | id -> b""     (completed and cancelled: retention)
-    metadata                              b"schema_version", b"shards", b"shard", b"counts", b"created_ms"
+    live        id -> task record: pending, in_progress, failed, dead_letter
+    done        id -> task record: completed, cancelled (what retention deletes)
+    payloads    id -> payload bytes over INLINE_PAYLOAD_MAX (written once)
+    results     id -> result bytes
+    idx         b"t" | type utf-8 | 0x00 | id          -> b""   every task (LIST_TASKS by type)
+                b"f" | updated_ms u64 | id             -> b""   completed, cancelled (retention)
+    metadata    b"schema_version", b"shards", b"shard", b"counts", b"created_ms"
 
-Bump SCHEMA_VERSION when a key or record layout changes, and add a migration
-in ``store/rocks.py``'s ``init_layout`` (a data dir with a newer version is refused).
+Why (docs/architecture.md, "Storage"; measured in docs/benchmarks.md, "Optimisation log"): a
+lifecycle writes 6 keys in 3 families (SUBMIT: live + idx t; CLAIM: live, the record rewritten
+in place with its lease; RESULT: live -> done + idx f), where SCHEMA_VERSION 1 wrote 11 in 7
+(one family per status, and idx_status, idx_type, idx_priority, idx_scheduled, idx_finished).
+
+How to bump SCHEMA_VERSION: change the layout here, raise the number, and add a step to
+``store/migrate.py`` (``MIGRATIONS[old] = function``) that rewrites a data dir of the old
+version in place; ``Store.init_layout`` runs it at start and logs it. A data dir with a newer
+version than this code knows is refused.
 """
 
 from __future__ import annotations
 
 import struct
 
-from shardq.task import CANCELLED, COMPLETED, FAILED, PENDING, STATUS_NAMES, Task
+from shardq.task import CANCELLED, COMPLETED, Task
 
-SCHEMA_VERSION = 1
-STATUS_CFS = STATUS_NAMES  # one column family per status, in status-code order
-INDEX_CFS = ("idx_status", "idx_type", "idx_priority", "idx_scheduled", "idx_finished")
+SCHEMA_VERSION = 2
+LIVE, DONE, IDX = "live", "done", "idx"
 BLOB_CFS = ("payloads", "results")
-ALL_CFS = (*STATUS_CFS, *BLOB_CFS, *INDEX_CFS, "metadata")
+ALL_CFS = (LIVE, DONE, *BLOB_CFS, IDX, "metadata")
+
+# The family of each status code (task.py: pending, in_progress, completed, failed,
+# dead_letter, cancelled): only completed and cancelled leave ``live``.
+FAMILY_OF = (LIVE, LIVE, DONE, LIVE, LIVE, DONE)
+LIVE_STATUSES = tuple(s for s, f in enumerate(FAMILY_OF) if f == LIVE)
+
+# One byte in front of every idx key says which index it belongs to.
+TYPE_TAG, FINISHED_TAG = b"t", b"f"
+INDEX_TAGS = {"idx_type": TYPE_TAG, "idx_finished": FINISHED_TAG}  # scan_index's names
 
 U64 = struct.Struct(">Q")
 COUNTS = struct.Struct(">6Q")  # metadata b"counts": tasks per status code
-STATUS_BYTES = tuple(bytes([s]) for s in range(6))
 _FINISHED = (COMPLETED, CANCELLED)
 
 
-def scheduled_key(task: Task) -> bytes | None:
-    """idx_scheduled holds waiting tasks that were delayed or are retrying."""
-    if task.status == FAILED or (task.status == PENDING and task.scheduled_ms > task.created_ms):
-        return U64.pack(task.scheduled_ms) + task.id
-    return None
-
-
 def finished_key(task: Task) -> bytes | None:
-    """idx_finished holds completed and cancelled tasks, by when they finished (retention)."""
+    """idx ``f`` holds completed and cancelled tasks, by when they finished (retention)."""
     if task.status in _FINISHED:
-        return U64.pack(task.updated_ms) + task.id
+        return FINISHED_TAG + U64.pack(task.updated_ms) + task.id
     return None
 
 
 def type_key(task: Task) -> bytes:
-    return task.type.encode() + b"\x00" + task.id
+    return TYPE_TAG + task.type.encode() + b"\x00" + task.id
 
 
-def priority_key(task: Task) -> bytes:
-    return bytes((task.priority,)) + task.id
-
-
-def index_keys(task: Task) -> tuple[bytes | None, bytes | None]:
-    """The task's current time-index keys; pass them to ``update`` after changing it."""
-    return scheduled_key(task), finished_key(task)
+def index_key(task: Task) -> bytes | None:
+    """The task's time-index key now (its finished key); pass it to ``update`` after changing it."""
+    return finished_key(task)

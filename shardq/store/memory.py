@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING
 from shardq.store.layout import (
     ALL_CFS,
     COUNTS,
-    STATUS_BYTES,
-    STATUS_CFS,
+    FAMILY_OF,
+    IDX,
+    INDEX_TAGS,
+    LIVE,
     finished_key,
-    priority_key,
-    scheduled_key,
     type_key,
 )
-from shardq.store.layout import index_keys as _index_keys
-from shardq.task import INLINE_PAYLOAD_MAX, STATUS_NAMES, Task, owner_of
+from shardq.store.layout import index_key as _index_key
+from shardq.task import INLINE_PAYLOAD_MAX, Task, owner_of
 
 if TYPE_CHECKING:
     from shardq.engine.storage import Store
@@ -87,30 +87,29 @@ class MemoryStore:
 
     # -- reads (overlay first) -------------------------------------------------
 
+    def _record(self, raw_id: bytes) -> bytes | None:
+        data = self._cf["live"].get(raw_id)
+        return self._cf["done"].get(raw_id) if data is None else data
+
     def status_of(self, raw_id: bytes) -> int | None:
         if raw_id in self._overlay:
             t = self._overlay[raw_id]
             return None if t is None else t.status
-        s = self._cf["idx_status"].get(raw_id)
-        return None if s is None else s[0]
+        data = self._record(raw_id)
+        return None if data is None else data[1]
 
     def get(self, raw_id: bytes) -> Task | None:
         if raw_id in self._overlay:
             return self._overlay[raw_id]
-        s = self._cf["idx_status"].get(raw_id)
-        if s is None:
-            return None
-        data = self._cf[STATUS_CFS[s[0]]].get(raw_id)
-        if data is None:
-            raise LookupError(f"index says {raw_id.hex()} is {STATUS_NAMES[s[0]]} but no record is there")
-        return Task.decode(raw_id, data)
+        data = self._record(raw_id)
+        return None if data is None else Task.decode(raw_id, data)
 
     def get_in(self, status: int, raw_id: bytes) -> Task | None:
         if raw_id in self._overlay:
             t = self._overlay[raw_id]
             return t if t is not None and t.status == status else None
-        data = self._cf[STATUS_CFS[status]].get(raw_id)
-        return None if data is None else Task.decode(raw_id, data)
+        data = self._cf[FAMILY_OF[status]].get(raw_id)
+        return None if data is None or data[1] != status else Task.decode(raw_id, data)
 
     def get_payload(self, raw_id: bytes) -> bytes:
         task = self.get(raw_id)
@@ -148,45 +147,33 @@ class MemoryStore:
         else:
             self._put("payloads", rid, payload)
             self._overlay_payloads[rid] = payload
-        self._put(STATUS_CFS[task.status], rid, task.encode())
-        self._put("idx_status", rid, STATUS_BYTES[task.status])
-        self._put("idx_type", type_key(task), b"")
-        self._put("idx_priority", priority_key(task), b"")
-        sk = scheduled_key(task)
-        if sk is not None:
-            self._put("idx_scheduled", sk, b"")
+        self._put(FAMILY_OF[task.status], rid, task.encode())
+        self._put(IDX, type_key(task), b"")
         fk = finished_key(task)
         if fk is not None:
-            self._put("idx_finished", fk, b"")
+            self._put(IDX, fk, b"")
         self._overlay[rid] = task
         self.counts[task.status] += 1
         self.staged += 1
 
-    def update(self, task: Task, old_status: int, old_scheduled_key: bytes | None = None,
-               old_finished_key: bytes | None = None) -> None:
+    def update(self, task: Task, old_status: int, old_index_key: bytes | None = None) -> None:
         rid = task.id
         if old_status != task.status:
-            self._delete(STATUS_CFS[old_status], rid)
-            self._put("idx_status", rid, STATUS_BYTES[task.status])
+            if FAMILY_OF[old_status] != FAMILY_OF[task.status]:
+                self._delete(FAMILY_OF[old_status], rid)
             self.counts[old_status] -= 1
             self.counts[task.status] += 1
-        self._put(STATUS_CFS[task.status], rid, task.encode())
-        new_sk = scheduled_key(task)
-        if new_sk != old_scheduled_key:
-            if old_scheduled_key is not None:
-                self._delete("idx_scheduled", old_scheduled_key)
-            if new_sk is not None:
-                self._put("idx_scheduled", new_sk, b"")
+        self._put(FAMILY_OF[task.status], rid, task.encode())
         new_fk = finished_key(task)
-        if new_fk != old_finished_key:
-            if old_finished_key is not None:
-                self._delete("idx_finished", old_finished_key)
+        if new_fk != old_index_key:
+            if old_index_key is not None:
+                self._delete(IDX, old_index_key)
             if new_fk is not None:
-                self._put("idx_finished", new_fk, b"")
+                self._put(IDX, new_fk, b"")
         self._overlay[rid] = task
         self.staged += 1
 
-    index_keys = staticmethod(_index_keys)
+    index_key = staticmethod(_index_key)
 
     def put_result(self, raw_id: bytes, result: bytes) -> None:
         self._put("results", raw_id, result)
@@ -195,17 +182,13 @@ class MemoryStore:
 
     def delete(self, task: Task) -> None:
         rid = task.id
-        self._delete(STATUS_CFS[task.status], rid)
-        self._delete("idx_status", rid)
-        self._delete("idx_type", type_key(task))
-        self._delete("idx_priority", priority_key(task))
+        self._delete(FAMILY_OF[task.status], rid)
+        self._delete(IDX, type_key(task))
+        fk = finished_key(task)
+        if fk is not None:
+            self._delete(IDX, fk)
         self._delete("payloads", rid)
         self._delete("results", rid)
-        sk, fk = scheduled_key(task), finished_key(task)
-        if sk is not None:
-            self._delete("idx_scheduled", sk)
-        if fk is not None:
-            self._delete("idx_finished", fk)
         self._overlay[rid] = None
         self.counts[task.status] -= 1
         self.staged += 1
@@ -237,31 +220,22 @@ class MemoryStore:
         family = self._cf[cf]
         return [(key, family[key]) for key in keys[i:i + max_keys]]
 
-    def scan_status(self, status: int, after: bytes | None, max_keys: int) -> Iterator[Task]:
-        for key, data in self._snapshot(STATUS_CFS[status], None, after, max_keys):
-            yield Task.decode(key, data)
+    def scan_status(self, status: int, after: bytes | None,
+                    max_keys: int) -> Iterator[tuple[bytes, Task | None]]:
+        for key, data in self._snapshot(FAMILY_OF[status], None, after, max_keys):
+            yield key, (Task.decode(key, data) if data[1] == status else None)
 
     def scan_index(self, index: str, prefix: bytes, after: bytes | None, max_keys: int,
                    upper: bytes | None = None) -> Iterator[bytes]:
-        for key, _ in self._snapshot(index, prefix, after, max_keys):
-            if not key.startswith(prefix) or (upper is not None and key >= upper):
+        tag = INDEX_TAGS[index]
+        full, stop = tag + prefix, None if upper is None else tag + upper
+        for key, _ in self._snapshot(IDX, full, None if after is None else tag + after, max_keys):
+            if not key.startswith(full) or (stop is not None and key >= stop):
                 return
-            yield key
+            yield key[1:]
 
-    def iter_records(self, status: int) -> Iterator[tuple[bytes, bytes]]:
-        cf = STATUS_CFS[status]
-        return iter(self._snapshot(cf, None, None, len(self._cf[cf])))
-
-    def verify_status_index(self, status: int, ids: list[bytes]) -> int:
-        want = STATUS_BYTES[status]
-        index = self._cf["idx_status"]
-        repaired = 0
-        for raw in ids:
-            if index.get(raw) != want:
-                self._put("idx_status", raw, want)
-                self.staged += 1
-                repaired += 1
-        return repaired
+    def iter_live(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self._snapshot(LIVE, None, None, len(self._cf[LIVE])))
 
     def recount(self, status: int, ids: list[bytes]) -> bool:
         if self.counts[status] == len(ids):

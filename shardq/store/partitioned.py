@@ -141,11 +141,10 @@ class PartitionedStore:
     def insert(self, task: Task, payload: bytes) -> None:
         self.part(task.id).insert(task, payload)
 
-    def update(self, task: Task, old_status: int, old_scheduled_key: bytes | None = None,
-               old_finished_key: bytes | None = None) -> None:
-        self.part(task.id).update(task, old_status, old_scheduled_key, old_finished_key)
+    def update(self, task: Task, old_status: int, old_index_key: bytes | None = None) -> None:
+        self.part(task.id).update(task, old_status, old_index_key)
 
-    index_keys = staticmethod(Store.index_keys)
+    index_key = staticmethod(Store.index_key)
 
     def put_result(self, raw_id: bytes, result: bytes) -> None:
         self.part(raw_id).put_result(raw_id, result)
@@ -185,31 +184,29 @@ class PartitionedStore:
         synced = [p.sync_wal() for p in self.parts]
         return any(synced)
 
-    def scan_status(self, status: int, after: bytes | None, max_keys: int) -> Iterator[Task]:
-        if self.shards == 1:
+    def scan_status(self, status: int, after: bytes | None,
+                    max_keys: int) -> Iterator[tuple[bytes, Task | None]]:
+        if len(self.parts) == 1:
             return self.parts[0].scan_status(status, after, max_keys)
         merged = heapq.merge(*(p.scan_status(status, after, max_keys) for p in self.parts),
-                             key=lambda t: t.id)
-        return (t for _, t in zip(range(max_keys), merged))
+                             key=lambda kt: kt[0])
+        return (kt for _, kt in zip(range(max_keys), merged))
 
     def scan_index(self, index: str, prefix: bytes, after: bytes | None, max_keys: int,
                    upper: bytes | None = None) -> Iterator[bytes]:
-        if self.shards == 1:
+        if len(self.parts) == 1:
             return self.parts[0].scan_index(index, prefix, after, max_keys, upper)
         merged = heapq.merge(*(p.scan_index(index, prefix, after, max_keys, upper) for p in self.parts))
         return (k for _, k in zip(range(max_keys), merged))
 
-    def iter_records(self, status: int) -> Iterator[tuple[bytes, bytes]]:
+    def iter_live(self) -> Iterator[tuple[bytes, bytes]]:
         for p in self.parts:
-            yield from p.iter_records(status)
+            yield from p.iter_live()
 
-    def verify_status_index(self, status: int, ids: list[bytes]) -> int:
-        if len(self.parts) == 1:
-            return self.parts[0].verify_status_index(status, ids)
-        by_part: list[list[bytes]] = [[] for _ in self.parts]
-        for raw in ids:
-            by_part[self.slot(raw)].append(raw)
-        return sum(p.verify_status_index(status, part) for p, part in zip(self.parts, by_part))
+    @property
+    def migrated(self) -> list[dict[str, float]]:
+        """What opening the parts migrated (store/migrate.py), one entry per migrated part."""
+        return [p.migrated for p in self.parts if p.migrated is not None]
 
     def recount(self, status: int, ids: list[bytes]) -> bool:
         """Recovery found exactly ``ids`` in ``status``: correct each part's persisted count

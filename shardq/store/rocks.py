@@ -4,14 +4,18 @@ Rules:
 1. Every change is staged into the current WriteBatch and made visible to
    ``get`` at once through an overlay; nothing reaches disk until ``commit``,
    which writes the whole batch in one call. The shard acks only after it.
-2. A status change is a record move between status column families plus the
-   ``idx_status`` update, in the same batch: never a partial update.
-3. The store counts tasks per status as it moves them and persists the counts
-   with every commit, so start-up need not scan terminal tasks to count them.
+2. The status is inside the record; a record stays in its family (``live`` or
+   ``done``, store/layout.py) as long as its status belongs there, and is
+   rewritten in place. Only finishing (completed, cancelled) moves it, in the
+   same batch as its index entry: never a partial update.
+3. The store counts tasks per status as it changes them and persists the counts
+   with every commit, so start-up need not scan finished tasks to count them.
 4. A write that fails (a full disk, an I/O error) writes nothing: RocksDB applies
    a batch whole or not at all. ``commit`` then drops what was staged (batch,
    overlay, counts back to the last commit) and raises ``StoreWriteError``; the
    caller rebuilds whatever it kept in memory from the store (Engine.reload).
+5. A data dir of an older SCHEMA_VERSION is migrated in place when it is opened
+   (``init_layout``, store/migrate.py), before anything else reads it.
 
 The key layout and SCHEMA_VERSION are in ``store/layout.py`` (shared with store/memory.py).
 """
@@ -19,6 +23,7 @@ The key layout and SCHEMA_VERSION are in ``store/layout.py`` (shared with store/
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -29,16 +34,18 @@ import rocksdict as rd
 from shardq.store.layout import (
     ALL_CFS,
     COUNTS,
+    DONE,
+    FAMILY_OF,
+    IDX,
+    INDEX_TAGS,
+    LIVE,
     SCHEMA_VERSION,
-    STATUS_BYTES,
-    STATUS_CFS,
     U64,
     finished_key,
-    index_keys,
-    priority_key,
-    scheduled_key,
+    index_key,
     type_key,
 )
+from shardq.store.migrate import drop_old_families, migrate
 from shardq.task import (
     CANCELLED,
     COMPLETED,
@@ -47,9 +54,10 @@ from shardq.task import (
     IN_PROGRESS,
     INLINE_PAYLOAD_MAX,
     PENDING,
-    STATUS_NAMES,
     Task,
 )
+
+log = logging.getLogger("shardq.store")
 
 
 class StoreError(Exception):
@@ -82,16 +90,26 @@ class Store:
         os.makedirs(path, exist_ok=True)
         self._cache = rd.Cache(self.settings.block_cache_size)
         opts = self._options()
-        cf_opts = {name: self._options() for name in ALL_CFS}
+        # RocksDB opens a DB only with every family it has: those of an older layout too,
+        # until the migration (store/migrate.py) drops them.
+        names = list(ALL_CFS)
+        if os.path.exists(os.path.join(path, "CURRENT")):
+            try:
+                names += [n for n in rd.Rdict.list_cf(path) if n not in names and n != "default"]
+            except Exception as exc:
+                raise StoreError(f"{path}: cannot list the column families: {exc}") from exc
+        cf_opts = {name: self._options() for name in names}
         try:
             self.db = rd.Rdict(path, options=opts, column_families=cf_opts)
         except Exception as exc:  # rocksdict raises a bare Exception (lock held, corruption)
             hint = " (is another shardq using this data dir?)" if "lock" in str(exc).lower() else ""
             raise StoreError(f"{path}: cannot open RocksDB: {exc}{hint}") from exc
-        self._cf = {name: self.db.get_column_family_handle(name) for name in ALL_CFS}
-        self._views = {name: self.db.get_column_family(name) for name in ALL_CFS}
-        self._status_cf = [self._cf[name] for name in STATUS_CFS]
-        self._status_view = [self._views[name] for name in STATUS_CFS]
+        self.family_names = names
+        self._cf = {name: self.db.get_column_family_handle(name) for name in names}
+        self._views = {name: self.db.get_column_family(name) for name in names}
+        self._live, self._done, self._idx = self._views[LIVE], self._views[DONE], self._views[IDX]
+        self._fam_cf = [self._cf[name] for name in FAMILY_OF]  # by status code
+        self._fam_view = [self._views[name] for name in FAMILY_OF]
         self._write_opts = rd.WriteOptions()
         self._write_opts.sync = self.settings.sync == "always"
         self._write_opts.disable_wal = not self.settings.enable_wal
@@ -106,6 +124,7 @@ class Store:
         self.counts = self._load_counts()
         self._committed_counts = list(self.counts)  # what a failed commit goes back to
         self.last_commit_bytes = 0
+        self.migrated: dict[str, float] | None = None  # what init_layout migrated, if it did
         if self.settings.periodic_compaction_seconds:
             for name in ALL_CFS:
                 self._views[name].set_options(
@@ -143,7 +162,8 @@ class Store:
         self.staged += 1
 
     def init_layout(self, shard: int, shards: int) -> None:
-        """Record (new dir) or check (existing dir) the schema and shard identity."""
+        """Record (new dir) or check (existing dir) the schema and shard identity; migrate a
+        data dir of an older schema in place (store/migrate.py)."""
         version = self.meta_get(b"schema_version")
         if version is None:
             self.meta_put(b"schema_version", str(SCHEMA_VERSION).encode())
@@ -159,6 +179,12 @@ class Store:
         if recorded != (shard, shards):
             raise StoreError(f"{self.path}: holds shard {recorded[0]} of {recorded[1]}, "
                              f"opened as shard {shard} of {shards}")
+        if int(version) < SCHEMA_VERSION:
+            self.migrated = migrate(self, int(version))
+            log.info("migrated %s from schema version %d to %d: %d tasks in %.2f s", self.path,
+                     int(version), SCHEMA_VERSION, self.migrated["tasks"], self.migrated["seconds"])
+        elif len(self.family_names) > len(ALL_CFS):  # a migration stopped after its version
+            drop_old_families(self)
 
     def _load_counts(self) -> list[int]:
         raw = self._views["metadata"].get(b"counts")
@@ -166,31 +192,30 @@ class Store:
 
     # -- reads (overlay first) ----------------------------------------------
 
+    def _record(self, raw_id: bytes) -> bytes | None:
+        data = self._live.get(raw_id)
+        return self._done.get(raw_id) if data is None else data
+
     def status_of(self, raw_id: bytes) -> int | None:
         if raw_id in self._overlay:
             t = self._overlay[raw_id]
             return None if t is None else t.status
-        s = self._views["idx_status"].get(raw_id)
-        return None if s is None else s[0]
+        data = self._record(raw_id)
+        return None if data is None else data[1]  # the status byte (task.py)
 
     def get(self, raw_id: bytes) -> Task | None:
         if raw_id in self._overlay:
             return self._overlay[raw_id]
-        s = self._views["idx_status"].get(raw_id)
-        if s is None:
-            return None
-        data = self._status_view[s[0]].get(raw_id)
-        if data is None:
-            raise StoreError(f"index says {raw_id.hex()} is {STATUS_NAMES[s[0]]} but no record is there")
-        return Task.decode(raw_id, data)
+        data = self._record(raw_id)
+        return None if data is None else Task.decode(raw_id, data)
 
     def get_in(self, status: int, raw_id: bytes) -> Task | None:
-        """The task if it is in ``status`` (one read: no idx_status lookup)."""
+        """The task if it is in ``status`` (one read: the family that status lives in)."""
         if raw_id in self._overlay:
             t = self._overlay[raw_id]
             return t if t is not None and t.status == status else None
-        data = self._status_view[status].get(raw_id)
-        return None if data is None else Task.decode(raw_id, data)
+        data = self._fam_view[status].get(raw_id)
+        return None if data is None or data[1] != status else Task.decode(raw_id, data)
 
     def get_payload(self, raw_id: bytes) -> bytes:
         task = self.get(raw_id)
@@ -215,58 +240,46 @@ class Store:
     # -- staged writes -------------------------------------------------------
 
     def insert(self, task: Task, payload: bytes) -> None:
-        """A new task: record, payload and every index, in the current batch."""
-        b, cf, rid = self._batch, self._cf, task.id
+        """A new task: record, payload and its index entries, in the current batch."""
+        b, rid = self._batch, task.id
         task.payload_len = len(payload)  # the bytes are the truth; decode relies on it
         if len(payload) <= INLINE_PAYLOAD_MAX:
             task.inline_payload = payload
         else:
-            b.put(rid, payload, cf["payloads"])
+            b.put(rid, payload, self._cf["payloads"])
             self._overlay_payloads[rid] = payload
-        b.put(rid, task.encode(), self._status_cf[task.status])
-        b.put(rid, STATUS_BYTES[task.status], cf["idx_status"])
-        b.put(type_key(task), b"", cf["idx_type"])
-        b.put(priority_key(task), b"", cf["idx_priority"])
-        sk = scheduled_key(task)
-        if sk is not None:
-            b.put(sk, b"", cf["idx_scheduled"])
+        b.put(rid, task.encode(), self._fam_cf[task.status])
+        idx = self._cf[IDX]
+        b.put(type_key(task), b"", idx)
         fk = finished_key(task)
         if fk is not None:
-            b.put(fk, b"", cf["idx_finished"])
+            b.put(fk, b"", idx)
         self._overlay[rid] = task
         self.counts[task.status] += 1
         self.staged += 1
 
-    def update(self, task: Task, old_status: int, old_scheduled_key: bytes | None = None,
-               old_finished_key: bytes | None = None) -> None:
-        """Rewrite a task's record, moving it between status families if it changed.
+    def update(self, task: Task, old_status: int, old_index_key: bytes | None = None) -> None:
+        """Rewrite a task's record in place, or move it to ``done`` when it finished.
 
-        ``old_*_key`` are the task's index keys before the change (from
-        ``index_keys``), so that moved entries are deleted in the same batch.
-        """
+        ``old_index_key`` is the task's index key before the change (from ``index_key``),
+        so that a moved entry is deleted in the same batch."""
         b, rid = self._batch, task.id
         if old_status != task.status:
-            b.delete(rid, self._status_cf[old_status])
-            b.put(rid, STATUS_BYTES[task.status], self._cf["idx_status"])
+            if FAMILY_OF[old_status] != FAMILY_OF[task.status]:
+                b.delete(rid, self._fam_cf[old_status])
             self.counts[old_status] -= 1
             self.counts[task.status] += 1
-        b.put(rid, task.encode(), self._status_cf[task.status])
-        new_sk = scheduled_key(task)
-        if new_sk != old_scheduled_key:
-            if old_scheduled_key is not None:
-                b.delete(old_scheduled_key, self._cf["idx_scheduled"])
-            if new_sk is not None:
-                b.put(new_sk, b"", self._cf["idx_scheduled"])
+        b.put(rid, task.encode(), self._fam_cf[task.status])
         new_fk = finished_key(task)
-        if new_fk != old_finished_key:
-            if old_finished_key is not None:
-                b.delete(old_finished_key, self._cf["idx_finished"])
+        if new_fk != old_index_key:
+            if old_index_key is not None:
+                b.delete(old_index_key, self._cf[IDX])
             if new_fk is not None:
-                b.put(new_fk, b"", self._cf["idx_finished"])
+                b.put(new_fk, b"", self._cf[IDX])
         self._overlay[rid] = task
         self.staged += 1
 
-    index_keys = staticmethod(index_keys)
+    index_key = staticmethod(index_key)
 
     def put_result(self, raw_id: bytes, result: bytes) -> None:
         self._batch.put(raw_id, result, self._cf["results"])
@@ -276,17 +289,13 @@ class Store:
     def delete(self, task: Task) -> None:
         """Remove a task and everything about it (retention)."""
         b, cf, rid = self._batch, self._cf, task.id
-        b.delete(rid, self._status_cf[task.status])
-        b.delete(rid, cf["idx_status"])
-        b.delete(type_key(task), cf["idx_type"])
-        b.delete(priority_key(task), cf["idx_priority"])
+        b.delete(rid, self._fam_cf[task.status])
+        b.delete(type_key(task), cf[IDX])
+        fk = finished_key(task)
+        if fk is not None:
+            b.delete(fk, cf[IDX])
         b.delete(rid, cf["payloads"])
         b.delete(rid, cf["results"])
-        sk, fk = scheduled_key(task), finished_key(task)
-        if sk is not None:
-            b.delete(sk, cf["idx_scheduled"])
-        if fk is not None:
-            b.delete(fk, cf["idx_finished"])
         self._overlay[rid] = None
         self.counts[task.status] -= 1
         self.staged += 1
@@ -349,9 +358,12 @@ class Store:
 
     # -- scans (bounded; callers resume from the returned position) ----------
 
-    def scan_status(self, status: int, after: bytes | None, max_keys: int) -> Iterator[Task]:
-        """Records of one status in id order, strictly after ``after``."""
-        it = self._status_view[status].iter()
+    def scan_status(self, status: int, after: bytes | None,
+                    max_keys: int) -> Iterator[tuple[bytes, Task | None]]:
+        """The family that holds ``status``, in id order, strictly after ``after``: every id
+        looked at (at most ``max_keys``), with its task when it has ``status`` (else None:
+        the family holds other statuses too)."""
+        it = self._fam_view[status].iter()
         if after is None:
             it.seek_to_first()
         else:
@@ -359,49 +371,41 @@ class Store:
             if it.valid() and it.key() == after:
                 it.next()
         n = 0
+        decode = Task.decode
         while it.valid() and n < max_keys:
-            yield Task.decode(it.key(), it.value())
+            key, data = it.key(), it.value()
+            yield key, (decode(key, data) if data[1] == status else None)
             it.next()
             n += 1
 
     def scan_index(self, index: str, prefix: bytes, after: bytes | None, max_keys: int,
                    upper: bytes | None = None) -> Iterator[bytes]:
-        """Index keys starting with ``prefix`` (and below ``upper``), strictly after ``after``."""
-        it = self._views[index].iter()
-        it.seek(after if after is not None else prefix)
-        if after is not None and it.valid() and it.key() == after:
+        """Keys of ``index`` (``idx_type``, ``idx_finished``) starting with ``prefix`` (and
+        below ``upper``), strictly after ``after``; without idx's tag byte."""
+        tag = INDEX_TAGS[index]
+        start = tag + (after if after is not None else prefix)
+        full, stop = tag + prefix, None if upper is None else tag + upper
+        it = self._idx.iter()
+        it.seek(start)
+        if after is not None and it.valid() and it.key() == start:
             it.next()
         n = 0
         while it.valid() and n < max_keys:
             key = it.key()
-            if not key.startswith(prefix) or (upper is not None and key >= upper):
+            if not key.startswith(full) or (stop is not None and key >= stop):
                 return
-            yield key
+            yield key[1:]
             it.next()
             n += 1
 
-    def iter_records(self, status: int) -> Iterator[tuple[bytes, bytes]]:
-        """Every (id, record) of one status: for recovery only. The scan does not fill
-        the block cache (it would evict what serving needs and hold ~100 MiB of RSS
-        per million tasks for nothing)."""
+    def iter_live(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every committed (id, record) of ``live`` (pending, in_progress, failed,
+        dead_letter; the status is ``record[1]``): for recovery only. The scan does not fill
+        the block cache (it would evict what serving needs and hold ~100 MiB of RSS per
+        million tasks for nothing)."""
         scan = rd.ReadOptions()
         scan.fill_cache(False)
-        return self._status_view[status].items(read_opt=scan)
-
-    def verify_status_index(self, status: int, ids: list[bytes], chunk: int = 10_000) -> int:
-        """Check that idx_status says ``status`` for every id (records of that status);
-        repair the entries that do not, in the current batch. Returns how many."""
-        want = STATUS_BYTES[status]
-        view = self._views["idx_status"]
-        repaired = 0
-        for start in range(0, len(ids), chunk):
-            part = ids[start:start + chunk]
-            for raw, got in zip(part, view.get(part)):
-                if got != want:
-                    self._batch.put(raw, want, self._cf["idx_status"])
-                    self.staged += 1
-                    repaired += 1
-        return repaired
+        return self._live.items(read_opt=scan)  # type: ignore[no-any-return]
 
     def count_keys(self, cf: str) -> int:
         return sum(1 for _ in self._views[cf].keys())
@@ -437,8 +441,9 @@ class Store:
         # they are dropped, so a reopen in the same process needs them gone.
         self._cf.clear()
         self._views.clear()
-        self._status_cf.clear()
-        self._status_view.clear()
+        self._fam_cf.clear()
+        self._fam_view.clear()
+        del self._live, self._done, self._idx
         self._batch = None  # type: ignore[assignment]
         gc.collect()
         if error is not None:

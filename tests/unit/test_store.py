@@ -25,7 +25,6 @@ from shardq.task import (
     FAILED,
     IN_PROGRESS,
     PENDING,
-    STATUS_NAMES,
     Task,
     new_ids,
     owner_of,
@@ -141,24 +140,24 @@ def test_write_commit_close_reopen(tmp_path) -> None:
         assert s.get_result(a) == b""
         assert [s.status_of(x) for x in (a, b, c, d)] == [PENDING, PENDING, COMPLETED, CANCELLED]
         v = s._views
-        assert v["pending"].get(a) is not None and v["pending"].get(b) is not None
-        assert v["completed"].get(c) is not None and v["cancelled"].get(d) is not None
-        assert v["idx_status"].get(a) == bytes([PENDING])
-        assert v["idx_status"].get(c) == bytes([COMPLETED])
-        assert v["idx_type"].get(b"alpha\x00" + a) == b""
-        assert v["idx_type"].get(b"alpha\x00" + c) == b""
-        assert v["idx_type"].get(b"beta\x00" + b) == b""
-        assert v["idx_priority"].get(bytes([7]) + a) == b""
-        assert v["idx_priority"].get(bytes([250]) + b) == b""
-        # only the delayed task is in idx_scheduled; only finished ones in idx_finished
-        assert list(s.scan_index("idx_scheduled", b"", None, 100)) == [U64.pack(T0 + 5000) + b]
+        assert v["live"].get(a) is not None and v["live"].get(b) is not None
+        assert v["done"].get(c) is not None and v["done"].get(d) is not None
+        assert v["live"].get(c) is None and v["done"].get(a) is None
+        assert v["idx"].get(b"talpha\x00" + a) == b""
+        assert v["idx"].get(b"talpha\x00" + c) == b""
+        assert v["idx"].get(b"tbeta\x00" + b) == b""
+        assert sorted(s.family_names) == sorted(["live", "done", "payloads", "results", "idx",
+                                                 "metadata"])
+        # only finished ones in idx_finished
         assert sorted(s.scan_index("idx_finished", b"", None, 100)) == sorted(
             [U64.pack(T0) + c, U64.pack(T0) + d])
         assert s.counts == [3, 0, 1, 0, 0, 1]
         assert s.count_keys("payloads") == 1  # only the big one; small ones are inline
         assert s.get_payload(big) == big_payload
         assert s.get(big).inline_payload is None and s.get(a).inline_payload == b"payload-a"
-        assert [t.id for t in s.scan_status(PENDING, None, 100)] == sorted([a, b, big])
+        assert [k for k, t in s.scan_status(PENDING, None, 100) if t] == sorted([a, b, big])
+        assert [k for k, t in s.scan_status(COMPLETED, None, 100) if t] == [c]
+        assert [k for k, t in s.scan_status(CANCELLED, None, 100)] == sorted([c, d])
         assert list(s.scan_index("idx_type", b"alpha\x00", None, 100)) == sorted(
             [b"alpha\x00" + a, b"alpha\x00" + c])
     finally:
@@ -196,25 +195,21 @@ def test_state_move_is_one_batch(tmp_path) -> None:
         s.insert(raw_task(a, scheduled=T0 + 1000), b"x")
         s.commit()
         task = s.get(a)
-        old_sk, old_fk = s.index_keys(task)
-        assert old_sk == U64.pack(T0 + 1000) + a and old_fk is None
+        old_key = s.index_key(task)
+        assert old_key is None
         task.status = COMPLETED
         task.updated_ms = T0 + 50
-        s.update(task, PENDING, old_sk, old_fk)
+        s.update(task, PENDING, old_key)
         assert s.staged == 1
         # staged: visible through get/status_of, not yet in the database
         assert s.status_of(a) == COMPLETED and s.get(a).status == COMPLETED
-        assert s._views["pending"].get(a) is not None
-        assert s._views["completed"].get(a) is None
-        assert s._views["idx_status"].get(a) == bytes([PENDING])
+        assert s._views["live"].get(a)[1] == PENDING
+        assert s._views["done"].get(a) is None
         assert s.commit() == 1
         assert s.staged == 0
         v = s._views
-        for st in range(6):
-            assert (v[STATUS_NAMES[st]].get(a) is not None) == (st == COMPLETED)
-        assert v["idx_status"].get(a) == bytes([COMPLETED])
-        assert v["idx_scheduled"].get(old_sk) is None
-        assert v["idx_finished"].get(U64.pack(T0 + 50) + a) == b""
+        assert v["live"].get(a) is None and v["done"].get(a)[1] == COMPLETED
+        assert v["idx"].get(b"f" + U64.pack(T0 + 50) + a) == b""
         assert s.counts == [0, 0, 1, 0, 0, 0]
         assert s.get(a).status == COMPLETED
     finally:
@@ -228,9 +223,9 @@ def test_counts_persisted_across_reopen(tmp_path) -> None:
     for i, raw in enumerate(ids):
         s.insert(raw_task(raw, status=[PENDING, PENDING, FAILED, DEAD_LETTER, COMPLETED][i]), b"")
     t = s.get(ids[0])
-    sk, fk = s.index_keys(t)
+    key = s.index_key(t)
     t.status = IN_PROGRESS
-    s.update(t, PENDING, sk, fk)
+    s.update(t, PENDING, key)
     s.commit()
     assert s.counts == [1, 1, 1, 1, 1, 0]
     s.close()
@@ -261,11 +256,11 @@ def test_partitioned_routes_by_owner_and_persists(tmp_path) -> None:
     assert ps.counts[PENDING] == 6
     assert [p.counts[PENDING] for p in ps.parts] == [3, 3]
     for raw in ids:
-        assert ps.parts[owner_of(raw, 2)]._views["pending"].get(raw) is not None
-        assert ps.parts[1 - owner_of(raw, 2)]._views["pending"].get(raw) is None
-    merged = [t.id for t in ps.scan_status(PENDING, None, 100)]
+        assert ps.parts[owner_of(raw, 2)]._views["live"].get(raw) is not None
+        assert ps.parts[1 - owner_of(raw, 2)]._views["live"].get(raw) is None
+    merged = [t.id for _, t in ps.scan_status(PENDING, None, 100)]
     assert merged == sorted(ids)
-    assert [t.id for t in ps.scan_status(PENDING, None, 4)] == sorted(ids)[:4]
+    assert [k for k, _ in ps.scan_status(PENDING, None, 4)] == sorted(ids)[:4]
     ps.close()
     assert recorded_shards(path) == 2
     ps = PartitionedStore(path, 2)
@@ -370,26 +365,53 @@ def test_partitioned_store_opened_with_other_count_is_refused(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("shards", [1, 2])
-def test_recover_in_progress_back_to_pending(make_node, shards: int) -> None:
+def test_recover_restores_leases(make_node, shards: int) -> None:
+    """A restart keeps every lease: same worker and attempt, a fresh expiry (now + lease)."""
     n = make_node(shards)
-    ids = n.submit(*[TaskSpec("t", b"x") for _ in range(3)], home=shards - 1)
+    ids = n.submit(*[TaskSpec("t", b"x") for _ in range(4)], home=shards - 1)
     got = n.claim("w", 2)
     assert [t.id for t in got] == ids[:2]
+    (other,) = n.claim("gone", 1)
     rep = n.restart(advance=10)
-    assert rep["reclaimed_in_progress"] == 2
-    assert rep["pending"] == 3
-    for raw in ids[:2]:
-        t = n.store.get(raw)
-        assert t.status == PENDING
-        assert t.attempt == 1  # kept: the fencing token never goes back
-        assert t.retry_count == 0  # not counted
-        assert t.worker_id is None and t.lease_expires_ms is None
+    assert rep["leases_restored"] == 3
+    assert rep["pending"] == 1
+    for t in got:
+        back = n.store.get(t.id)
+        assert back.status == IN_PROGRESS and back.attempt == 1 and back.worker_id == "w"
+    (q,) = n.engine.query([other.id])
+    assert q.lease_expires_ms == n.now + n.settings.lease_ms
     stats = n.engine.stats()
-    assert stats["pending"] == 3 and stats["in_progress"] == 0
-    assert stats["by_tier"] == {"high": 0, "normal": 3, "low": 0}
-    assert n.drain() == ids
-    # a re-claimed task gets a new, higher attempt
-    assert n.store.get(ids[0]).attempt == 2
+    assert stats["pending"] == 1 and stats["in_progress"] == 3
+    assert stats["by_tier"] == {"high": 0, "normal": 1, "low": 0}
+    # the worker that outlived the restart heartbeats and completes as if nothing happened
+    n.now += n.settings.lease_ms // 2
+    n.engine.heartbeat("w", {}, [t.id for t in got], n.now)
+    out = n.result("w", *[ResultItem(t.id, t.attempt, "completed") for t in got])
+    assert [o["status"] for o in out] == ["completed", "completed"]
+    # the one nobody renews is reclaimed at its expiry, counted like any reclaim
+    n.now += n.settings.lease_ms
+    n.engine.tick(n.now)
+    n.store.commit()
+    back = n.store.get(other.id)
+    assert back.status == PENDING and back.retry_count == 1
+    assert n.engine.counters["reclaimed_lease_expired"] == 1
+    # and the attempt that lost its lease can never complete (fencing survives the restart)
+    out = n.result("gone", ResultItem(other.id, other.attempt, "completed"))
+    assert out[0]["error"]["code"] == "LeaseLost"
+    assert sorted(n.drain()) == sorted([ids[3], other.id])
+    assert n.store.get(other.id).attempt == 2
+
+
+def test_recover_restores_a_lease_whose_timeout_passed_and_times_it_out(make_node) -> None:
+    n = make_node()
+    (tid,) = n.submit(TaskSpec("t", b"", timeout_seconds=5))
+    n.claim("w", 1)
+    n.restart(advance=6000)
+    assert n.store.status_of(tid) == IN_PROGRESS
+    n.engine.tick(n.now)
+    n.store.commit()
+    assert n.store.status_of(tid) == FAILED
+    assert n.engine.counters["reclaimed_timeout"] == 1
 
 
 @pytest.mark.parametrize("shards", [1, 2])
@@ -451,9 +473,9 @@ def test_recover_dead_dependency_cascades(make_node) -> None:
     # Make the parent dead without the cascade, as if it died in another process.
     s = n.store.parts[0]
     t = s.get(parent)
-    sk, fk = s.index_keys(t)
+    key = s.index_key(t)
     t.status = DEAD_LETTER
-    s.update(t, PENDING, sk, fk)
+    s.update(t, PENDING, key)
     s.commit()
     n.restart()
     assert n.store.status_of(child) == DEAD_LETTER
@@ -517,11 +539,11 @@ def test_recover_stats_by_tier_not_double_counted(make_node) -> None:
     n = make_node()
     n.submit(TaskSpec("t", b"", priority=250), TaskSpec("t", b"", priority=50),
              TaskSpec("t", b"", priority=150))
-    n.claim("w", 2)  # the 250 and the 150 are in progress
+    n.claim("w", 2)  # the 250 and the 150 are in progress, and stay so (leases survive)
     n.restart()
     stats = n.engine.stats()
-    assert stats["pending"] == 3
-    assert stats["by_tier"] == {"high": 1, "normal": 1, "low": 1}
+    assert stats["pending"] == 1 and stats["in_progress"] == 2
+    assert stats["by_tier"] == {"high": 0, "normal": 0, "low": 1}
     n.claim("w", 3)
     assert n.engine.stats()["by_tier"] == {"high": 0, "normal": 0, "low": 0}
 
@@ -565,9 +587,8 @@ def test_retention_slice(make_node) -> None:
     assert n.store.status_of(done_new) == COMPLETED
     assert n.store.counts[COMPLETED] == 1 and n.store.counts[CANCELLED] == 0
     p = n.store.parts[0]
-    assert p.count_keys("idx_status") == 3
-    assert p.count_keys("idx_type") == 3 and p.count_keys("idx_priority") == 3
-    assert p.count_keys("idx_finished") == 1
+    assert p.count_keys("live") == 2 and p.count_keys("done") == 1
+    assert p.count_keys("idx") == 3 + 1  # a type entry each, a finished entry for done_new
     # small payloads live inside the record (task.INLINE_PAYLOAD_MAX): none stored beside it
     assert p.count_keys("payloads") == 0 and p.count_keys("results") == 0
     n.now = T0 + 10_000
@@ -595,28 +616,3 @@ def test_retention_slice_is_bounded(make_node) -> None:
     assert n.engine.retention_slice(n.now, max_keys=3) == 1
     n.store.commit()
     assert n.store.counts[CANCELLED] == 0
-
-
-def test_recovery_repairs_a_damaged_status_index(tmp_path) -> None:
-    from shardq.engine.engine import Engine, TaskSpec
-
-    path = str(tmp_path / "d")
-    ps = PartitionedStore(path, 2)
-    engine = Engine(ps, settings(2))
-    ids = engine.submit([TaskSpec("a", b"x") for _ in range(10)], T0)
-    ps.commit()
-    victim = ps.part(ids[3])
-    victim._batch.delete(ids[3], victim._cf["idx_status"])  # lose one index entry
-    victim.staged += 1
-    ps.commit()
-    assert ps.status_of(ids[3]) is None
-    ps.close()
-
-    ps = PartitionedStore(path, 2)
-    try:
-        summary = Engine(ps, settings(2)).recover(T0 + 1)
-        assert summary["index_repaired"] == 1
-        assert ps.status_of(ids[3]) == PENDING
-        assert all(ps.status_of(raw) == PENDING for raw in ids)
-    finally:
-        ps.close()
