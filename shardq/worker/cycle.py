@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 from shardq.client import requests as rq
-from shardq.client.aio_connection import AsyncConnection
 from shardq.client.connection import ConnectionClosed
 from shardq.client.models import TaskInfo
 from shardq.errors import WireError

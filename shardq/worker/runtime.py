@@ -54,11 +54,11 @@ from typing import Any
 from shardq.client import requests as rq
 from shardq.client.aio_connection import AsyncConnection
 from shardq.client.connection import check_tls_options, parse_target
+from shardq.client.models import TaskInfo
 from shardq.process import EXIT_FATAL, EXIT_OK
 from shardq.protocol.frames import MAX_PAYLOAD
 from shardq.tls import client_context
 from shardq.worker.app import App
-from shardq.client.models import TaskInfo
 from shardq.worker.connecting import BrokerRefused, Connecting, Lane
 from shardq.worker.cycle import ClaimCycle
 from shardq.worker.heartbeat import Heartbeat
