@@ -11,11 +11,17 @@ import signal
 import time
 
 import pytest
-from test_worker import marks, read_marks, wait_until, worker_factory  # noqa: F401 -- fixtures
+from test_worker import marks, read_marks, worker_factory  # noqa: F401 -- fixtures
+from tlsfiles import TlsFiles
 
 import shardq
 from shardq.client.models import Job
 from shardq.client.spread import Spread, owner
+
+
+@pytest.fixture
+def tls(tmp_path) -> TlsFiles:
+    return TlsFiles(tmp_path / "certs")
 
 
 @pytest.fixture
@@ -162,3 +168,20 @@ def test_prefetch_stays_within_its_bound_and_goes_back_on_shutdown(server_factor
     assert released and not {t.id for t in released} & started, "the waiting ones went back unstarted"
     assert all(t.retry_count == 0 for t in released)
     assert "released after" in worker.log
+
+
+def test_over_tls_each_shard_connection_is_reached_by_alpn(server_factory, tls) -> None:
+    """shardqs://: a TLS session cannot move after its handshake, so the per-shard connections
+    name their shard in the ClientHello's ALPN offer; each lands there and no SUBMIT hops."""
+    srv = server_factory("--shards", "2", env=tls.server_env())
+    url = srv.url.replace("shardq://", "shardqs://")
+    hops_before = None
+    with shardq.Client(url, tls_ca=tls.ca_file) as client:
+        hops_before = sum(int(r["forwarded"]) for r in client.stats()["shards"])
+        ids = [client.submit("tls-spread") for _ in range(10)]
+        assert [lane.info["shard"] for lane in client._lanes.values()] == [1 - client.shard]
+        assert [owner(i, 2) for i in ids].count(0) == 5
+        rows_ = {r["shard"]: r for r in client.stats()["shards"]}
+        assert rows_[0]["pending"] == rows_[1]["pending"] == 5
+        # (each GET_STATS asks the other shard once; nothing else crossed)
+        assert sum(int(r["forwarded"]) for r in rows_.values()) - hops_before <= 2
