@@ -89,7 +89,7 @@ class ClaimCycle:
         n = len(order)
         for i in range(n):
             k = order[(self._claim_turn + i) % n]
-            if k is None or self.lanes[k].dry_until <= now:
+            if (self._home_dry_until if k is None else self.lanes[k].dry_until) <= now:
                 self._claim_turn = (self._claim_turn + i + 1) % n
                 return k
         return None
@@ -123,8 +123,13 @@ class ClaimCycle:
             return
         tasks = rq.parse_claim(msg)
         if tasks:
-            if shard is not None and any(t.shard != shard for t in tasks):
-                self.lanes[shard].dry_until = time.monotonic() + DRY_S  # lent: it has none left
+            if self.lanes:
+                own = self.server_info.get("shard") if shard is None else shard
+                if any(t.shard != own for t in tasks):  # lent another's work: it has none left
+                    if shard is None:
+                        self._home_dry_until = time.monotonic() + DRY_S
+                    else:
+                        self.lanes[shard].dry_until = time.monotonic() + DRY_S
             if self._stop.is_set():  # shutting down: hand them straight back
                 for task in tasks:
                     self._release_unstarted(task)

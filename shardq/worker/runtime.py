@@ -149,6 +149,7 @@ class WorkerRuntime(Connecting, ClaimCycle, Shutdown):
         self._conn: AsyncConnection | None = None  # the home connection
         self.lanes: dict[int, Lane] = {}  # shard -> the connection to it (connecting.py)
         self._claim_turn = 0              # whose turn it is to be claimed from
+        self._home_dry_until = 0.0        # the home shard lent us another's work: skip it till then
         # Claimed tasks waiting for a slot (rule 1), oldest first, and the handlers' mean run time.
         self.prefetched: dict[str, TaskInfo] = {}
         self._claimed_at: dict[str, float] = {}  # monotonic, of each prefetched task
