@@ -149,6 +149,9 @@ def floor(url: str, task_type: str, n: int, concurrency: int) -> float:
     return n / elapsed
 
 
+WORKER_ARGS: list[str] = []  # --prefetch N, --no-spread: passed to every worker
+
+
 def run_one(url: str, task_type: str, n: int, concurrency: int, pool: str, log_dir: str) -> dict:
     client = open_client(url)
     before = client.stats()["totals"]["completed"]
@@ -156,7 +159,7 @@ def run_one(url: str, task_type: str, n: int, concurrency: int, pool: str, log_d
     log_path = os.path.join(log_dir, f"worker-c{concurrency}.log")
     env = worker_env()
     cmd = [sys.executable, "-m", "shardq.worker", "bench_worker:app", "--server", url, "--burst",
-           "--concurrency", str(concurrency), "--pool", pool, "--types", task_type]
+           "--concurrency", str(concurrency), "--pool", pool, "--types", task_type, *WORKER_ARGS]
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_path, "w") as log:
         t0 = time.time()
@@ -198,7 +201,7 @@ def run_spread(url: str, shards: int, task_type: str, n: int, concurrency: int, 
     for k in range(shards):
         cmd = [sys.executable, "-m", "shardq.worker", "bench_worker:app", "--server", url, "--burst",
                "--concurrency", str(concurrency), "--pool", pool, "--types", task_type,
-               "--heartbeat-interval-ms", "1000"]
+               "--heartbeat-interval-ms", "1000", *WORKER_ARGS]
         if pin:
             cmd += ["--shard", str(k)]
         log_path = os.path.join(log_dir, f"worker-spread-{k}.log")
@@ -232,7 +235,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="tasks on every shard, one worker per shard at once (needs --shards > 1)")
     parser.add_argument("--pin", action="store_true", help="with --spread: worker k runs with --shard k")
     parser.add_argument("--tls", action="store_true", help="the server speaks TLS only (shardqs://)")
+    parser.add_argument("--prefetch", type=int, default=None,
+                        help="the workers' --prefetch (default: theirs; a worker of a shardq "
+                             "without that flag needs it left out)")
+    parser.add_argument("--no-spread", action="store_true",
+                        help="the workers' --no-spread: one connection each, no lanes")
     args = parser.parse_args(argv)
+    if args.prefetch is not None:
+        WORKER_ARGS.extend(["--prefetch", str(args.prefetch)])
+    if args.no_spread:
+        WORKER_ARGS.append("--no-spread")
     if args.spread and int(args.shards) < 2:
         parser.error("--spread needs --shards 2 or more")
     if args.pin and not args.spread:

@@ -13,7 +13,9 @@ Three users, weighted by ``--producer-weight`` / ``--worker-weight`` / ``--reade
 - ReaderUser: QUERY_STATUS of tasks it submitted, GET_STATS.
 
 A ``shardqs://`` host speaks TLS, trusting ``--tls-ca`` (else the system CAs) and presenting
-``--tls-cert``/``--tls-key`` to a server with mutual TLS (docs/security.md).
+``--tls-cert``/``--tls-key`` to a server with mutual TLS (docs/security.md). (Locust 2.4x has
+its own ``--tls-cert``/``--tls-key`` for its web UI; where it does, ours are ``--shardq-tls-ca``,
+``--shardq-tls-cert`` and ``--shardq-tls-key``, and SHARDQ_TLS_* work with either.)
 
 Every option can also be given as an environment variable (``SHARDQ_PAYLOAD_SIZE=1024`` ...). Each
 request is reported to Locust with its message type as the request type, its response time, the
@@ -55,12 +57,13 @@ def _options(parser: Any) -> None:
                        help="how long a CLAIM waits for work")
     group.add_argument("--task-type", env_var="SHARDQ_TASK_TYPE", default="locust",
                        help="the task type the users submit and claim")
-    group.add_argument("--tls-ca", env_var="SHARDQ_TLS_CA", default="",
-                       help="with a shardqs:// host: the CA that signed the server's certificate")
-    group.add_argument("--tls-cert", env_var="SHARDQ_TLS_CERT", default="",
-                       help="with a shardqs:// host: a client certificate (mutual TLS)")
-    group.add_argument("--tls-key", env_var="SHARDQ_TLS_KEY", default="",
-                       help="the private key of --tls-cert")
+    taken = {s for a in parser._actions for s in a.option_strings}  # locust's own, in 2.4x
+    for name, help in (("ca", "with a shardqs:// host: the CA that signed the server's certificate"),
+                       ("cert", "with a shardqs:// host: a client certificate (mutual TLS)"),
+                       ("key", "the private key of the client certificate")):
+        flags = [f"--shardq-tls-{name}"] + ([] if f"--tls-{name}" in taken else [f"--tls-{name}"])
+        group.add_argument(*flags, dest=f"shardq_tls_{name}", env_var=f"SHARDQ_TLS_{name.upper()}",
+                           default="", help=help)
     group.add_argument("--producer-weight", type=int, env_var="SHARDQ_PRODUCER_WEIGHT", default=2)
     group.add_argument("--worker-weight", type=int, env_var="SHARDQ_WORKER_WEIGHT", default=4)
     group.add_argument("--reader-weight", type=int, env_var="SHARDQ_READER_WEIGHT", default=1)
@@ -84,7 +87,8 @@ class ShardqUser(User):
     def on_start(self) -> None:
         self.options = self.environment.parsed_options
         url = self.host or "shardq://127.0.0.1:7070"
-        tls = {name: getattr(self.options, name) or None for name in ("tls_ca", "tls_cert", "tls_key")}
+        tls = {name: getattr(self.options, f"shardq_{name}") or None
+               for name in ("tls_ca", "tls_cert", "tls_key")}
         if not url.startswith("shardqs://"):
             tls = {}  # (the environment may carry them for another target)
         self.client = Client(url, timeout=30, name="locust/1", **tls)

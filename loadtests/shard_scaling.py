@@ -8,7 +8,10 @@ A lifecycle is SUBMIT (batches of --batch) + CLAIM (max --batch) + RESULT comple
 --pairs producer/worker process pairs. ``plain`` clients connect without a hint (the
 acceptor places them); ``aware`` clients pin pair *k* to shard k mod N with the HELLO hint,
 so all their traffic is local; ``crossed`` pins every producer to shard 0 and every worker to
-shard 1, so every CLAIM and RESULT crosses shards (the worst placement).
+shard 1, so every CLAIM and RESULT crosses shards (the worst placement). ``client`` uses the
+bundled ``shardq.Client`` with its defaults (``submit_many``, ``claim``, ``report``): it spreads
+over the shards by itself (a connection per shard, shardq/client/spread.py); run it with an
+older checkout on PYTHONPATH to see a client that does not.
 Server CPU is the user+system time of the supervisor and all its children (acceptor, shards,
 coordinator) over the run; hops are the requests the shards forwarded to each other (GET_STATS
 rows' ``forwarded``), per lifecycle.
@@ -72,6 +75,38 @@ def producer(port: int, shard: int | None, batch: int, payload: bytes, deadline:
     out.put(("submitted", sent))
 
 
+def client_producer(port: int, shard: int | None, batch: int, payload: bytes, deadline: float,
+                    out: Any) -> None:
+    from shardq import Client
+    from shardq.client.models import Job
+    from shardq.errors import QueueFull
+    client = Client(f"shardq://127.0.0.1:{port}", timeout=30)
+    sent = 0
+    while time.time() < deadline:
+        try:
+            sent += len(client.submit_many([Job("bench", payload) for _ in range(batch)]))
+        except QueueFull:
+            time.sleep(0.01)
+    client.close()
+    out.put(("submitted", sent))
+
+
+def client_worker(port: int, shard: int | None, batch: int, deadline: float, wid: str, out: Any) -> None:
+    from shardq import Client
+    client = Client(f"shardq://127.0.0.1:{port}", timeout=30)
+    done = 0
+    while time.time() < deadline + 2:
+        tasks = client.claim(wid, max=batch, wait=0.2, types=["bench"])
+        if not tasks:
+            if time.time() > deadline:
+                break
+            continue
+        client.report(wid, [({"id": t.id, "attempt": t.attempt, "status": "completed"}, b"") for t in tasks])
+        done += len(tasks)
+    client.close()
+    out.put(("completed", done))
+
+
 def worker(port: int, shard: int | None, batch: int, deadline: float, wid: str, out: Any) -> None:
     conn = connect(port, shard)
     done = 0
@@ -115,9 +150,10 @@ def run(shards: int, mode: str, pairs: int, batch: int, seconds: float, payload_
             worker_pin = pin
             if mode == "crossed":  # all work made on shard 0, all workers on shard 1
                 pin, worker_pin = 0, 1
-            procs.append(multiprocessing.Process(target=producer, args=(
+            bundled = mode == "client"
+            procs.append(multiprocessing.Process(target=client_producer if bundled else producer, args=(
                 srv.port, pin, batch, b"x" * payload_size, deadline, out)))
-            procs.append(multiprocessing.Process(target=worker, args=(
+            procs.append(multiprocessing.Process(target=client_worker if bundled else worker, args=(
                 srv.port, worker_pin, batch, deadline, f"w{k}", out)))
         for p in procs:
             p.start()
@@ -133,13 +169,16 @@ def run(shards: int, mode: str, pairs: int, batch: int, seconds: float, payload_
         forwarded = sum(r.get("forwarded", 0) for r in after_rows) - sum(
             r.get("forwarded", 0) for r in before_rows)
         cross = sum(r.get("cross_shard_claims", 0) for r in after_rows)
+        per_shard = [sum(int(r.get(k) or 0) for k in ("pending", "in_progress", "completed", "failed"))
+                     for r in after_rows]
         done = max(1, results["completed"])
         return {"shards": shards, "mode": mode, "pairs": pairs, "batch": batch,
                 "lifecycles_per_s": round(results["completed"] / elapsed),
                 "server_cpu_us_per_lifecycle": round(cpu / done * 1e6, 1),
                 "hops_per_lifecycle": round(forwarded / done, 4),
                 "cross_shard_claimed_tasks": cross, "completed": results["completed"],
-                "submitted": results["submitted"], "cores": os.cpu_count()}
+                "submitted": results["submitted"], "tasks_per_shard": per_shard,
+                "cores": os.cpu_count()}
     finally:
         srv.stop()
 
@@ -188,7 +227,7 @@ def priority_order(shards: int, tasks: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--modes", nargs="+", default=["plain", "aware"], choices=["plain", "aware", "crossed"])
+    ap.add_argument("--modes", nargs="+", default=["plain", "aware"], choices=["plain", "aware", "crossed", "client"])
     ap.add_argument("--pairs", type=int, default=2, help="producer/worker process pairs")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--payload", type=int, default=100)
@@ -206,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
             continue
         for mode in args.modes:
-            if mode in ("aware", "crossed") and shards == 1:
+            if mode in ("aware", "crossed", "client") and shards == 1 and "plain" in args.modes:
                 continue  # same as plain
             rows.append(run(shards, mode, args.pairs, args.batch, args.seconds, args.payload, args.sync,
                             args.backlog))

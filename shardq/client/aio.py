@@ -1,8 +1,10 @@
 """The asyncio client: ``shardq.AsyncClient``.
 
 Rules:
-1. One TCP connection (``shardq.client.aio_connection.AsyncConnection`` over the sans-I/O
-   ``ConnectionCore``), shared by every coroutine that uses the client. Requests are pipelined:
+1. One TCP connection per shard it uses (``shardq.client.aio_connection.AsyncConnection`` over
+   the sans-I/O ``ConnectionCore``; one in all with ``spread=False`` or ``shard=k``, and
+   shardq/client/spread.py says which request goes where), shared by every coroutine that uses
+   the client. Requests are pipelined:
    each gets a fresh rid and a Future; answers resolve them by rid, in whatever order the
    server answers. A waiting CLAIM holds back nothing.
 2. Every call has a timeout (``asyncio.timeout``): the whole call, reconnects and retries
@@ -34,6 +36,7 @@ from shardq.client import requests as rq
 from shardq.client.aio_connection import AsyncConnection, open_connection
 from shardq.client.connection import ConnectionClosed, check_tls_options, parse_target
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
+from shardq.client.spread import Spread
 from shardq.errors import ShardqError, WireError
 from shardq.protocol.frames import Message, MsgType
 from shardq.tls import client_context
@@ -41,23 +44,41 @@ from shardq.tls import client_context
 _BROKEN = (OSError, ConnectionClosed)
 
 
+class _Lane:
+    """One connection of a client, to one shard (or wherever the acceptor put it: the home)."""
+
+    __slots__ = ("hint", "ssl_context", "conn", "connecting", "info")
+
+    def __init__(self, hint: int | None, ssl_context: ssl.SSLContext | None) -> None:
+        self.hint = hint                # the shard asked for in HELLO (and the ALPN offer)
+        self.ssl_context = ssl_context
+        self.conn: AsyncConnection | None = None
+        self.connecting: asyncio.Future[AsyncConnection] | None = None
+        self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
+
+
 class AsyncClient:
     """An asyncio connection to a shardq server, shared by any number of coroutines.
 
     Use it from one event loop. ``timeout`` (seconds, None for none) bounds every call;
-    ``retries`` is how many times a call reconnects and tries again. ``shard``: connect to that
-    shard of a multi-shard server (the HELLO hint), as ``shardq.Client`` does; ``shardqs://``,
+    ``retries`` is how many times a call reconnects and tries again. On a multi-shard server it
+    spreads its work over the shards as ``shardq.Client`` does (a connection per shard, opened on
+    first use: shardq/client/spread.py); ``spread=False`` keeps one connection. ``shard``: every
+    request to that shard (the HELLO hint), as ``shardq.Client`` does; ``shardqs://``,
     ``tls_ca``, ``tls_cert``, ``tls_key`` and ``ssl_context`` as there too (a TLS failure is a
     ``TLSError``, not retried)."""
 
     def __init__(self, url: str = "shardq://127.0.0.1:7070", *, timeout: float | None = 30.0,
                  api_key: str | None = None, retries: int = 3, name: str = "shardq-python-asyncio",
-                 shard: int | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+                 shard: int | None = None, spread: bool = True, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.host, self.port, tls = parse_target(url)
         check_tls_options(url, tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
                           ssl_context=ssl_context)
         self.shard_hint = None if shard is None else rq.check_shard(shard)
+        self._tls = (tls_ca, tls_cert, tls_key) if tls and ssl_context is None else None
+        self._user_context = ssl_context
         self.ssl_context = (ssl_context or client_context(tls_ca, tls_cert, tls_key, self.shard_hint)
                             if tls else None)
         self.url = url
@@ -65,22 +86,32 @@ class AsyncClient:
         self.api_key = api_key
         self.retries = retries
         self.name = name
-        self.server_info: dict[str, Any] = {}
-        self._conn: AsyncConnection | None = None
-        self._connecting: asyncio.Future[AsyncConnection] | None = None
+        self.spreading = spread and shard is None
+        self._home = _Lane(self.shard_hint, self.ssl_context)
+        self._lanes: dict[int, _Lane] = {}   # spreading: the other shards' connections
+        self._spread: Spread | None = None
         self._epoch = 0  # bumped by close(): calls in flight then fail rather than reconnect
 
-    # -- connection ------------------------------------------------------------
+    # -- connections -----------------------------------------------------------
 
-    async def _open(self) -> AsyncConnection:
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """HELLO's answer on the home connection."""
+        return self._home.info
+
+    @property
+    def _conn(self) -> AsyncConnection | None:
+        return self._home.conn
+
+    async def _open(self, lane: _Lane) -> AsyncConnection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.timeout):
             conn = await open_connection(loop, lambda: AsyncConnection(loop), self.host, self.port,
-                                         self.ssl_context)
+                                         lane.ssl_context)
             try:
                 msg = await conn.request(MsgType.HELLO, rq.hello_header(self.name, self.api_key,
-                                                                        self.shard_hint))
-                self.server_info = rq.server_info(msg)
+                                                                        lane.hint))
+                lane.info = rq.server_info(msg)
             except ConnectionClosed:
                 conn.close()
                 tls_error = conn.tls_error()
@@ -90,23 +121,48 @@ class AsyncClient:
             except BaseException:
                 conn.close()
                 raise
-        self._conn = conn
+        if lane is self._home and self.spreading and self._spread is None:
+            shards, home = lane.info.get("shards"), lane.info.get("shard")
+            if type(shards) is int and shards > 1 and type(home) is int:
+                self._spread = Spread(home, shards)
+        lane.conn = conn
         return conn
+
+    def _lane(self, shard: int) -> _Lane:
+        """The connection for ``shard`` (the home one when that is where it is)."""
+        if self._spread is None or shard == self._home.info.get("shard"):
+            return self._home
+        lane = self._lanes.get(shard)
+        if lane is None:
+            ctx = self._user_context
+            if self._tls is not None:
+                ctx = client_context(*self._tls, shard)  # the ALPN offer names the shard
+            lane = self._lanes[shard] = _Lane(shard, ctx)
+        return lane
+
+    def _by_ids(self, ids: Iterable[Any]) -> _Lane:
+        return self._home if self._spread is None else self._lane(self._spread.ids_shard(ids))
+
+    async def _started(self) -> Spread | None:
+        """Say HELLO on the home connection first (it tells how many shards there are)."""
+        if not self._home.info and self.spreading:
+            await self.connect()
+        return self._spread
 
     @property
     def shard(self) -> int | None:
-        """The shard serving this connection (HELLO's ``shard``), once connected."""
+        """The shard serving the home connection (HELLO's ``shard``), once connected."""
         return self.server_info.get("shard")
 
-    async def _connection(self) -> AsyncConnection:
-        """The live connection, opening one when there is none (one attempt shared by all)."""
-        conn = self._conn
+    async def _connection(self, lane: _Lane) -> AsyncConnection:
+        """The lane's live connection, opening one when there is none (one attempt shared by all)."""
+        conn = lane.conn
         if conn is not None and not conn.closed:
             return conn
-        task = self._connecting
+        task = lane.connecting
         if task is None or task.done():
-            task = self._connecting = asyncio.ensure_future(self._open())
-            task.add_done_callback(self._opened)
+            task = lane.connecting = asyncio.ensure_future(self._open(lane))
+            task.add_done_callback(lambda t: self._opened(lane, t))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -116,9 +172,10 @@ class AsyncClient:
                 raise ConnectionClosed("the client was closed while connecting") from None
             raise
 
-    def _opened(self, task: asyncio.Future[AsyncConnection]) -> None:
-        if self._connecting is task:
-            self._connecting = None
+    @staticmethod
+    def _opened(lane: _Lane, task: asyncio.Future[AsyncConnection]) -> None:
+        if lane.connecting is task:
+            lane.connecting = None
         if not task.cancelled():
             task.exception()  # retrieved here: the callers may all have timed out
 
@@ -128,20 +185,21 @@ class AsyncClient:
         return self
 
     async def close(self) -> None:
-        """Close the connection; calls in flight fail with ConnectionClosed (none is retried).
+        """Close the connections; calls in flight fail with ConnectionClosed (none is retried).
         A later call reconnects."""
         self._epoch += 1
-        if self._connecting is not None:
-            self._connecting.cancel()
-            self._connecting = None
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-            try:
-                async with asyncio.timeout(1.0):
-                    await asyncio.shield(conn.lost)
-            except TimeoutError:
-                pass
+        for lane in (self._home, *self._lanes.values()):
+            if lane.connecting is not None:
+                lane.connecting.cancel()
+                lane.connecting = None
+            conn, lane.conn = lane.conn, None
+            if conn is not None:
+                conn.close()
+                try:
+                    async with asyncio.timeout(1.0):
+                        await asyncio.shield(conn.lost)
+                except TimeoutError:
+                    pass
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -150,12 +208,14 @@ class AsyncClient:
         await self.close()
 
     async def call(self, msg_type: MsgType, header: dict[str, Any], blob: bytes = b"",
-                   timeout: float | None = None) -> Message:
-        """One request; reconnects with backoff, retries what is safe to repeat (module rules)."""
+                   timeout: float | None = None, lane: _Lane | None = None) -> Message:
+        """One request (on ``lane``, else the home connection); reconnects with backoff,
+        retries what is safe to repeat (module rules)."""
         async with asyncio.timeout(self.timeout if timeout is None else timeout):
-            return await self._call(msg_type, header, blob)
+            return await self._call(msg_type, header, blob, lane or self._home)
 
-    async def _call(self, msg_type: MsgType, header: dict[str, Any], blob: bytes) -> Message:
+    async def _call(self, msg_type: MsgType, header: dict[str, Any], blob: bytes,
+                    lane: _Lane) -> Message:
         retryable = msg_type in rq.RETRYABLE
         delay = rq.BACKOFF_START
         attempt = 0
@@ -165,7 +225,7 @@ class AsyncClient:
             sent = False
             fut: asyncio.Future[Message] | None = None
             try:
-                conn = await self._connection()
+                conn = await self._connection(lane)
                 await conn.drain()
                 fut = conn.request(msg_type, dict(header), blob)
                 sent = True
@@ -210,15 +270,20 @@ class AsyncClient:
 
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit a batch, all or nothing; returns the ids in order."""
-        if not self.server_info:
-            await self.connect()  # HELLO first: it says which shard's partition to make ids in
-        header, blob = rq.submit_request(jobs, self.server_info)
-        return rq.parse_ids(await self.call(MsgType.SUBMIT, header, blob))
+        jobs = list(jobs)
+        spread = await self._started()
+        lane = self._home if spread is None else self._lane(spread.submit_shard(jobs))
+        if not lane.info:
+            await self.call(MsgType.PING, {}, lane=lane)  # HELLO first: whose partition to use
+        header, blob = rq.submit_request(jobs, lane.info)
+        return rq.parse_ids(await self.call(MsgType.SUBMIT, header, blob, lane=lane))
 
     # -- reading ------------------------------------------------------------------------
 
     async def status_many(self, ids: list[str], with_result: bool = False) -> list[TaskInfo | None]:
-        msg = await self.call(MsgType.QUERY_STATUS, rq.status_header(ids, with_result))
+        await self._started()
+        msg = await self.call(MsgType.QUERY_STATUS, rq.status_header(ids, with_result),
+                              lane=self._by_ids(ids))
         return rq.parse_status(msg, with_result)
 
     async def status(self, task_id: str, with_result: bool = False) -> TaskInfo | None:
@@ -255,12 +320,15 @@ class AsyncClient:
     # -- administering ------------------------------------------------------------------
 
     async def cancel(self, task_id: str) -> None:
-        await self.call(MsgType.CANCEL, {"id": task_id})
+        await self._started()
+        await self.call(MsgType.CANCEL, {"id": task_id}, lane=self._by_ids([task_id]))
 
     async def requeue(self, ids: list[str] | None = None, *, status: str = "dead_letter",
                       type: str | None = None, limit: int | None = None) -> dict[str, Any]:
         """Back to pending; returns ``{"requeued": n, "results"?: [...]}``."""
-        msg = await self.call(MsgType.REQUEUE, rq.requeue_header(ids, status, type, limit))
+        await self._started()
+        msg = await self.call(MsgType.REQUEUE, rq.requeue_header(ids, status, type, limit),
+                              lane=self._home if ids is None else self._by_ids(ids))
         return rq.body(msg.header)
 
     # -- working --------------------------------------------------------------------------
@@ -277,14 +345,32 @@ class AsyncClient:
         """Lease up to ``max`` tasks, waiting up to ``wait`` seconds for the first (other calls
         on the same client go on meanwhile)."""
         timeout = None if self.timeout is None else self.timeout + wait
-        msg = await self.call(MsgType.CLAIM, rq.claim_header(worker_id, max, wait, types), timeout=timeout)
+        spread = await self._started()
+        lane = self._home if spread is None else self._lane(spread.claim_shard())
+        msg = await self.call(MsgType.CLAIM, rq.claim_header(worker_id, max, wait, types), timeout=timeout,
+                              lane=lane)
         return rq.parse_claim(msg)
 
     async def report(self, worker_id: str,
                      results: list[tuple[dict[str, Any], bytes]]) -> list[dict[str, Any]]:
         """RESULT for many tasks: (result object without result_len, result bytes) pairs."""
-        header, blob = rq.report_request(worker_id, results)
-        return rq.parse_report(await self.call(MsgType.RESULT, header, blob))
+        results = list(results)
+        spread = await self._started()
+        if spread is None:
+            header, blob = rq.report_request(worker_id, results)
+            return rq.parse_report(await self.call(MsgType.RESULT, header, blob))
+        parts = spread.split([item["id"] for item, _ in results])
+
+        async def part(shard: int, where: list[int]) -> list[dict[str, Any]]:
+            header, blob = rq.report_request(worker_id, [results[i] for i in where])
+            return rq.parse_report(await self.call(MsgType.RESULT, header, blob, lane=self._lane(shard)))
+        # One RESULT per owner, at once: none crosses shards.
+        answers = await asyncio.gather(*(part(k, where) for k, where in parts.items()))
+        out: list[dict[str, Any]] = [{}] * len(results)
+        for where, got in zip(parts.values(), answers):
+            for i, answer in zip(where, got):
+                out[i] = answer
+        return out
 
     async def complete(self, worker_id: str, task: TaskInfo, result: Any = b"") -> dict[str, Any]:
         return (await self.report(worker_id, [rq.completed_item(task, result)]))[0]

@@ -14,6 +14,9 @@ Rules:
    ``retry_after_ms``).
 4. ``shardqs://`` speaks TLS and verifies the server (shardq/tls.py ``client_context``); a TLS
    failure is a ``TLSError``, raised at once (no retry can fix a certificate).
+5. On a multi-shard server it spreads (shardq/client/spread.py): a connection per shard, opened
+   on first use; SUBMITs and CLAIMs to the shards in turn, by-id requests to the owner. Each
+   connection reconnects and retries on its own, under rules 2-4.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 from shardq.client import requests as rq
 from shardq.client.connection import Connection, ConnectionClosed, check_tls_options, parse_target
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
+from shardq.client.spread import Spread
 from shardq.errors import Unavailable, error_from_wire
 from shardq.protocol.frames import Message, MsgType
 from shardq.tls import client_context
@@ -35,25 +39,45 @@ _RETRYABLE = rq.RETRYABLE
 _BROKEN = (OSError, ConnectionClosed)
 
 
+class _Lane:
+    """One connection of a client, to one shard (or wherever the acceptor put it: the home)."""
+
+    __slots__ = ("hint", "ssl_context", "conn", "info")
+
+    def __init__(self, hint: int | None, ssl_context: ssl.SSLContext | None) -> None:
+        self.hint = hint                # the shard asked for in HELLO (and the ALPN offer)
+        self.ssl_context = ssl_context
+        self.conn: Connection | None = None
+        self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
+
+
 class Client:
     """A connection to a shardq server. Not shared between threads: make one per thread.
 
-    ``shard``: connect to that shard of a multi-shard server (the HELLO hint; over TLS, the ALPN
-    offer). Requests about tasks owned there, and claims of work queued there, then never cross
-    shards.
+    On a multi-shard server it spreads its work over the shards (shardq/client/spread.py): one
+    connection per shard, opened on first use; SUBMITs and CLAIMs go to the shards in turn, each
+    with ids made in that shard's partition, and requests about tasks go to their owner, so no
+    request crosses shards and no one core does all the work. ``spread=False``: one connection,
+    wherever the acceptor puts it. ``shard``: every request to that shard (the HELLO hint; over
+    TLS, the ALPN offer) and no spreading.
 
     ``shardqs://`` URLs speak TLS: ``tls_ca`` is the CA file that signed the server's certificate
     (default: the system's CAs), ``tls_cert``/``tls_key`` a client certificate for servers that
-    ask for one; or pass a ready ``ssl_context``."""
+    ask for one; or pass a ready ``ssl_context`` (used as it is for every connection: it carries
+    no shard's ALPN offer, so its per-shard connections land where the acceptor puts them, and
+    ids are still made for the shard each one lands on)."""
 
     def __init__(self, url: str = "shardq://127.0.0.1:7070", *, timeout: float | None = 30.0,
                  api_key: str | None = None, retries: int = 3, name: str = "shardq-python",
-                 shard: int | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+                 shard: int | None = None, spread: bool = True, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.host, self.port, tls = parse_target(url)
         check_tls_options(url, tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
                           ssl_context=ssl_context)
         self.shard_hint = None if shard is None else rq.check_shard(shard)
+        self._tls = (tls_ca, tls_cert, tls_key) if tls and ssl_context is None else None
+        self._user_context = ssl_context
         self.ssl_context = (ssl_context or client_context(tls_ca, tls_cert, tls_key, self.shard_hint)
                             if tls else None)
         self.url = url
@@ -61,24 +85,60 @@ class Client:
         self.api_key = api_key
         self.retries = retries
         self.name = name
-        self._conn: Connection | None = None
-        self.server_info: dict[str, Any] = {}
+        self.spreading = spread and shard is None
+        self._home = _Lane(self.shard_hint, self.ssl_context)
+        self._lanes: dict[int, _Lane] = {}   # spreading: the other shards' connections
+        self._spread: Spread | None = None
 
-    # -- connection ------------------------------------------------------------
+    # -- connections -----------------------------------------------------------
 
-    def _connect(self) -> Connection:
-        conn = Connection(self.host, self.port, timeout=self.timeout, ssl_context=self.ssl_context)
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """HELLO's answer on the home connection."""
+        return self._home.info
+
+    @property
+    def _conn(self) -> Connection | None:
+        return self._home.conn
+
+    def _connect(self, lane: _Lane) -> Connection:
+        conn = Connection(self.host, self.port, timeout=self.timeout, ssl_context=lane.ssl_context)
         try:
-            self.server_info = rq.server_info(conn.call(MsgType.HELLO, rq.hello_header(self.name, self.api_key,
-                                                                                 self.shard_hint)))
+            lane.info = rq.server_info(conn.call(MsgType.HELLO, rq.hello_header(self.name, self.api_key,
+                                                                              lane.hint)))
         except BaseException:
             conn.close()
             raise
+        if lane is self._home and self.spreading and self._spread is None:
+            shards, home = lane.info.get("shards"), lane.info.get("shard")
+            if type(shards) is int and shards > 1 and type(home) is int:
+                self._spread = Spread(home, shards)
         return conn
+
+    def _lane(self, shard: int) -> _Lane:
+        """The connection for ``shard`` (the home one when that is where it is)."""
+        if self._spread is None or shard == self._home.info.get("shard"):
+            return self._home
+        lane = self._lanes.get(shard)
+        if lane is None:
+            ctx = self._user_context
+            if self._tls is not None:
+                ctx = client_context(*self._tls, shard)  # the ALPN offer names the shard
+            lane = self._lanes[shard] = _Lane(shard, ctx)
+        return lane
+
+    def _by_ids(self, ids: Iterable[Any]) -> _Lane:
+        return self._home if self._spread is None else self._lane(self._spread.ids_shard(ids))
+
+    def _started(self) -> Spread | None:
+        """Say HELLO on the home connection first (it tells how many shards there are)."""
+        if self._home.conn is None and self.spreading:
+            self.connect()
+        return self._spread
 
     @property
     def shard(self) -> int | None:
-        """The shard serving this connection (HELLO's ``shard``), once connected."""
+        """The shard serving the home connection (HELLO's ``shard``), once connected."""
         return self.server_info.get("shard")
 
     def connect(self) -> Client:
@@ -87,9 +147,10 @@ class Client:
         return self
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for lane in (self._home, *self._lanes.values()):
+            if lane.conn is not None:
+                lane.conn.close()
+                lane.conn = None
 
     def __enter__(self) -> Client:
         return self
@@ -116,13 +177,15 @@ class Client:
         return True
 
     def call(self, msg_type: MsgType, header: dict[str, Any], blob: bytes = b"",
-             timeout: float | None = None) -> Message:
-        """One request; reconnects with backoff, retries what is safe to repeat.
+             timeout: float | None = None, lane: _Lane | None = None) -> Message:
+        """One request (on ``lane``, else the home connection); reconnects with backoff,
+        retries what is safe to repeat.
 
         A request that never reached the server (the connection could not be opened, or was
         found closed before sending) is always retried; one that was sent on a connection that
         then broke is retried only when it is safe to repeat (``RETRYABLE``). A timeout raises
         ``TimeoutError`` at once (the connection is dropped, since an answer may still come)."""
+        lane = lane or self._home
         retryable = msg_type in _RETRYABLE
         delay = rq.BACKOFF_START
         attempt = 0
@@ -131,20 +194,20 @@ class Client:
         while True:
             sent = False
             try:
-                if self._conn is not None and self._stale(self._conn):
-                    self.close()
-                if self._conn is None:
-                    self._conn = self._connect()
-                conn = self._conn
+                if lane.conn is not None and self._stale(lane.conn):
+                    self._drop(lane)
+                if lane.conn is None:
+                    lane.conn = self._connect(lane)
+                conn = lane.conn
                 conn.sock.settimeout(call_timeout)
                 rid = conn.send(msg_type, dict(header), blob)
                 sent = True
                 msg = conn.wait_for(rid)
             except TimeoutError:
-                self.close()
+                self._drop(lane)
                 raise
             except _BROKEN:
-                self.close()
+                self._drop(lane)
                 attempt += 1
                 if (sent and not retryable) or attempt > self.retries:
                     raise
@@ -152,7 +215,7 @@ class Client:
                 delay = rq.next_backoff(delay)
                 continue
             except Unavailable as exc:  # HELLO refused: at the connection limit, or draining
-                self.close()
+                self._drop(lane)
                 if not rq.retry_unavailable(exc, MsgType.HELLO, started, time.monotonic(), call_timeout):
                     raise
                 time.sleep(delay)
@@ -161,13 +224,19 @@ class Client:
             if msg.type == MsgType.NACK:
                 err = error_from_wire(msg.header.get("error") or {})
                 if err.closes_connection:
-                    self.close()
+                    self._drop(lane)
                 if rq.retry_unavailable(err, msg_type, started, time.monotonic(), call_timeout):
                     time.sleep(delay)  # the owning shard is restarting: ask again shortly
                     delay = rq.next_backoff(delay)
                     continue
                 raise err
             return msg
+
+    @staticmethod
+    def _drop(lane: _Lane) -> None:
+        if lane.conn is not None:
+            lane.conn.close()
+            lane.conn = None
 
     def ping(self) -> float:
         """Round-trip time in seconds."""
@@ -187,15 +256,19 @@ class Client:
 
     def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit a batch, all or nothing; returns the ids in order."""
-        if self._conn is None:
-            self.connect()  # HELLO first: it says which shard's partition to make ids in
-        header, blob = rq.submit_request(jobs, self.server_info)
-        return rq.parse_ids(self.call(MsgType.SUBMIT, header, blob))
+        jobs = list(jobs)
+        spread = self._started()
+        lane = self._home if spread is None else self._lane(spread.submit_shard(jobs))
+        if lane.conn is None:
+            self.call(MsgType.PING, {}, lane=lane)  # HELLO first: it says whose partition to use
+        header, blob = rq.submit_request(jobs, lane.info)
+        return rq.parse_ids(self.call(MsgType.SUBMIT, header, blob, lane=lane))
 
     # -- reading ------------------------------------------------------------------------
 
     def status_many(self, ids: list[str], with_result: bool = False) -> list[TaskInfo | None]:
-        msg = self.call(MsgType.QUERY_STATUS, rq.status_header(ids, with_result))
+        self._started()
+        msg = self.call(MsgType.QUERY_STATUS, rq.status_header(ids, with_result), lane=self._by_ids(ids))
         return rq.parse_status(msg, with_result)
 
     def status(self, task_id: str, with_result: bool = False) -> TaskInfo | None:
@@ -230,12 +303,16 @@ class Client:
     # -- administering ------------------------------------------------------------------
 
     def cancel(self, task_id: str) -> None:
-        self.call(MsgType.CANCEL, {"id": task_id})
+        self._started()
+        self.call(MsgType.CANCEL, {"id": task_id}, lane=self._by_ids([task_id]))
 
     def requeue(self, ids: list[str] | None = None, *, status: str = "dead_letter",
                 type: str | None = None, limit: int | None = None) -> dict[str, Any]:
         """Back to pending; returns ``{"requeued": n, "results"?: [...]}``."""
-        return rq.body(self.call(MsgType.REQUEUE, rq.requeue_header(ids, status, type, limit)).header)
+        self._started()
+        lane = self._home if ids is None else self._by_ids(ids)
+        return rq.body(self.call(MsgType.REQUEUE, rq.requeue_header(ids, status, type, limit),
+                                 lane=lane).header)
 
     # -- working (the worker runtime is built on these) ------------------------------------
 
@@ -249,13 +326,24 @@ class Client:
               types: list[str] | None = None) -> list[TaskInfo]:
         """Lease up to ``max`` tasks, waiting up to ``wait`` seconds for the first."""
         timeout = None if self.timeout is None else self.timeout + wait
+        spread = self._started()
+        lane = self._home if spread is None else self._lane(spread.claim_shard())
         return rq.parse_claim(self.call(MsgType.CLAIM, rq.claim_header(worker_id, max, wait, types),
-                                        timeout=timeout))
+                                        timeout=timeout, lane=lane))
 
     def report(self, worker_id: str, results: list[tuple[dict[str, Any], bytes]]) -> list[dict[str, Any]]:
         """RESULT for many tasks: (result object without result_len, result bytes) pairs."""
-        header, blob = rq.report_request(worker_id, results)
-        return rq.parse_report(self.call(MsgType.RESULT, header, blob))
+        results = list(results)
+        spread = self._started()
+        parts = {None: list(range(len(results)))} if spread is None else \
+            spread.split([item["id"] for item, _ in results])
+        out: list[dict[str, Any]] = [{}] * len(results)
+        for shard, where in parts.items():  # one RESULT per owner: none crosses shards
+            header, blob = rq.report_request(worker_id, [results[i] for i in where])
+            lane = self._home if shard is None else self._lane(shard)
+            for i, answer in zip(where, rq.parse_report(self.call(MsgType.RESULT, header, blob, lane=lane))):
+                out[i] = answer
+        return out
 
     def complete(self, worker_id: str, task: TaskInfo, result: Any = b"") -> dict[str, Any]:
         return self.report(worker_id, [rq.completed_item(task, result)])[0]

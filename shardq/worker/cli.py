@@ -83,6 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="connect to shard K of a multi-shard broker (the HELLO shard hint): "
                              "run one worker per shard and no claim crosses shards while its "
                              "shard has work (default: the shard the acceptor picks)")
+    parser.add_argument("--no-spread", dest="spread", action="store_false",
+                        help="claim and report on one connection, wherever the acceptor puts it "
+                             "(default: on a multi-shard broker, a connection per shard; claims "
+                             "go to the shards in turn and each RESULT to its tasks' owner)")
+    parser.add_argument("--prefetch", type=int, default=None, metavar="N",
+                        help="claimed tasks that may wait for a free slot (0: none). Their leases "
+                             "and timeouts run while they wait, so fewer are held when handlers "
+                             "are slow: none waits more than about 1 s (default: the concurrency)")
     parser.add_argument("--api-key", metavar="KEY", default=None,
                         help="the key to send in HELLO when the broker has auth on "
                              "(default: $SHARDQ_API_KEY)")
@@ -197,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
                                 else args.shutdown_timeout),
             max_inactivity_s=w.max_inactivity_s,
             api_key=args.api_key if args.api_key is not None else os.environ.get("SHARDQ_API_KEY"),
-            app_spec=args.app, shard=args.shard,
+            app_spec=args.app, shard=args.shard, spread=args.spread, prefetch=args.prefetch,
             **tls_options(args, os.environ))
     except ValueError as exc:
         print(f"shardq worker: {exc}", file=sys.stderr)

@@ -1,8 +1,11 @@
 """The claim/result cycle of a worker: claim for the free slots, start a run for each task, and
 carry each run's one outcome (rule 2 of runtime.py) to the RESULT batch (reports.py).
 
-Rule 1 of runtime.py (no prefetch) is kept here: ``_pump`` claims at most
-``concurrency - running`` tasks, with one CLAIM in flight at a time.
+Rule 1 of runtime.py (bounded prefetch) is kept here: ``_pump`` claims at most
+``concurrency + prefetch_now() - running - prefetched`` tasks, with one CLAIM in flight at a time.
+On a multi-shard broker the claims go to the shards' lanes in turn (connecting.py), skipping for
+DRY_S a shard that answered with another shard's work (it had none of its own); each RESULT goes
+to the owner of its tasks (reports.py).
 
 A mixin of ``WorkerRuntime`` (runtime.py), like the other parts: the loop's bookkeeping
 (``running``, ``reports``, the connection, the stop event) is one set of state on the runtime,
@@ -19,7 +22,6 @@ import time
 from typing import Any
 
 from shardq.client import requests as rq
-from shardq.client.aio_connection import AsyncConnection
 from shardq.client.connection import ConnectionClosed
 from shardq.client.models import TaskInfo
 from shardq.errors import WireError
@@ -31,6 +33,9 @@ from shardq.worker.outcome import ABANDONED, DONE, RUNNING, Outcome, Run, failur
 log = logging.getLogger("shardq.worker")
 
 CLAIM_WAIT_S = 1.0          # long-poll per CLAIM: an idle worker sends one a second
+PREFETCH_WAIT_S = 1.0       # a prefetched task waits about this long for its slot at most
+RUN_AVG_WEIGHT = 0.05       # of a faster run in the moving mean of run times (a slower one: all)
+DRY_S = 0.5                 # a shard found without work of ours is asked again after this
 
 
 class ClaimCycle:
@@ -56,33 +61,58 @@ class ClaimCycle:
                 self._reconnect()
                 return
             now = time.monotonic()
+            if self.prefetched and not self._stop.is_set():
+                self._start_prefetched()
             if self.reports.ready(now):
-                self.reports.send(conn)
+                self.reports.send(self._lane_conn)
             if (not self._claiming and not self._stop.is_set() and not self._burst_wait
                     and now >= self._claim_not_before):
-                free = self.concurrency - len(self.running)
-                if free > 0:
-                    self._send_claim(conn, min(free, MAX_CLAIM))
+                room = self.concurrency + self.prefetch_now() - len(self.running) - len(self.prefetched)
+                if room > 0:
+                    self._send_claim(self._claim_shard(now), min(room, MAX_CLAIM))
         except ConnectionClosed:
             self._reconnect()
         except Exception as exc:  # noqa: BLE001
             self._internal_error(exc)
 
+    def prefetch_now(self) -> int:
+        """How many claimed tasks may wait for a slot now (runtime.py rule 1)."""
+        if not self.prefetch or self.run_avg is None:
+            return 0
+        return min(self.prefetch, int(self.concurrency * PREFETCH_WAIT_S / max(self.run_avg, 1e-6)))
+
+    def _claim_shard(self, now: float) -> int | None:
+        """The shard to claim from next: the lanes (and home) in turn, skipping dry ones."""
+        if not self.lanes:
+            return None
+        order = [None, *self.lanes]  # None: the home connection
+        n = len(order)
+        for i in range(n):
+            k = order[(self._claim_turn + i) % n]
+            if (self._home_dry_until if k is None else self.lanes[k].dry_until) <= now:
+                self._claim_turn = (self._claim_turn + i + 1) % n
+                return k
+        return None
+
     def _retry_later(self, seconds: float) -> float:
         self.loop.call_later(seconds, self._schedule_pump)
         return time.monotonic() + seconds
 
-    def _send_claim(self, conn: AsyncConnection, n: int) -> None:
+    def _send_claim(self, shard: int | None, n: int) -> None:
+        conn = self._conn if shard is None else self._lane_conn(shard)
+        if conn is self._conn:
+            shard = None
         wait_ms = 0 if self.burst else int(CLAIM_WAIT_S * 1000)
         # For --burst: an empty answer means "done" only if nothing could have made a task ready
         # since this claim left (a run ending, an outcome not yet acknowledged).
-        self._claim_idle = not self.running and self.reports.idle
+        self._claim_idle = not self.running and not self.prefetched and self.reports.idle
         self._claim_ticks = self._ticks
+        assert conn is not None
         conn.send(MsgType.CLAIM, rq.claim_header(self.worker_id, n, wait_ms / 1000, self.types), b"",
-                  self._on_claim, wait_ms / 1000 + self.max_inactivity_s)
+                  lambda msg, exc: self._on_claim(shard, msg, exc), wait_ms / 1000 + self.max_inactivity_s)
         self._claiming = True
 
-    def _on_claim(self, msg: Any, exc: BaseException | None) -> None:
+    def _on_claim(self, shard: int | None, msg: Any, exc: BaseException | None) -> None:
         self._claiming = False
         self._progress.set()
         if exc is not None:
@@ -93,14 +123,25 @@ class ClaimCycle:
             return
         tasks = rq.parse_claim(msg)
         if tasks:
+            if self.lanes:
+                own = self.server_info.get("shard") if shard is None else shard
+                if any(t.shard != own for t in tasks):  # lent another's work: it has none left
+                    if shard is None:
+                        self._home_dry_until = time.monotonic() + DRY_S
+                    else:
+                        self.lanes[shard].dry_until = time.monotonic() + DRY_S
             if self._stop.is_set():  # shutting down: hand them straight back
                 for task in tasks:
-                    run = Run(self._context(task), self.handlers[task.type], time.perf_counter())
-                    run.state = DONE
-                    self._push_result(run, Outcome("released", note="not started, shutting down"))
+                    self._release_unstarted(task)
             else:
+                free = self.concurrency - len(self.running)
                 for task in tasks:
-                    self._start(task)
+                    if free > 0:
+                        self._start(task)
+                        free -= 1
+                    else:
+                        self.prefetched[task.id] = task
+                        self._claimed_at[task.id] = time.monotonic()
         elif self.burst:
             if self._claim_idle:
                 self.request_stop("burst: no ready task left")
@@ -109,13 +150,34 @@ class ClaimCycle:
                 self._burst_wait = True  # claim again once a run ends or a RESULT lands
         self._pump()
 
+    def _start_prefetched(self) -> None:
+        free = self.concurrency - len(self.running)
+        waiting = self.prefetched
+        while free > 0 and waiting:
+            task = waiting.pop(next(iter(waiting)))
+            self._start(task, self._claimed_at.pop(task.id, None))
+            free -= 1
+
+    def _release_unstarted(self, task: TaskInfo, note: str = "not started, shutting down") -> None:
+        run = Run(self._context(task), self.handlers[task.type], time.perf_counter())
+        run.owner = task.shard
+        run.state = DONE
+        self._push_result(run, Outcome("released", note=note))
+
+    def release_prefetched(self) -> None:
+        """Shutdown: the tasks still waiting for a slot go back to the broker unstarted."""
+        waiting, self.prefetched = self.prefetched, {}
+        self._claimed_at.clear()
+        for task in waiting.values():
+            self._release_unstarted(task)
+
     def _context(self, task: TaskInfo) -> TaskContext:
         """The handler's view of the claimed task record: its own stored numbers (max_retries,
         retry_count, timeout_seconds), whatever the decorator says (rule 5)."""
         return TaskContext(task.id, task.type, task.attempt, task.retry_count, task.max_retries,
                            task.timeout_seconds, task.priority, task.payload or b"", self.worker_id)
 
-    def _start(self, task: TaskInfo) -> None:
+    def _start(self, task: TaskInfo, claimed_at: float | None = None) -> None:
         ctx = self._context(task)
         td = self.handlers[ctx.type]
         old = self.running.get(ctx.id)
@@ -123,10 +185,12 @@ class ClaimCycle:
             self._abandon(old)
             self._log_lost(old)
         run = Run(ctx, td, time.perf_counter())
+        run.owner = task.shard
         # The task's stored timeout counts from the claim on the broker's clock: fire a little
         # early so that the worker, which can stop the handler, is the one that fails it.
         limit = float(ctx.timeout_seconds)
-        deadline = time.monotonic() + limit - min(0.25, limit / 10)
+        # A prefetched task's time counts from its claim too, not from when a slot freed.
+        deadline = (claimed_at or time.monotonic()) + limit - min(0.25, limit / 10)
         run.limit, run.deadline = limit, deadline
         self.running[ctx.id] = run
         heapq.heappush(self._deadlines, (deadline, next(self._seq), run))
@@ -175,6 +239,9 @@ class ClaimCycle:
         run.state = DONE
         if self.running.get(run.ctx.id) is run:
             del self.running[run.ctx.id]
+        avg = self.run_avg  # up at once to a slower run, down slowly: prefetch errs on the safe side
+        self.run_avg = out.elapsed if avg is None or out.elapsed > avg else \
+            avg + RUN_AVG_WEIGHT * (out.elapsed - avg)
         if out.status == "completed" and len(out.result) > self.max_result:
             out = Outcome("failed", b"", f"TooLarge: the result is {len(out.result)} bytes; the broker "
                           f"takes at most {self.max_result}", False, out.elapsed)
@@ -222,6 +289,13 @@ class ClaimCycle:
     def on_lost(self, pairs: list[tuple[str, int]]) -> None:
         """The heartbeat says these leases are no longer ours (expired, or timed out by the broker)."""
         for tid, attempt in pairs:
+            waiting = self.prefetched.get(tid)
+            if waiting is not None and waiting.attempt == attempt:
+                del self.prefetched[tid]  # not started: nothing to stop, nothing to report
+                self._claimed_at.pop(tid, None)
+                log.warning("task %s %s lease lost while it waited for a slot (attempt %d)",
+                            tid, waiting.type, attempt)
+                continue
             run = self.running.get(tid)
             if run is not None and run.ctx.attempt == attempt:
                 self._abandon(run)

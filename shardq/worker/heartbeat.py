@@ -2,7 +2,8 @@
 
 Rules:
 
-1. It has its own connection (a plain ``shardq.Client``) and never waits on the loop, so a loop
+1. It has its own connection (a plain ``shardq.Client``, ``spread=False``: a HEARTBEAT reaches
+   every shard from one connection) and never waits on the loop, so a loop
    busy with handlers cannot starve it; only a handler that holds the GIL can, which is what
    ``pool="process"`` is for.
 2. Each beat lists in ``active`` the runs going on and the finished ones whose RESULT the broker
@@ -44,7 +45,7 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         w = self.worker
         client = Client(w.url, timeout=max(2.0, min(30.0, w.max_inactivity_s)), api_key=w.api_key,
-                        name="shardq-worker-heartbeat")
+                        name="shardq-worker-heartbeat", spread=False)  # one reaches every shard
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)
         self._children: dict[int, Any] = {}
@@ -84,8 +85,10 @@ class Heartbeat(threading.Thread):
     def beat(self, client: Any) -> None:
         w = self.worker
         runs = list(w.running.values())
-        # Running, and finished but not yet acknowledged: the broker extends only these leases.
-        active = [r.ctx.id for r in runs] + [tid for tid in list(w.reports.unreported) if tid not in w.running]
+        # Running, waiting for a slot (prefetched), and finished but not yet acknowledged: the
+        # broker extends only these leases.
+        active = [r.ctx.id for r in runs] + list(w.prefetched) + [
+            tid for tid in list(w.reports.unreported) if tid not in w.running]
         try:
             cpu, rss, mem = self._usage()
             _expires, lost = client.heartbeat(w.worker_id, active=active,

@@ -49,7 +49,7 @@ class Outcome:
 class Run:
     """One run of one claimed task: its context, its handler, and where it stands (rule 1)."""
 
-    __slots__ = ("ctx", "td", "state", "start", "deadline", "limit", "atask", "slot", "kind")
+    __slots__ = ("ctx", "td", "state", "start", "deadline", "limit", "atask", "slot", "kind", "owner")
 
     def __init__(self, ctx: TaskContext, td: TaskDef, start: float) -> None:
         self.ctx = ctx
@@ -61,6 +61,7 @@ class Run:
         self.atask: asyncio.Task[None] | None = None
         self.slot: Slot | None = None
         self.kind = "async" if td.is_async else "sync"
+        self.owner = 0              # the shard that owns the task (its RESULT goes there)
 
 
 def error_text(exc: BaseException) -> str:

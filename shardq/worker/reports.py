@@ -2,8 +2,10 @@
 
 Rules:
 
-1. One RESULT in flight at a time; it carries everything finished while the previous one was
-   out (at most RESULT_BATCH items and about RESULT_BATCH_BYTES of results).
+1. One batch in flight at a time; it carries everything finished while the previous one was
+   out (at most RESULT_BATCH items and about RESULT_BATCH_BYTES of results), as one RESULT per
+   shard that owns some of its tasks, each on that shard's connection (``conn_for``), so that no
+   RESULT crosses shards.
 2. A run stays in ``unreported`` until its RESULT is answered (or refused for good): the
    heartbeat lists those in ``active``, since the broker extends only the leases listed there.
 3. Unavailable/Internal: the batch goes back to the front of the queue and is sent again in
@@ -44,7 +46,7 @@ class Reports:
         self.answered = answered        # a RESULT was answered or failed
         self.queue: list[tuple[Run, Outcome]] = []
         self.unreported: dict[str, Run] = {}
-        self.in_flight = False
+        self.in_flight = 0              # RESULTs sent and not answered yet
         self.not_before = 0.0
         self.completed = self.failed = 0
         self.info_lines: list[tuple[float, str]] = []  # per-task INFO lines, written every sweep
@@ -67,22 +69,32 @@ class Reports:
             lines, self.info_lines = self.info_lines, []
             log_lines(logging.INFO, lines)
 
-    def send(self, conn: AsyncConnection) -> None:
-        """One RESULT for the next batch; its answer comes back to ``_on_answer``."""
+    def send(self, conn_for: Callable[[int], AsyncConnection]) -> None:
+        """The next batch, one RESULT per owning shard (``conn_for(shard)`` is the connection to
+        send it on); each answer comes back to ``_on_answer``. Raises ConnectionClosed (what
+        could not be sent is queued again) when there is no connection."""
         batch = self._take_batch()
-        header, blob = rq.report_request(self.worker_id, (
-            rq.result_item(run.ctx.id, run.ctx.attempt, out.status, out.result, out.error, out.retry)
-            for run, out in batch))
-        try:
-            conn.send(MsgType.RESULT, header, blob, lambda msg, exc: self._on_answer(batch, msg, exc),
-                      self.timeout)
-        except ConnectionClosed:
-            self.queue[:0] = batch
-            raise
-        self.in_flight = True
+        parts: dict[int, list[tuple[Run, Outcome]]] = {}
+        for item in batch:
+            parts.setdefault(item[0].owner, []).append(item)
+        unsent: list[tuple[Run, Outcome]] = []
+        for shard, part in parts.items():
+            header, blob = rq.report_request(self.worker_id, (
+                rq.result_item(run.ctx.id, run.ctx.attempt, out.status, out.result, out.error, out.retry)
+                for run, out in part))
+            try:
+                conn_for(shard).send(MsgType.RESULT, header, blob,
+                                     lambda msg, exc, part=part: self._on_answer(part, msg, exc), self.timeout)
+            except ConnectionClosed:
+                unsent += part
+                continue
+            self.in_flight += 1
+        if unsent:
+            self.queue[:0] = unsent
+            raise ConnectionClosed("not connected")
 
     def _on_answer(self, batch: list[tuple[Run, Outcome]], msg: Any, exc: BaseException | None) -> None:
-        self.in_flight = False
+        self.in_flight -= 1
         if exc is None or (isinstance(exc, WireError) and not isinstance(exc, (Unavailable, Internal))):
             for run, _ in batch:  # answered (or refused for good): no longer ours to keep alive
                 if self.unreported.get(run.ctx.id) is run:

@@ -7,15 +7,22 @@ The parts: ``outcome`` (a run and how it ended), ``pool`` (where sync handlers r
 REGISTER_WORKER, reconnects), ``cycle`` (claims, runs, outcomes) and ``shutdown`` (signals, the
 drain, closing).
 
-**The loop thread** (the main thread; uvloop when installed) owns all bookkeeping and one broker
-connection. It claims, starts handlers, runs async handlers, enforces timeouts, reports results
-and handles signals. Claims and results are pipelined on that connection: a CLAIM for the slots
-that just freed and one RESULT for every task that finished since the last one go out together.
+**The loop thread** (the main thread; uvloop when installed) owns all bookkeeping and the broker
+connections: the home one, and on a multi-shard broker a lane per other shard (connecting.py).
+It claims, starts handlers, runs async handlers, enforces timeouts, reports results and handles
+signals. Claims and results are pipelined: a CLAIM for the room that just freed and one RESULT per
+owning shard for every task that finished since the last ones go out together.
 
 Rules:
 
-1. No prefetch: a claim asks for at most ``concurrency - running`` tasks, and only one claim is
-   outstanding at a time, so the worker never holds a lease it has no slot for.
+1. Bounded prefetch: the worker holds at most ``concurrency`` running tasks plus ``prefetch``
+   claimed ones waiting for a slot, and only one claim is outstanding at a time. A waiting task's
+   lease (and its ``timeout_seconds``, which counts from the claim) runs while it waits, so the
+   prefetch in use is also capped by the handlers' measured run time R: at most
+   ``concurrency * PREFETCH_WAIT_S / R`` tasks, so that none waits more than about
+   PREFETCH_WAIT_S (1 s) for its slot; none before the first run is measured (R follows a slower
+   run at once and a faster one slowly). HEARTBEATs keep their leases, a waiting task's timeout
+   counts from its claim, and shutdown hands the waiting ones back unstarted (``released``).
 2. A run ends exactly once (``shardq.worker.outcome``). A timed-out or released thread-pool
    handler cannot be stopped: its thread is retired and replaced, and its late result is
    dropped. Async handlers are cancelled; pool processes killed.
@@ -47,11 +54,12 @@ from typing import Any
 from shardq.client import requests as rq
 from shardq.client.aio_connection import AsyncConnection
 from shardq.client.connection import check_tls_options, parse_target
+from shardq.client.models import TaskInfo
 from shardq.process import EXIT_FATAL, EXIT_OK
 from shardq.protocol.frames import MAX_PAYLOAD
 from shardq.tls import client_context
 from shardq.worker.app import App
-from shardq.worker.connecting import BrokerRefused, Connecting
+from shardq.worker.connecting import BrokerRefused, Connecting, Lane
 from shardq.worker.cycle import ClaimCycle
 from shardq.worker.heartbeat import Heartbeat
 from shardq.worker.outcome import RUNNING, Outcome, Run
@@ -62,6 +70,10 @@ from shardq.worker.shutdown import Shutdown
 log = logging.getLogger("shardq.worker")
 
 SWEEP_S = 0.05              # timeout and log-flush granularity
+# Default prefetch per unit of concurrency. Enough tasks per round trip for short handlers
+# (docs/worker.md: 4 -> 32 took no-op handlers at concurrency 4 from ~6,000 to ~10,000 tasks/s);
+# the run-time cap of rule 1 keeps slow handlers from holding more than about a second of work.
+PREFETCH_PER_SLOT = 8
 
 
 class WorkerRuntime(Connecting, ClaimCycle, Shutdown):
@@ -77,7 +89,7 @@ class WorkerRuntime(Connecting, ClaimCycle, Shutdown):
                  shutdown_timeout_s: float = 60.0, max_inactivity_s: float = 60.0,
                  api_key: str | None = None, app_spec: str | None = None,
                  shard: int | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None) -> None:
+                 tls_key: str | None = None, spread: bool = True, prefetch: int | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if pool not in ("thread", "process"):
@@ -88,8 +100,13 @@ class WorkerRuntime(Connecting, ClaimCycle, Shutdown):
         check_tls_options(url, tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
         self.ssl_context = (client_context(tls_ca, tls_cert, tls_key, None if shard is None else
                                            rq.check_shard(shard)) if tls else None)
+        self._tls = (tls_ca, tls_cert, tls_key)
+        if prefetch is not None and prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.concurrency = concurrency
+        self.prefetch = PREFETCH_PER_SLOT * concurrency if prefetch is None else prefetch
+        self.spread = spread
         self.pool_kind = pool
         self.types = list(types) if types else sorted(app.handlers)
         unknown = [t for t in self.types if t not in app.handlers]
@@ -129,7 +146,14 @@ class WorkerRuntime(Connecting, ClaimCycle, Shutdown):
         self._wake_pending = False
         self._deadlines: list[tuple[float, int, Run]] = []
         self._seq = itertools.count()
-        self._conn: AsyncConnection | None = None
+        self._conn: AsyncConnection | None = None  # the home connection
+        self.lanes: dict[int, Lane] = {}  # shard -> the connection to it (connecting.py)
+        self._claim_turn = 0              # whose turn it is to be claimed from
+        self._home_dry_until = 0.0        # the home shard lent us another's work: skip it till then
+        # Claimed tasks waiting for a slot (rule 1), oldest first, and the handlers' mean run time.
+        self.prefetched: dict[str, TaskInfo] = {}
+        self._claimed_at: dict[str, float] = {}  # monotonic, of each prefetched task
+        self.run_avg: float | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._heartbeat: Heartbeat | None = None
         self._signals = 0
@@ -185,10 +209,13 @@ class WorkerRuntime(Connecting, ClaimCycle, Shutdown):
             where = ""
             if self.server_info.get("shards", 1) > 1:
                 where = f" (shard {self.server_info.get('shard')} of {self.server_info['shards']})"
-            log.info("worker %s ready: %d task type(s) %s, concurrency %d, %s pool, broker %s%s, "
-                     "heartbeat every %.3g s%s", self.worker_id, len(self.types),
+            if self.lanes:
+                where += ", claiming from every shard"
+            log.info("worker %s ready: %d task type(s) %s, concurrency %d, prefetch %d, %s pool, "
+                     "broker %s%s, heartbeat every %.3g s%s", self.worker_id, len(self.types),
                      ",".join(self.types[:10]) + (",..." if len(self.types) > 10 else ""),
-                     self.concurrency, self.pool_kind, self.url, where, self.heartbeat_interval,
+                     self.concurrency, self.prefetch, self.pool_kind, self.url, where,
+                     self.heartbeat_interval,
                      ", burst" if self.burst else "")
             self._started = True
             self._pump()
@@ -225,9 +252,9 @@ class WorkerRuntime(Connecting, ClaimCycle, Shutdown):
                 heapq.heapify(self._deadlines)
             if now - last_conn_check >= 0.5:
                 last_conn_check = now
-                conn = self._conn
-                if conn is not None and not conn.closed and conn.overdue(now):
-                    conn.abort("the broker did not answer in time (worker.max_inactivity_s)")
+                for conn in self._all_conns():
+                    if not conn.closed and conn.overdue(now):
+                        conn.abort("the broker did not answer in time (worker.max_inactivity_s)")
             self.reports.write_info_lines()
             flush_logs()
 

@@ -71,6 +71,7 @@ class Shutdown:
 
     async def _drain(self) -> None:
         self.state = "draining"
+        self.release_prefetched()  # claimed but not started: back to the broker at once
         if self._heartbeat is not None:
             self._heartbeat.wake.set()  # tell the broker now
         if self._stop_reason.startswith("burst"):
@@ -114,8 +115,8 @@ class Shutdown:
             self._heartbeat.stop()
         if self.pool is not None:
             await asyncio.to_thread(self.pool.stop)
-        if self._conn is not None:
-            self._conn.close()
+        for conn in self._all_conns():
+            conn.close()
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         self.reports.write_info_lines()
