@@ -9,8 +9,8 @@ Rules:
    ``mutual_by_session``) and its session refuses it before reading a byte, with an
    ``Unauthorized`` NACK saying a client certificate is required (session.py): the TLS alert
    alone never reaches the client, whose TLS 1.3 handshake is over before the server's ends,
-   and it would only see the connection close. The TCP protocol port, /metrics (and later the
-   HTTP and gRPC listeners) all take their context from ``ServerTLS``.
+   and it would only see the connection close. The TCP protocol port, the HTTP API and /metrics
+   all take their context from ``ServerTLS``.
 2. A misconfiguration is a ``ConfigError`` naming the config key and the file (missing or
    unreadable file, no PEM in it, a key that does not match the certificate, an encrypted key),
    raised before anything listens: ``shardq serve`` exits 2 with it.

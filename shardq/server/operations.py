@@ -1,4 +1,4 @@
-"""Every operation a client can ask of a shard, for every transport: TCP today, HTTP and gRPC next.
+"""Every operation a client can ask of a shard, for every transport: the TCP protocol and HTTP.
 
 Rules:
 1. Everything a request does beyond decoding and encoding lives here: the permission it needs,
