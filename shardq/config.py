@@ -362,7 +362,30 @@ def load_config(path: str | os.PathLike[str] | None = None,
             section, _, key = dotted.partition(".")
             value = config_as_dict(cfg)[section][key]
             raise ConfigError(f"{dotted}: {KEYS[section][key].show(value)} {what(cfg)}")
+    _refuse_what_is_not_built(cfg)
     return cfg
+
+
+# Keys of the original design that nothing reads yet. Their defaults are harmless (the shipped
+# config.yaml lists them), but a value set to anything else would be silently ignored: refused.
+NOT_BUILT = {
+    "raft": "replication is not built yet",
+    "api.grpc_port": "there is no gRPC listener yet",
+    "broker.claim_batch": "nothing reads it: workers claim their free slots plus a prefetch "
+                          "(shardq worker --prefetch)",
+}
+
+
+def _refuse_what_is_not_built(cfg: Config) -> None:
+    for name, why in NOT_BUILT.items():
+        section, _, only = name.partition(".")
+        for key in KEYS[section]:
+            if only and key != only:
+                continue
+            value, default = getattr(getattr(cfg, section), key), default_of(f"{section}.{key}")
+            if value != default:
+                raise ConfigError(f"{section}.{key}: {KEYS[section][key].show(value)} does nothing: {why}; "
+                                  f"remove it or leave it at {KEYS[section][key].show(default)}")
 
 
 # --- output ------------------------------------------------------------------------------------

@@ -188,6 +188,9 @@ class Api:
             code, headers, body = problem(exc.err, exc.status)
             return web.Response(status=code, body=body, headers={**headers, **exc.headers, **cors})
         except WireError as err:
+            delay = getattr(err, "delay_s", 0.0)  # repeated failed logins from one address
+            if delay:
+                await asyncio.sleep(delay)  # this request waits; the shard's loop does not
             code, headers, body = problem(err)
             return web.Response(status=code, body=body, headers={**headers, **cors})
         except Exception:

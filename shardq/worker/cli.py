@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=_shard, default=None, metavar="K",
                         help="connect to shard K of a multi-shard broker (the HELLO shard hint): "
                              "run one worker per shard and no claim crosses shards while its "
-                             "shard has work (default: the shard the acceptor picks)")
+                             "shard has work (default: claim from every shard in turn, see --no-spread)")
     parser.add_argument("--no-spread", dest="spread", action="store_false",
                         help="claim and report on one connection, wherever the acceptor puts it "
                              "(default: on a multi-shard broker, a connection per shard; claims "
@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefetch", type=int, default=None, metavar="N",
                         help="claimed tasks that may wait for a free slot (0: none). Their leases "
                              "and timeouts run while they wait, so fewer are held when handlers "
-                             "are slow: none waits more than about 1 s (default: the concurrency)")
+                             "are slow: none waits more than about 1 s (default: 8 per unit of concurrency)")
     parser.add_argument("--api-key", metavar="KEY", default=None,
                         help="the key to send in HELLO when the broker has auth on "
                              "(default: $SHARDQ_API_KEY)")

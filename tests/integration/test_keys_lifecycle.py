@@ -260,3 +260,23 @@ def test_repeated_failures_from_one_address_are_slowed(server_factory, tmp_path)
         ping(c)
         assert time.monotonic() - t0 < 0.2
     assert poll(lambda: metric(srv, "unknown_key") >= 6, timeout=10)
+
+
+def test_repeated_failures_over_http_are_slowed_too(server_factory, tmp_path) -> None:
+    """The HTTP API authenticates through the same Operations.authenticate, and waits out the
+    same per-address delay before its 401 (it used to answer at once)."""
+    import http.client
+
+    path = tmp_path / "keys.yaml"
+    create(path, "w", "--permissions", "read")
+    srv = server_factory("--shards", "1", env=auth_env(path))
+    took = []
+    for i in range(6):
+        conn = http.client.HTTPConnection(srv.host, srv.http_port, timeout=20)
+        t0 = time.monotonic()
+        conn.request("GET", "/api/v1/stats", headers={"Authorization": f"Bearer sq_0123456789ab_wrong{i}"})
+        status = conn.getresponse().status
+        took.append(time.monotonic() - t0)
+        conn.close()
+        assert status == 401
+    assert max(took[:3]) < 0.2 and took[4] >= 0.2 and took[5] >= 0.4, took

@@ -104,8 +104,8 @@ persistence:
   data_dir: ~/q
 monitoring:
   log_level: DEBUG
-raft:
-  peers: ["a:1", "[::1]:7100"]
+api:
+  cors_origins: ["https://a.example", "http://[::1]:7100"]
 """)
     cfg = load_config(p, env={})
     assert cfg.broker.port == 7071
@@ -114,7 +114,7 @@ raft:
     assert cfg.persistence.sync == "always"
     assert cfg.persistence.data_dir == os.path.expanduser("~/q")
     assert cfg.monitoring.log_level == "debug"
-    assert cfg.raft.peers == ("a:1", "[::1]:7100")
+    assert cfg.api.cors_origins == ("https://a.example", "http://[::1]:7100")
     assert cfg.broker.host == "0.0.0.0"  # untouched keys keep their defaults
 
 
@@ -128,7 +128,7 @@ def test_env_overrides():
         "SHARDQ_BROKER__PORT": "7071",
         "shardq_persistence__SYNC": "always",
         "SHARDQ_Monitoring__Json_Logs": "true",
-        "SHARDQ_RAFT__PEERS": "[a:1, b:2]",
+        "SHARDQ_BROKER__SHARDS": "2",
         "SHARDQ_BROKER__RETRY_JITTER": "0.5",
         "SHARDQ_API__REST_HOST": "1234",      # text keys take the text verbatim
         "SHARDQ_API__TLS_CA_FILE": "",        # empty optional path = null
@@ -140,7 +140,7 @@ def test_env_overrides():
     assert cfg.broker.port == 7071
     assert cfg.persistence.sync == "always"
     assert cfg.monitoring.json_logs is True
-    assert cfg.raft.peers == ("a:1", "b:2")
+    assert cfg.broker.shards == 2
     assert cfg.broker.retry_jitter == 0.5
     assert cfg.api.rest_host == "1234"
     assert cfg.api.tls_ca_file is None
@@ -446,11 +446,26 @@ def test_backoff_max_below_base():
     assert cfg.broker.retry_backoff_max_ms == 1000
 
 
+@pytest.mark.parametrize("key, value, why", [
+    ("raft.enabled", True, "replication is not built yet"),
+    ("raft.peers", ["a:1"], "replication is not built yet"),
+    ("api.grpc_port", 9091, "there is no gRPC listener yet"),
+    ("broker.claim_batch", 50, "nothing reads it"),
+])
+def test_settings_that_do_nothing_are_refused(key, value, why):
+    """Keys of the original design that nothing reads yet: valid values are refused with a
+    message, never silently ignored; their defaults (the shipped config.yaml) load."""
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: .* does nothing: {why}"):
+        load_config(env={}, overrides={key: value})
+    assert load_config(ROOT / "config.yaml", env={}) == load_config(env={})
+
+
 def test_raft_heartbeat_not_below_election_timeout():
     with pytest.raises(ConfigError, match=r"raft\.heartbeat_interval_ms: 1000 is not below "
                                           r"raft\.election_timeout_ms \(allowed: < 1000\)"):
         load_config(env={}, overrides={"raft.heartbeat_interval_ms": 1000})
-    assert load_config(env={}, overrides={"raft.heartbeat_interval_ms": 999})
+    with pytest.raises(ConfigError, match=r"raft\.heartbeat_interval_ms: 999 does nothing"):
+        load_config(env={}, overrides={"raft.heartbeat_interval_ms": 999})  # valid, but not built
 
 
 @pytest.mark.parametrize("missing", ["api.tls_cert_file", "api.tls_key_file"])
@@ -520,7 +535,7 @@ def test_api_key_objects_are_accepted_as_overrides():
 # --- output ------------------------------------------------------------------------------------
 
 def _busy_config(tmp_path) -> Config:
-    return load_config(env={"SHARDQ_RAFT__PEERS": "['[::1]:7100', 'n2:7100']"}, overrides={
+    return load_config(env={"SHARDQ_API__CORS_ORIGINS": "['https://a.example', '*']"}, overrides={
         "broker.shards": "3", "broker.port": 0, "broker.retry_jitter": 0,
         "persistence.data_dir": str(tmp_path / "data"), "persistence.sync": "none",
         "api.tls_enabled": True, "api.tls_cert_file": "c.pem", "api.tls_key_file": "k.pem",
@@ -573,7 +588,7 @@ def test_a_section_that_holds_secrets_is_masked_when_malformed(tmp_path):
 def test_config_as_dict_is_plain(tmp_path):
     d = config_as_dict(_busy_config(tmp_path))
     assert list(d) == list(KEYS)
-    assert d["raft"]["peers"] == ["[::1]:7100", "n2:7100"]
+    assert d["api"]["cors_origins"] == ["https://a.example", "*"]
     assert d["auth"]["api_keys"] == [{"key": GOOD_KEY, "name": "n", "permissions": ["submit", "claim"]}]
     assert json.loads(json.dumps(d)) == d
 
