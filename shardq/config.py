@@ -155,6 +155,7 @@ class RaftConfig:
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
+    rest_enabled: bool = _opt(True, Bool())                    # false: no HTTP listener at all
     rest_host: str = _opt("127.0.0.1", Text())
     rest_port: int = _opt(8080, PORT)
     cors_origins: tuple[str, ...] = _opt((), ListOf(Origin()))  # () = CORS off

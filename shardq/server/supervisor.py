@@ -130,9 +130,10 @@ class Supervisor:
             return EXIT_BIND
         port = self.listener.getsockname()[1]
         try:
-            self.http_listener = socket.create_server(
-                (cfg.api.rest_host, cfg.api.rest_port), family=_family(cfg.api.rest_host),
-                backlog=1024, reuse_port=False)
+            if cfg.api.rest_enabled:
+                self.http_listener = socket.create_server(
+                    (cfg.api.rest_host, cfg.api.rest_port), family=_family(cfg.api.rest_host),
+                    backlog=1024, reuse_port=False)
         except OSError as exc:
             log.error("cannot listen for HTTP on %s:%s: %s", cfg.api.rest_host, cfg.api.rest_port, exc)
             self.listener.close()

@@ -400,3 +400,10 @@ def test_a_request_line_over_the_limit_is_a_problem_not_plain_text(srv) -> None:
     head = data.split(b"\r\n\r\n")[0].decode().lower()
     assert head.split()[1] == "400", head  # aiohttp answers HTTP/1.0: the request line was never read
     assert "content-type: application/problem+json" in head
+
+
+def test_the_http_api_can_be_turned_off(server_factory) -> None:
+    srv = server_factory("--shards", "1", env={"SHARDQ_API__REST_ENABLED": "false"})
+    assert "http_port" not in srv.ready_fields
+    with Client(srv.url, timeout=10) as c:  # the protocol port serves as ever
+        assert c.stats()["totals"]["pending"] == 0
