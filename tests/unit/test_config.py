@@ -225,6 +225,7 @@ BAD = [
     ("api.rest_port", 65536),
     ("api.grpc_port", -5),
     ("api.tls_enabled", "on"),
+    ("api.rest_enabled", "no"), ("api.rest_enabled", 1),
     ("api.tls_cert_file", 3),
     ("api.tls_key_file", ["k.pem"]),
     ("api.tls_ca_file", False),
