@@ -108,6 +108,10 @@ class Load:
                 {"id": t["id"], "attempt": t["attempt"], "status": "completed", "result_len": 2}
                 for t in done]}, b"ok" * len(done)).header["results"]
             for r in res:
+                if (r.get("error") or {}).get("code") == "Unavailable":
+                    # Its owner was draining (SIGTERM) when the item was forwarded to it: not
+                    # acknowledged, so either outcome is right (result_sent covers it).
+                    continue
                 assert r.get("status") == "completed", r
                 self.completed.add(r["id"])
 
