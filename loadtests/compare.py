@@ -10,12 +10,16 @@ Workloads (each system gets a fresh server with a temp data dir, stopped afterwa
   100. beanstalkd has no batches: 100 `put`s, then `reserve` + `delete` per job. Redis: LPUSH of 100
   values in one command; the consumer LMOVEs each job to a processing list (pipelined by 100) and
   LREMs it there (pipelined). Throughput = jobs acknowledged per second.
+- ``unpipelined``: 4 producer and 4 consumer processes, one task per request (SUBMIT of 1, CLAIM
+  max 1, RESULT of 1; beanstalkd put / reserve + delete; Redis LPUSH / LMOVE + LREM).
 - ``producers64``: 64 concurrent producers (4 processes x 16 threads), one task per request,
   durable before the answer: shardq `sync=always` (group commit), beanstalkd `-f 0` (fsync every
   write). Throughput = acknowledged submits per second.
 
 beanstalkd runs with its binlog (`-b`): default fsync (`-f 50`: at most every 50 ms) or `-f 0`.
 Redis runs with AOF on, `appendfsync everysec`. The load generator shares the machine's cores.
+Each row also gives the server's CPU (user + system, its children included: shardq's shards)
+per acknowledged task, from psutil before and after the workload.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def beanstalkd(fsync_ms: int | None) -> Iterator[dict[str, Any]]:
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield {"kind": "beanstalkd", "port": port}
+        yield {"kind": "beanstalkd", "port": port, "pid": proc.pid}
     finally:
         proc.terminate()
         proc.wait(10)
@@ -79,7 +83,7 @@ def redis_server() -> Iterator[dict[str, Any]]:
                             stdout=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield {"kind": "redis", "port": port}
+        yield {"kind": "redis", "port": port, "pid": proc.pid}
     finally:
         proc.terminate()
         proc.wait(10)
@@ -94,7 +98,7 @@ def shardq_server(sync: str, shards: int) -> Iterator[dict[str, Any]]:
     srv = ServerProcess(os.path.join(tmp, "data"), ["--shards", str(shards), "--sync", sync,
                                                     "--queue-depth-threshold", "10000000"]).start()
     try:
-        yield {"kind": "shardq", "port": srv.port}
+        yield {"kind": "shardq", "port": srv.port, "pid": srv.pid}
     finally:
         srv.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -190,20 +194,29 @@ def _consumer(kind: str, port: int, batch: int, deadline: float, out: Any) -> No
     out.put(("done", done))
 
 
-def lifecycle(server: dict[str, Any], payload: int, batch: int, seconds: float) -> dict[str, Any]:
+def lifecycle(server: dict[str, Any], payload: int, batch: int, seconds: float,
+              clients: int = 1) -> dict[str, Any]:
+    """``clients`` producer processes and as many consumers; batch 1 is the unpipelined case."""
     out: Any = multiprocessing.Queue()
     deadline = time.time() + seconds
-    procs = [multiprocessing.Process(target=_producer, args=(server["kind"], server["port"], b"x" * payload,
-                                                             batch, deadline, out)),
-             multiprocessing.Process(target=_consumer, args=(server["kind"], server["port"], batch, deadline, out))]
+    procs = []
+    for _ in range(clients):
+        procs.append(multiprocessing.Process(target=_producer, args=(
+            server["kind"], server["port"], b"x" * payload, batch, deadline, out)))
+        procs.append(multiprocessing.Process(target=_consumer, args=(
+            server["kind"], server["port"], batch, deadline, out)))
     t0 = time.time()
     for p in procs:
         p.start()
-    got = dict(out.get(timeout=seconds + 60) for _ in procs)
+    got = {"done": 0, "sent": 0}
+    for _ in procs:
+        key, n = out.get(timeout=seconds + 60)
+        got[key] += n
     for p in procs:
         p.join(10)
     elapsed = time.time() - t0
-    return {"acked_per_s": round(got["done"] / elapsed), "submitted_per_s": round(got["sent"] / elapsed)}
+    return {"acked": got["done"], "acked_per_s": round(got["done"] / elapsed),
+            "submitted_per_s": round(got["sent"] / elapsed)}
 
 
 def _producer_threads(kind: str, port: int, payload: bytes, threads: int, deadline: float, out: Any) -> None:
@@ -236,7 +249,26 @@ def producers(server: dict[str, Any], payload: int, seconds: float, total: int =
     sent = sum(out.get(timeout=seconds + 60) for _ in procs)
     for p in procs:
         p.join(10)
-    return {"acked_per_s": round(sent / (time.time() - t0))}
+    return {"acked": sent, "acked_per_s": round(sent / (time.time() - t0))}
+
+
+def server_cpu(pid: int) -> float:
+    """User + system CPU seconds of a server process and all its children (shardq's shards)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
          lambda s: lifecycle(s, args.payload, args.batch, args.seconds)),
         ("lifecycle redis AOF everysec", redis_server,
          lambda s: lifecycle(s, args.payload, args.batch, args.seconds)),
+        ("unpipelined shardq sync=interval", lambda: shardq_server("interval", args.shards),
+         lambda s: lifecycle(s, args.payload, 1, args.seconds, clients=4)),
+        ("unpipelined beanstalkd binlog, default fsync", lambda: beanstalkd(None),
+         lambda s: lifecycle(s, args.payload, 1, args.seconds, clients=4)),
+        ("unpipelined redis AOF everysec", redis_server,
+         lambda s: lifecycle(s, args.payload, 1, args.seconds, clients=4)),
         ("producers64 shardq sync=always", lambda: shardq_server("always", args.shards),
          lambda s: producers(s, args.payload, args.seconds)),
         ("producers64 beanstalkd binlog, -f 0", lambda: beanstalkd(0),
@@ -270,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and not any(o in name for o in args.only):
             continue
         with start() as server:
+            cpu0 = server_cpu(server["pid"])
             result = workload(server)
+            cpu = server_cpu(server["pid"]) - cpu0
+        acked = result.pop("acked")
+        result["server_cpu_us_per_ack"] = round(cpu / acked * 1e6, 1) if acked else None
         print(json.dumps({"row": name, "payload": args.payload, "batch": args.batch, **result}), flush=True)
     return 0
 
