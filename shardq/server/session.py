@@ -314,6 +314,14 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
         if self.stalled:
             self.wake()
 
+    def send_all(self, frames: list[bytes]) -> None:
+        """Several answers of one group commit, in one write."""
+        if self.closing:  # one of them may be the empty frame that marks where to close
+            for frame in frames:
+                self.send(frame)
+            return
+        self.send(b"".join(frames))
+
     def _reply(self, frame: bytes) -> None:
         self.out_pending += len(frame)
         self.server.reply(self, frame)
