@@ -73,6 +73,17 @@ class Message:
 
 
 @dataclass(slots=True)
+class RawFrame:
+    """A well-delimited frame whose header is not parsed yet (``head``: its JSON, as bytes).
+    ``parse_header`` makes it a Message; a server may decode the hot requests' headers
+    straight into typed arguments instead (typed.py)."""
+
+    type: MsgType
+    head: bytes
+    blob: bytes = b""
+
+
+@dataclass(slots=True)
 class Malformed:
     """A well-delimited frame whose body could not be read (answer BadRequest)."""
 
@@ -170,6 +181,14 @@ class FrameDecoder:
 
     def next(self) -> Message | Malformed | None:
         """The next complete frame, or None when more bytes are needed."""
+        frame = self.next_raw()
+        if isinstance(frame, RawFrame):
+            return parse_header(frame)
+        return frame
+
+    def next_raw(self) -> RawFrame | Malformed | None:
+        """The next complete frame with its header left as bytes, or None when more bytes are
+        needed. Bad lengths raise ``ProtocolViolation`` as in ``next``."""
         if self.dead:
             raise ProtocolViolation("decoder already failed")
         buf = self._buf
@@ -192,7 +211,7 @@ class FrameDecoder:
             return None
         self._pos = end
         if end == len(buf) and buf.__alloc__() > KEEP_BUFFER:
-            self._buf = bytearray()  # the frame is decoded below from ``buf``; then it is freed
+            self._buf = bytearray()  # the frame is cut below from ``buf``; then it is freed
             self._pos = 0
         mtype = MsgType(msg_type)
         body_start = pos + 5
@@ -204,22 +223,29 @@ class FrameDecoder:
             return Malformed(mtype, None, BadRequest(
                 f"header_len {header_len} points past the body ({body_len - 4} bytes after header_len)"))
         h_start = body_start + 4
-        try:
-            header = orjson.loads(memoryview(buf)[h_start:h_start + header_len])
-        except orjson.JSONDecodeError as exc:
-            return Malformed(mtype, None, BadRequest(f"header is not UTF-8 JSON: {exc}"))
-        if type(header) is not dict:
-            return Malformed(mtype, None, BadRequest(f"header must be a JSON object, got {type(header).__name__}"))
-        rid = _valid_rid(header.get("rid"))
         blob_start = h_start + header_len
-        blob = bytes(buf[blob_start:end]) if blob_start < end else b""
-        return Message(mtype, header, blob, rid)
+        view = memoryview(buf)  # one copy of each part (a bytearray slice would make two)
+        head = bytes(view[h_start:blob_start])
+        blob = bytes(view[blob_start:end]) if blob_start < end else b""
+        view.release()  # ``buf`` may grow again on the next feed
+        return RawFrame(mtype, head, blob)
 
     def _check_length(self, length: int) -> None:
         if length == 0 or length > self._max_frame:
             self.dead = True
             raise ProtocolViolation(
                 f"frame length {length} is out of range (allowed: 1..{self._max_frame})")
+
+
+def parse_header(frame: RawFrame) -> Message | Malformed:
+    """A frame's header parsed as a JSON object (Malformed when it is not one)."""
+    try:
+        header = orjson.loads(frame.head)
+    except orjson.JSONDecodeError as exc:
+        return Malformed(frame.type, None, BadRequest(f"header is not UTF-8 JSON: {exc}"))
+    if type(header) is not dict:
+        return Malformed(frame.type, None, BadRequest(f"header must be a JSON object, got {type(header).__name__}"))
+    return Message(frame.type, header, frame.blob, _valid_rid(header.get("rid")))
 
 
 def split_blob(blob: bytes, lengths: list[int]) -> list[bytes]:

@@ -21,7 +21,7 @@ import ctypes.util
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from shardq.protocol.frames import MAX_FRAME, Message, MsgType
 
@@ -202,4 +202,13 @@ def answer_estimate(msg: Message) -> int:
     elif t is MsgType.SUBMIT or t is MsgType.REQUEUE:
         tasks = h.get("tasks") or h.get("ids")
         n += 64 * (len(tasks) if type(tasks) is list else 1)
+    return n
+
+
+def typed_estimate(t: MsgType, blob_len: int, args: tuple[Any, ...]) -> int:
+    """``answer_estimate`` of a SUBMIT, CLAIM or RESULT decoded in one pass (protocol/typed.py:
+    ``args`` are its arguments, the tasks second for a SUBMIT)."""
+    n = SMALL_ANSWER_ESTIMATE + blob_len
+    if t is MsgType.SUBMIT:
+        n += 64 * len(args[1])
     return n

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from shardq import __version__
 from shardq.errors import ProtocolViolation, Unauthorized, WireError
 from shardq.protocol import requests as rq
+from shardq.protocol import typed
 from shardq.protocol.frames import (
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -45,21 +46,24 @@ from shardq.protocol.frames import (
     Malformed,
     Message,
     MsgType,
+    RawFrame,
     encode,
     encode_nack,
+    parse_header,
 )
-from shardq.server.budget import SMALL_ANSWER_ESTIMATE, SMALL_FRAME, answer_estimate
-from shardq.server.claims import Caller, Claimed
-from shardq.server.operations import Identity, Operations, Page, Queried
+from shardq.server import answers
+from shardq.server.answers import Body
+from shardq.server.budget import SMALL_ANSWER_ESTIMATE, SMALL_FRAME, answer_estimate, typed_estimate
+from shardq.server.claims import Caller
+from shardq.server.operations import Identity, Operations
 from shardq.server.session_auth import SessionAuth
+from shardq.specs import ResultItem, TaskSpec
 from shardq.task import id_to_str
 
 if TYPE_CHECKING:
     from shardq.server.shard import ShardServer
 
 log = logging.getLogger("shardq.session")
-
-Body = tuple[dict[str, Any], bytes]
 
 # Bytes of answers one connection may have in flight (queued for the group commit plus the
 # transport's write buffer) before we stop decoding its requests: answers are built before
@@ -71,44 +75,6 @@ MAX_FRAME_BEFORE_HELLO = SMALL_FRAME
 # Longest a connection decodes in one loop turn before the others get theirs (seastar calls
 # more than 20 ms without yielding a stall; PINGs of other clients wait for this much at most).
 SLICE_S = 0.002
-
-# -- how each operation's result goes on the wire ------------------------------------------------
-
-def _ids(ids: list[str]) -> Body:
-    return {"ids": ids}, b""
-
-
-def _claimed(c: Claimed) -> Body:
-    return {"tasks": c.tasks}, c.payloads
-
-
-def _results(results: list[dict[str, Any]]) -> Body:
-    return {"results": results}, b""
-
-
-def _heartbeat(answer: tuple[int, list[str]]) -> Body:
-    expires, lost = answer
-    body: dict[str, Any] = {"lease_expires_ms": expires}
-    if lost:
-        body["lost"] = lost
-    return body, b""
-
-
-def _queried(q: Queried) -> Body:
-    return {"tasks": q.tasks}, q.results
-
-
-def _page(p: Page) -> Body:
-    return {"tasks": p.tasks, "cursor": p.cursor}, b""
-
-
-def _as_is(body: dict[str, Any]) -> Body:
-    return body, b""
-
-
-def _released(n: int) -> Body:
-    return {"released": n}, b""
-
 
 class Session(asyncio.Protocol, Caller, SessionAuth):
     def __init__(self, server: ShardServer, ops: Operations, peer: bool = False,
@@ -145,6 +111,8 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
             MsgType.DEREGISTER_WORKER: self.on_deregister, MsgType.REQUEUE: self.on_requeue,
             MsgType.PING: self.on_ping,
         }
+        self._typed: dict[MsgType, Callable[[Any], None]] = {
+            MsgType.SUBMIT: self._submit, MsgType.CLAIM: self._claim, MsgType.RESULT: self._result}
 
     # -- transport events ------------------------------------------------------
 
@@ -287,7 +255,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
         started = time.perf_counter()
         try:
             while True:
-                msg = decoder.next()
+                msg = decoder.next_raw()
                 if msg is None:
                     self._need_more()
                     break
@@ -297,7 +265,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
                 if self.in_reserved:
                     self.server.trimmer.freed(self.in_reserved)  # a large frame, freed soon
                     self._give_back_input()
-                if type(msg) is Malformed:
+                if isinstance(msg, Malformed):
                     self._nack(None, msg.error)
                 else:
                     self._dispatch(msg)
@@ -346,6 +314,14 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
         if self.stalled:
             self.wake()
 
+    def send_all(self, frames: list[bytes]) -> None:
+        """Several answers of one group commit, in one write."""
+        if self.closing:  # one of them may be the empty frame that marks where to close
+            for frame in frames:
+                self.send(frame)
+            return
+        self.send(b"".join(frames))
+
     def _reply(self, frame: bytes) -> None:
         self.out_pending += len(frame)
         self.server.reply(self, frame)
@@ -377,20 +353,48 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
 
     # -- dispatch ----------------------------------------------------------------
 
-    def _dispatch(self, msg: Message) -> None:
-        rid = msg.rid
+    def _dispatch(self, frame: RawFrame) -> None:
+        """SUBMIT, CLAIM and RESULT of an authenticated client are decoded and validated in one
+        pass (typed.py); any other request, and any such header that pass does not take (an
+        error among them), by parsing the header (frames.parse_header) and requests.py."""
+        t = frame.type
+        fast: Any = None
+        if self.identity is not None and not self.peer:
+            if t is MsgType.SUBMIT:
+                fast = typed.submit(frame.head, frame.blob, self.server.engine.s.max_payload)
+            elif t is MsgType.CLAIM:
+                fast = typed.claim(frame.head, frame.blob)
+            elif t is MsgType.RESULT:
+                fast = typed.result(frame.head, frame.blob)
+        if fast is not None:
+            self._cost = typed_estimate(t, len(frame.blob), fast)
+            self._guarded(t, fast[0], self._typed[t], fast)
+            return
+        msg = parse_header(frame)
+        if isinstance(msg, Malformed):
+            self._nack(None, msg.error)
+            return
         self._cost = answer_estimate(msg)
+        self._guarded(t, msg.rid, self._checked, msg)
+
+    def _checked(self, msg: Message) -> None:
+        """A request whose header is a parsed JSON object: the checks common to all, then its
+        handler (which parses its fields with requests.py)."""
+        if msg.rid is None:
+            rq.parse_rid(msg.header)  # raises BadRequest naming the field
+        if self.identity is None and msg.type is not MsgType.HELLO:
+            raise Unauthorized("authentication required: send HELLO with a valid api_key first")
+        rq.check_blob(msg.type, msg.header, msg.blob)
+        self._handlers[msg.type](msg)
+
+    def _guarded(self, t: MsgType, rid: int | None, run: Callable[[Any], None], arg: Any) -> None:
+        """``run(arg)``; what it raises is a NACK of ``rid``."""
         try:
-            if rid is None:
-                rq.parse_rid(msg.header)  # raises BadRequest naming the field
-            if self.identity is None and msg.type is not MsgType.HELLO:
-                raise Unauthorized("authentication required: send HELLO with a valid api_key first")
-            rq.check_blob(msg.type, msg.header, msg.blob)
-            self._handlers[msg.type](msg)
+            run(arg)
         except WireError as err:
             self._nack(rid, err)
         except Exception:
-            log.exception("internal error on %s rid=%s", msg.type.name, rid)
+            log.exception("internal error on %s rid=%s", t.name, rid)
             self._nack(rid, WireError("internal error; the server logged it"))
 
     def _answer(self, rid: int | None, result: Any, build: Callable[[Any], Body]) -> None:
@@ -511,23 +515,42 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
                                       check_depth=not msg.header.get("_skip_depth", False))
             self._ack(msg.rid, {"ids": ids})
             return
-        self._answer(msg.rid, self.ops.submit(who, specs), _ids)
+        self._submit((msg.rid, specs), who)
 
     def on_claim(self, msg: Message) -> None:
         worker_id, max_tasks, wait_ms, types = rq.parse_claim(msg.header)
-        who = self._who(msg)
-        self._answer(msg.rid, self.ops.claim(who, self, worker_id, max_tasks, wait_ms,
-                                             frozenset(types) if types is not None else None), _claimed)
+        self._claim((msg.rid, worker_id, max_tasks, wait_ms, types), self._who(msg))
 
     def on_result(self, msg: Message) -> None:
         worker_id, items = rq.parse_result(msg.header, msg.blob)
-        who = self._who(msg)
-        self._answer(msg.rid, self.ops.result(who, worker_id, items), _results)
+        self._result((msg.rid, worker_id, items), self._who(msg))
+
+    # The operations of these three, for either path (``_dispatch``); without ``who``, the
+    # connection's own identity (a client's: the fast path is not taken before its HELLO).
+
+    def _submit(self, args: tuple[int | None, list[TaskSpec]], who: Identity | None = None) -> None:
+        who = self.identity if who is None else who
+        assert who is not None
+        self._answer(args[0], self.ops.submit(who, args[1]), answers.ids)
+
+    def _claim(self, args: tuple[int | None, str, int, int, list[str] | None],
+               who: Identity | None = None) -> None:
+        rid, worker_id, max_tasks, wait_ms, types = args
+        who = self.identity if who is None else who
+        assert who is not None
+        self._answer(rid, self.ops.claim(who, self, worker_id, max_tasks, wait_ms,
+                                         frozenset(types) if types is not None else None), answers.claimed)
+
+    def _result(self, args: tuple[int | None, str, list[ResultItem]], who: Identity | None = None) -> None:
+        rid, worker_id, items = args
+        who = self.identity if who is None else who
+        assert who is not None
+        self._answer(rid, self.ops.result(who, worker_id, items), answers.results)
 
     def on_heartbeat(self, msg: Message) -> None:
         worker_id, info, active = rq.parse_heartbeat(msg.header)
         who = self._who(msg)
-        self._answer(msg.rid, self.ops.heartbeat(who, worker_id, info, active), _heartbeat)
+        self._answer(msg.rid, self.ops.heartbeat(who, worker_id, info, active), answers.heartbeat)
 
     def on_register(self, msg: Message) -> None:
         worker_id, info = rq.parse_register(msg.header)
@@ -538,12 +561,12 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
     def on_deregister(self, msg: Message) -> None:
         worker_id = rq.parse_deregister(msg.header)
         who = self._who(msg)
-        self._answer(msg.rid, self.ops.deregister(who, worker_id), _released)
+        self._answer(msg.rid, self.ops.deregister(who, worker_id), answers.released)
 
     def on_query(self, msg: Message) -> None:
         ids, with_result = rq.parse_query(msg.header)
         who = self._who(msg)
-        self._answer(msg.rid, self.ops.query(who, ids, with_result), _queried)
+        self._answer(msg.rid, self.ops.query(who, ids, with_result), answers.queried)
 
     def on_cancel(self, msg: Message) -> None:
         raw = rq.parse_cancel(msg.header)
@@ -555,17 +578,17 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
         status, task_type, lo, hi, limit, cursor = rq.parse_list(msg.header)
         who = self._who(msg)
         self._answer(msg.rid, self.ops.list_tasks(who, status, task_type, lo, hi, limit, cursor),
-                     _page)
+                     answers.page)
 
     def on_stats(self, msg: Message) -> None:
         detail = rq.parse_stats(msg.header)  # workers_detail: a shardq extension
         who = self._who(msg)
-        self._answer(msg.rid, self.ops.stats(who, detail), _as_is)
+        self._answer(msg.rid, self.ops.stats(who, detail), answers.as_is)
 
     def on_requeue(self, msg: Message) -> None:
         ids, status, task_type, limit = rq.parse_requeue(msg.header)
         who = self._who(msg)
-        self._answer(msg.rid, self.ops.requeue(who, ids, status, task_type, limit), _as_is)
+        self._answer(msg.rid, self.ops.requeue(who, ids, status, task_type, limit), answers.as_is)
 
 
 __all__ = ["Session", "OUT_HIGH_WATER"]

@@ -1,0 +1,50 @@
+"""How each operation's result goes on the wire: a result -> (ACK body, blob).
+
+Rule: one small function per operation result, used by the TCP session (session.py) for its
+ACKs; the operation itself (operations.py) knows nothing of the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardq.server.claims import Claimed
+from shardq.server.operations import Page, Queried
+
+Body = tuple[dict[str, Any], bytes]
+
+
+def ids(ids: list[str]) -> Body:
+    return {"ids": ids}, b""
+
+
+def claimed(c: Claimed) -> Body:
+    return {"tasks": c.tasks}, c.payloads
+
+
+def results(results: list[dict[str, Any]]) -> Body:
+    return {"results": results}, b""
+
+
+def heartbeat(answer: tuple[int, list[str]]) -> Body:
+    expires, lost = answer
+    body: dict[str, Any] = {"lease_expires_ms": expires}
+    if lost:
+        body["lost"] = lost
+    return body, b""
+
+
+def queried(q: Queried) -> Body:
+    return {"tasks": q.tasks}, q.results
+
+
+def page(p: Page) -> Body:
+    return {"tasks": p.tasks, "cursor": p.cursor}, b""
+
+
+def as_is(body: dict[str, Any]) -> Body:
+    return body, b""
+
+
+def released(n: int) -> Body:
+    return {"released": n}, b""
