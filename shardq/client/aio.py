@@ -35,6 +35,7 @@ from typing import Any
 from shardq.client import requests as rq
 from shardq.client.aio_connection import AsyncConnection, open_connection
 from shardq.client.connection import ConnectionClosed, check_tls_options, parse_target
+from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
 from shardq.client.spread import Spread
 from shardq.errors import ShardqError, WireError
@@ -57,7 +58,7 @@ class _Lane:
         self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
 
 
-class AsyncClient:
+class AsyncClient(LaneRouting[_Lane]):
     """An asyncio connection to a shardq server, shared by any number of coroutines.
 
     Use it from one event loop. ``timeout`` (seconds, None for none) bounds every call;
@@ -121,27 +122,12 @@ class AsyncClient:
             except BaseException:
                 conn.close()
                 raise
-        if lane is self._home and self.spreading and self._spread is None:
-            shards, home = lane.info.get("shards"), lane.info.get("shard")
-            if type(shards) is int and shards > 1 and type(home) is int:
-                self._spread = Spread(home, shards)
+        self._learned(lane)
         lane.conn = conn
         return conn
 
-    def _lane(self, shard: int) -> _Lane:
-        """The connection for ``shard`` (the home one when that is where it is)."""
-        if self._spread is None or shard == self._home.info.get("shard"):
-            return self._home
-        lane = self._lanes.get(shard)
-        if lane is None:
-            ctx = self._user_context
-            if self._tls is not None:
-                ctx = client_context(*self._tls, shard)  # the ALPN offer names the shard
-            lane = self._lanes[shard] = _Lane(shard, ctx)
-        return lane
-
-    def _by_ids(self, ids: Iterable[Any]) -> _Lane:
-        return self._home if self._spread is None else self._lane(self._spread.ids_shard(ids))
+    def _new_lane(self, shard: int, ssl_context: ssl.SSLContext | None) -> _Lane:
+        return _Lane(shard, ssl_context)
 
     async def _started(self) -> Spread | None:
         """Say HELLO on the home connection first (it tells how many shards there are)."""
