@@ -96,11 +96,6 @@ class AsyncClient(LaneRouting[_Lane]):
     # -- connections -----------------------------------------------------------
 
     @property
-    def server_info(self) -> dict[str, Any]:
-        """HELLO's answer on the home connection."""
-        return self._home.info
-
-    @property
     def _conn(self) -> AsyncConnection | None:
         return self._home.conn
 

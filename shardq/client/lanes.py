@@ -35,6 +35,11 @@ class LaneRouting(Generic[L]):
     _user_context: ssl.SSLContext | None
     _tls: tuple[str | None, str | None, str | None] | None
 
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """HELLO's answer on the home connection."""
+        return self._home.info
+
     def _new_lane(self, shard: int, ssl_context: ssl.SSLContext | None) -> L:
         raise NotImplementedError
 

@@ -94,11 +94,6 @@ class Client(LaneRouting[_Lane]):
     # -- connections -----------------------------------------------------------
 
     @property
-    def server_info(self) -> dict[str, Any]:
-        """HELLO's answer on the home connection."""
-        return self._home.info
-
-    @property
     def _conn(self) -> Connection | None:
         return self._home.conn
 
