@@ -3,7 +3,9 @@
 Rules:
 1. Every change of a task's status goes through ``states.check`` (the
    transition table) and ``Store.update``: in ``Engine._set_status``, here,
-   and nowhere else. The requests that change statuses live in this file;
+   and nowhere else. The requests that change statuses live in this file and in
+   its transition mixins (workers.py: heartbeats, leases expiring, workers lost;
+   dependencies.py: what a finished dependency does to its dependents);
    maintenance.py (recover, retention, bulk requeue) only calls into them.
 2. The engine knows no sockets, no event loop and no wall clock: every call
    takes ``now`` (epoch ms), and ``tick(now)`` does what is due and returns the
@@ -33,6 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from shardq.engine import states
+from shardq.engine.dependencies import EngineDependencies
 from shardq.engine.deps import Dependencies
 from shardq.engine.leases import Lease, LeaseTable, Worker
 from shardq.engine.maintenance import EngineMaintenance
@@ -41,6 +44,7 @@ from shardq.engine.ready import ReadyQueue, _key_id, type_filter
 from shardq.engine.settings import EngineSettings
 from shardq.engine.storage import Store
 from shardq.engine.waiters import ClaimWaiter, Deliver, WaitingClaims
+from shardq.engine.workers import EngineWorkers
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import (
@@ -64,7 +68,7 @@ _CLAIM_HEADER_RESERVE = 1024 * 1024
 _TASK_JSON_RESERVE = 1024
 
 
-class Engine(EngineReads, EngineMaintenance):
+class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies):
     """One shard's engine: the one object the shard calls (see rule 4 for its mixins)."""
 
     def __init__(self, store: Store, settings: EngineSettings, rng: random.Random | None = None) -> None:
@@ -411,98 +415,6 @@ class Engine(EngineReads, EngineMaintenance):
             self._dependency_failed(task.id, now)
         self._count(f"failures_{reason}")
 
-    # -- dependencies --------------------------------------------------------
-
-    def _dependents_ready(self, children: Iterable[bytes], now: int) -> None:
-        """Dependents whose last dependency completed: ready (or scheduled) if still pending."""
-        for child in children:
-            task = self.store.get(child)
-            if task is not None and task.status == PENDING:
-                self._ready.enqueue(task, now)
-
-    def remote_waits(self) -> list[bytes]:
-        """Dependencies owned by another shard that pending tasks here wait on."""
-        owns = self.store.owns
-        return [d for d in self._deps.waiting_on if not owns(d)]
-
-    def remote_dependency_finished(self, dep: bytes, status: int, now: int) -> None:
-        """Another shard's task that tasks here depend on reached ``status``."""
-        if status == COMPLETED:
-            children = self._deps.completed(dep)
-            if children:
-                self._dependents_ready(children, now)
-                self._serve_waiters(now)
-        elif status in (DEAD_LETTER, CANCELLED):
-            self._dependency_failed(dep, now)
-
-    def _dependency_failed(self, dep: bytes, now: int) -> None:
-        """Cascade: everything waiting on ``dep`` (transitively) goes to dead_letter."""
-
-        def dead_letter(parent: bytes, child: bytes) -> bool:
-            task = self.store.get(child)
-            if task is None or task.status != PENDING:
-                return False
-            self._set_status(task, "dependency_failed", now,
-                             error=f"dependency failed: {id_to_str(parent)}")
-            self._count("dead_lettered")
-            return True
-
-        self._deps.cascade(dep, dead_letter)
-
-    # -- HEARTBEAT / workers ---------------------------------------------------
-
-    def register_worker(self, worker_id: str, info: dict[str, Any], now: int) -> None:
-        w = self._leases.touch(worker_id, now)
-        for key in ("hostname", "pid", "types", "concurrency"):
-            if info.get(key) is not None:
-                setattr(w, key, info[key])
-
-    def heartbeat(self, worker_id: str, info: dict[str, Any], active: list[bytes] | None,
-                  now: int) -> tuple[int, list[str]]:
-        w = self._leases.touch(worker_id, now)
-        for key in ("cpu_percent", "memory_rss", "memory_percent", "state"):
-            if info.get(key) is not None:
-                setattr(w, key, info[key])
-        # With `active`, only the leases the worker lists are extended. A lease it does not know
-        # of (the CLAIM answer never reached it: its connection broke, or a shard relaying a
-        # cross-shard claim died) then expires and is reclaimed, instead of being kept alive by
-        # the heartbeats of a worker that will never run it. A lease just granted and not yet
-        # listed keeps its first expiry, a full lease away, which the next heartbeat renews.
-        expires = self._leases.extend(w, now, None if active is None else set(active))
-        lost = [id_to_str(t) for t in (active or ()) if t not in w.leases]
-        return expires, lost
-
-    def deregister_worker(self, worker_id: str, now: int) -> int:
-        leases = self._leases.remove_worker(worker_id)
-        if leases is None:
-            return 0
-        released = 0
-        for lease in leases:
-            task = lease.task
-            self._set_status(task, "release", now)
-            self._ready.enqueue(task, now)
-            released += 1
-        self._count("released", released)
-        self._serve_waiters(now)
-        return released
-
-    def worker_lost(self, worker_id: str, now: int) -> int:
-        """The coordinator declared the worker dead: reclaim its leases here."""
-        leases = self._leases.remove_worker(worker_id)
-        if leases is None:
-            return 0
-        self._count("workers_lost")
-        for lease in leases:
-            self._count("reclaimed_worker_lost")
-            self._fail(lease.task, "worker lost", now, backoff=False, reason="worker_lost")
-        self._serve_waiters(now)
-        return len(leases)
-
-    def _reclaim(self, task: Task, reason: str, now: int) -> None:
-        self._leases.drop(task.id)
-        self._count(f"reclaimed_{reason.replace(' ', '_')}")
-        self._fail(task, reason, now, backoff=False, reason=reason.replace(" ", "_"))
-
     # -- CANCEL / REQUEUE -------------------------------------------------------
 
     def cancel(self, raw_id: bytes, now: int) -> Task:
@@ -570,24 +482,6 @@ class Engine(EngineReads, EngineMaintenance):
         empty); what would change a record (due retries, expired leases) waits for ``tick``."""
         self._waiters.expire(now)
         return self._waiters.next_deadline()
-
-    def _expire_leases(self, now: int) -> None:
-        for lease in self._leases.expired(now):
-            self._reclaim(lease.task, "lease expired", now)
-        for lease in self._leases.timed_out(now):
-            task = lease.task
-            self._leases.drop(task.id)
-            self._count("reclaimed_timeout")
-            self._fail(task, "timeout", now, backoff=True, reason="timeout")
-
-    def _expire_workers(self, now: int) -> None:
-        by_id = self._leases.by_id
-        for w in self._leases.dead_workers(now):
-            self._count("workers_lost")
-            for raw in list(w.leases):
-                lease = by_id.get(raw)
-                if lease is not None:
-                    self._reclaim(lease.task, "worker lost", now)
 
 
 # ClaimWaiter, Deliver, Lease and Worker live in waiters.py and leases.py, TaskSpec and

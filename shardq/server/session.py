@@ -39,6 +39,7 @@ from shardq import __version__
 from shardq.errors import ProtocolViolation, Unauthorized, WireError
 from shardq.protocol import requests as rq
 from shardq.protocol import typed
+from shardq.protocol.features import FEATURES
 from shardq.protocol.frames import (
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -57,8 +58,8 @@ from shardq.server.budget import SMALL_ANSWER_ESTIMATE, SMALL_FRAME, answer_esti
 from shardq.server.claims import Caller
 from shardq.server.operations import Identity, Operations
 from shardq.server.session_auth import SessionAuth
+from shardq.server.session_requests import SessionRequests
 from shardq.specs import ResultItem, TaskSpec
-from shardq.task import id_to_str
 
 if TYPE_CHECKING:
     from shardq.server.shard import ShardServer
@@ -76,7 +77,7 @@ MAX_FRAME_BEFORE_HELLO = SMALL_FRAME
 # more than 20 ms without yielding a stall; PINGs of other clients wait for this much at most).
 SLICE_S = 0.002
 
-class Session(asyncio.Protocol, Caller, SessionAuth):
+class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests):
     def __init__(self, server: ShardServer, ops: Operations, peer: bool = False,
                  carried: bytes = b"") -> None:
         Caller.__init__(self)
@@ -484,7 +485,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
         self._ack(msg.rid, {"server": f"shardq/{__version__}", "protocol": PROTOCOL_VERSION,
                             "shard": server.index, "shards": server.shards, "max_frame": MAX_FRAME,
                             "max_payload": server.engine.s.max_payload, "lease_ms": b.lease_timeout_ms,
-                            "heartbeat_ms": b.heartbeat_interval_ms})
+                            "heartbeat_ms": b.heartbeat_interval_ms, "features": list(FEATURES)})
 
     def _hand_over(self, shard: int, hello: Message) -> bool:
         """Pass this connection, with its first frames, to ``shard`` (a shard-aware client)."""
@@ -546,49 +547,6 @@ class Session(asyncio.Protocol, Caller, SessionAuth):
         who = self.identity if who is None else who
         assert who is not None
         self._answer(rid, self.ops.result(who, worker_id, items), answers.results)
-
-    def on_heartbeat(self, msg: Message) -> None:
-        worker_id, info, active = rq.parse_heartbeat(msg.header)
-        who = self._who(msg)
-        self._answer(msg.rid, self.ops.heartbeat(who, worker_id, info, active), answers.heartbeat)
-
-    def on_register(self, msg: Message) -> None:
-        worker_id, info = rq.parse_register(msg.header)
-        who = self._who(msg)
-        self.ops.register(who, worker_id, info)
-        self._ack(msg.rid, {})
-
-    def on_deregister(self, msg: Message) -> None:
-        worker_id = rq.parse_deregister(msg.header)
-        who = self._who(msg)
-        self._answer(msg.rid, self.ops.deregister(who, worker_id), answers.released)
-
-    def on_query(self, msg: Message) -> None:
-        ids, with_result = rq.parse_query(msg.header)
-        who = self._who(msg)
-        self._answer(msg.rid, self.ops.query(who, ids, with_result), answers.queried)
-
-    def on_cancel(self, msg: Message) -> None:
-        raw = rq.parse_cancel(msg.header)
-        who = self._who(msg)
-        self._answer(msg.rid, self.ops.cancel(who, raw),
-                     lambda status: ({"id": id_to_str(raw), "status": status}, b""))
-
-    def on_list(self, msg: Message) -> None:
-        status, task_type, lo, hi, limit, cursor = rq.parse_list(msg.header)
-        who = self._who(msg)
-        self._answer(msg.rid, self.ops.list_tasks(who, status, task_type, lo, hi, limit, cursor),
-                     answers.page)
-
-    def on_stats(self, msg: Message) -> None:
-        detail = rq.parse_stats(msg.header)  # workers_detail: a shardq extension
-        who = self._who(msg)
-        self._answer(msg.rid, self.ops.stats(who, detail), answers.as_is)
-
-    def on_requeue(self, msg: Message) -> None:
-        ids, status, task_type, limit = rq.parse_requeue(msg.header)
-        who = self._who(msg)
-        self._answer(msg.rid, self.ops.requeue(who, ids, status, task_type, limit), answers.as_is)
 
 
 __all__ = ["Session", "OUT_HIGH_WATER"]
