@@ -15,6 +15,12 @@ Record layout (RECORD_VERSION 1), all integers big-endian:
               | worker_len u16 | error_len u32
     tail    = type utf-8 | worker_id utf-8 | error utf-8 | n_deps x 16-byte ids
               | payload (payload_len bytes, only when flags has INLINE)
+              | extras_len u32 | extras (JSON object, only when flags has EXTRAS)
+
+``extras`` holds the optional fields of the features that most tasks do not use (expiry, unique
+keys, history, ...), one key each, named in EXTRA_KEYS: a record without any pays nothing for
+them, and a feature adds its key here instead of changing the fixed layout. Keep what goes there
+small and bounded: the record is rewritten at every transition.
 
 ``flags`` says which optional fields are present (worker, lease, result, error,
 inline payload). Payloads up to INLINE_PAYLOAD_MAX ride inside the record: one
@@ -31,6 +37,8 @@ import os
 import re
 import struct
 from typing import Any
+
+import orjson
 
 RECORD_VERSION = 1
 
@@ -56,7 +64,11 @@ def tier_of(priority: int) -> str:
 
 
 _FIXED = struct.Struct(">BBBBQQQQQQHHIIIIHHHI")
-_F_WORKER, _F_LEASE, _F_RESULT, _F_ERROR, _F_INLINE = 1, 2, 4, 8, 16
+_F_WORKER, _F_LEASE, _F_RESULT, _F_ERROR, _F_INLINE, _F_EXTRAS = 1, 2, 4, 8, 16, 32
+_EXTRAS_LEN = struct.Struct(">I")
+# Every key a record's ``extras`` may hold, with the feature that owns it (one line each).
+EXTRA_KEYS: dict[str, str] = {
+}
 INLINE_PAYLOAD_MAX = 4096
 
 _CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -127,14 +139,15 @@ class Task:
     __slots__ = ("id", "type", "priority", "status", "created_ms", "updated_ms", "scheduled_ms",
                  "started_ms", "lease_expires_ms", "seq", "max_retries", "retry_count",
                  "timeout_seconds", "attempt", "payload_len", "result_len", "worker_id", "error",
-                 "depends_on", "inline_payload")
+                 "depends_on", "inline_payload", "extras")
 
     def __init__(self, id: bytes, type: str, priority: int, status: int, created_ms: int,
                  scheduled_ms: int, seq: int, max_retries: int, timeout_seconds: int,
                  payload_len: int, depends_on: tuple[bytes, ...] = (), updated_ms: int | None = None,
                  started_ms: int = 0, lease_expires_ms: int | None = None, retry_count: int = 0,
                  attempt: int = 0, result_len: int | None = None, worker_id: str | None = None,
-                 error: str | None = None, inline_payload: bytes | None = None) -> None:
+                 error: str | None = None, inline_payload: bytes | None = None,
+                 extras: dict[str, Any] | None = None) -> None:
         self.id = id
         self.type = type
         self.priority = priority
@@ -155,6 +168,7 @@ class Task:
         self.error = error
         self.depends_on = depends_on
         self.inline_payload = inline_payload
+        self.extras = extras  # None, or a non-empty dict of EXTRA_KEYS (see the module docstring)
 
     def __repr__(self) -> str:
         return f"Task({id_to_str(self.id)} {self.type!r} {STATUS_NAMES[self.status]} p={self.priority})"
@@ -167,13 +181,17 @@ class Task:
                  | (_F_LEASE if self.lease_expires_ms is not None else 0)
                  | (_F_RESULT if self.result_len is not None else 0)
                  | (_F_ERROR if self.error is not None else 0)
-                 | (_F_INLINE if self.inline_payload is not None else 0))
+                 | (_F_INLINE if self.inline_payload is not None else 0)
+                 | (_F_EXTRAS if self.extras else 0))
         fixed = _FIXED.pack(
             RECORD_VERSION, self.status, self.priority, flags, self.created_ms, self.updated_ms,
             self.scheduled_ms, self.started_ms, self.lease_expires_ms or 0, self.seq,
             self.max_retries, self.retry_count, self.timeout_seconds, self.attempt,
             self.payload_len, self.result_len or 0, len(self.depends_on), len(t), len(w), len(e))
         inline = self.inline_payload or b""
+        if self.extras:
+            x = orjson.dumps(self.extras)
+            return b"".join((fixed, t, w, e, *self.depends_on, inline, _EXTRAS_LEN.pack(len(x)), x))
         if self.depends_on:
             return b"".join((fixed, t, w, e, *self.depends_on, inline))
         return b"".join((fixed, t, w, e, inline))
@@ -194,11 +212,18 @@ class Task:
         pos += error_len
         deps = tuple(data[pos + 16 * i:pos + 16 * i + 16] for i in range(n_deps))
         pos += 16 * n_deps
-        inline = data[pos:pos + payload_len] if flags & _F_INLINE else None
+        inline = None
+        if flags & _F_INLINE:
+            inline = data[pos:pos + payload_len]
+            pos += payload_len
+        extras = None
+        if flags & _F_EXTRAS:
+            (n,) = _EXTRAS_LEN.unpack_from(data, pos)
+            extras = orjson.loads(data[pos + 4:pos + 4 + n])
         return cls(raw_id, ttype, priority, status, created, scheduled, seq, max_retries, timeout_s,
                    payload_len, deps, updated, started, lease if flags & _F_LEASE else None,
                    retry_count, attempt, result_len if flags & _F_RESULT else None, worker, error,
-                   inline)
+                   inline, extras)
 
     def to_wire(self, shard: int) -> dict[str, Any]:
         """The task object of the protocol (PROTOCOL.md, "The task, as the wire shows it")."""

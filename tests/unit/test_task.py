@@ -31,6 +31,9 @@ U64 = st.integers(0, 2**64 - 1)
 # Text whose UTF-8 length stays within the u16 length fields (4 bytes per char at most).
 TEXT = st.text(max_size=200)
 RAW_ID = st.binary(min_size=16, max_size=16)
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=50),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                           max_leaves=10)
 
 FIELDS = Task.__slots__
 
@@ -57,6 +60,7 @@ def tasks(draw) -> Task:
         result_len=draw(st.none() | U32),
         worker_id=draw(st.none() | TEXT),
         error=draw(st.none() | st.text(max_size=2000)),
+        extras=draw(st.none() | st.dictionaries(st.text(max_size=20), JSON_VALUES, min_size=1, max_size=4)),
     )
 
 
@@ -86,6 +90,18 @@ def test_round_trip_keeps_none_apart_from_zero_and_empty() -> None:
     assert (b.lease_expires_ms, b.result_len, b.worker_id, b.error) == (0, 0, "", "")
     assert a.updated_ms == 5  # defaults to created_ms
     assert a.depends_on == ()
+
+
+def test_extras_ride_after_an_inline_payload_and_cost_nothing_when_absent() -> None:
+    base = dict(id=b"\x03" * 16, type="t", priority=100, status=0, created_ms=5, scheduled_ms=5,
+                seq=1, max_retries=3, timeout_seconds=300, payload_len=3, inline_payload=b"abc",
+                depends_on=(b"\xcc" * 16,))
+    plain = Task(**base)
+    rich = Task(**base, extras={"k": [1, "two", None]})
+    back = Task.decode(rich.id, rich.encode())
+    assert (back.inline_payload, back.depends_on, back.extras) == (b"abc", (b"\xcc" * 16,), {"k": [1, "two", None]})
+    assert Task.decode(plain.id, plain.encode()).extras is None
+    assert len(rich.encode()) > len(plain.encode()) == len(Task(**base, extras={}).encode())
 
 
 def test_unicode_fields_round_trip() -> None:
