@@ -8,7 +8,8 @@ Rules:
    per COARSE_S seconds for the last hour. Memory is bounded whatever the uptime.
 3. Rates come from the difference of cumulative counters between two samples. A shard that
    restarted reports counters from zero: a counter that went down counts its new value as the
-   delta (what it did since it restarted), never a negative rate.
+   delta (what it did since it restarted), never a negative rate. While a shard is down its last
+   counters stay the baseline it is compared with when it is back.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class BrokerHistory:
         seen: dict[str, dict[str, int]] = {}
         for shard, row in reports.items():
             if not row.get("up", True):
+                if str(shard) in self._last:  # down: its counters are stale; keep the baseline
+                    seen[str(shard)] = self._last[str(shard)]
                 continue
             counters = row.get("counters") or {}
             now = {"submitted": counters.get("submitted", 0), "completed": counters.get("completed", 0),
@@ -64,10 +67,10 @@ class BrokerHistory:
         point = (round(t, 3), *(round(deltas[k] / elapsed, 2) for k in _RATES),
                  *(levels[k] for k in _LEVELS))
         self.fine.append(point)
-        self._bucket.append(point)
-        if int(t // COARSE_S) != int(self._bucket[0][0] // COARSE_S) or len(self._bucket) >= COARSE_S:
-            self.coarse.append(_average(self._bucket))
+        if self._bucket and int(t // COARSE_S) != int(self._bucket[0][0] // COARSE_S):
+            self.coarse.append(_average(self._bucket))  # a 10 s bucket closes when the next begins
             self._bucket = []
+        self._bucket.append(point)
 
     def series(self, resolution: str) -> dict[str, Any]:
         """Column-wise points ({"t": [...], "submitted": [...], ...}), oldest first."""
