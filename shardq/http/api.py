@@ -212,6 +212,10 @@ class Api:
             await self._committed()
         return route.status, result if type(result) is bytes else _encode(result)
 
+    async def committed(self) -> None:
+        """Wait until what this request changed is written (the dashboard's actions use it too)."""
+        await self._committed()
+
     async def _committed(self) -> None:
         shard = self.shard
         if shard.last_flush_failed():
@@ -415,6 +419,10 @@ class Api:
     async def stats(self, who: Identity, params: dict[str, str], query: None, body: None,
                     request: web.BaseRequest) -> dict[str, Any]:
         return await _now_or_later(self.ops.stats(who, False))
+
+    async def stats_history(self, who: Identity, params: dict[str, str], query: Any, body: None,
+                            request: web.BaseRequest) -> dict[str, Any]:
+        return await _now_or_later(self.ops.history(who, query.resolution))
 
     async def list_workers(self, who: Identity, params: dict[str, str], query: None, body: None,
                            request: web.BaseRequest) -> dict[str, Any]:

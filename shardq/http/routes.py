@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import unquote
 
 from msgspec import UNSET, Meta, UnsetType
@@ -45,6 +45,12 @@ class StatsQuery(s.Struct):
     pass
 
 
+class HistoryQuery(s.Struct):
+    """The broker's recent throughput and depth (server/history.py)."""
+
+    resolution: Literal["1s", "10s"] = "1s"
+
+
 # Descriptions of query parameters and path parameters (the document's ``description``).
 PARAM_DOCS = {
     "status": "Only tasks of this status.",
@@ -58,6 +64,8 @@ PARAM_DOCS = {
                 "UTF-8, else base64), `json`, `text` or `base64` (each falling back to base64).",
     "id": "The task's id.",
     "worker_id": "The worker's id (chosen by the worker; unique among live workers).",
+    "resolution": "`1s`: one point a second over the last 10 minutes; `10s`: one point per 10 s "
+                  "over the last hour.",
 }
 
 # The statuses every authenticated route can answer, beyond its own.
@@ -104,6 +112,9 @@ ROUTES: tuple[Route, ...] = (
           s.Requeued, body=s.Requeue),
     Route("GET", API + "/stats", "stats", "operators", "Counts by status, tier and shard",
           s.Stats),
+    Route("GET", API + "/stats/history", "stats_history", "operators",
+          "Throughput (per second) and depth over the last 10 minutes or hour", s.History,
+          query=HistoryQuery),
     Route("GET", API + "/workers", "list_workers", "operators", "The workers the broker knows",
           s.Workers),
     # workers

@@ -8,4 +8,5 @@ documented in docs/protocol.md ("Extensions"). Names are added, never renamed or
 from __future__ import annotations
 
 FEATURES: tuple[str, ...] = (
+    "query_payload",  # QUERY_STATUS with_payload (the dashboard's payload preview)
 )
