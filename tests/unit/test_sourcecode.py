@@ -24,7 +24,7 @@ PURE_MODULES = ["shardq.protocol.frames", "shardq.protocol.requests", "shardq.en
                 "shardq.engine.ready", "shardq.engine.leases", "shardq.engine.deps", "shardq.engine.waiters",
                 "shardq.engine.states", "shardq.engine.storage", "shardq.engine.reads",
                 "shardq.engine.maintenance", "shardq.engine.settings", "shardq.task", "shardq.errors",
-                "shardq.specs", "shardq.store.layout", "shardq.store.memory", "shardq.config",
+                "shardq.specs", "shardq.schedule_specs", "shardq.engine.schedules", "shardq.engine.timing", "shardq.store.layout", "shardq.store.memory", "shardq.config",
                 "shardq.client.core"]
 IO_MODULES = {"asyncio", "socket", "rocksdict", "multiprocessing", "uvloop", "selectors",
               "subprocess", "psutil"}
