@@ -8,4 +8,5 @@ documented in docs/protocol.md ("Extensions"). Names are added, never renamed or
 from __future__ import annotations
 
 FEATURES: tuple[str, ...] = (
+    "schedules",  # SCHEDULE_ADD / _LIST / _REMOVE / _PAUSE: periodic schedules in the broker
 )
