@@ -14,8 +14,9 @@ from dataclasses import dataclass
 MISFIRE_POLICIES = ("skip", "once")
 # A schedule's name: what an operator types and reads in logs; it also seeds the ids of the
 # tasks its ticks make, so it is kept to characters that need no quoting anywhere.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}\Z")
-NAME_RULE = ("1 to 200 characters: letters, digits and . _ : @ / -, starting with a letter or digit")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}\Z")
+NAME_REGEX = "^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$"  # the same, for JSON Schema (HTTP API)
+NAME_RULE = ("1 to 200 characters: letters, digits and . _ : @ -, starting with a letter or digit")
 
 
 @dataclass(slots=True)

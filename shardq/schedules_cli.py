@@ -54,7 +54,7 @@ def add_schedule_commands(sub: Any) -> None:
     ssub = sched.add_subparsers(dest="schedule_action", required=True,
                                 metavar="{add,list,show,remove,pause,resume}")
     p = ssub.add_parser("add", parents=common, help="add a schedule that submits a task at each tick")
-    p.add_argument("name", type=_name, help="the schedule's name (letters, digits, . _ : @ / -)")
+    p.add_argument("name", type=_name, help="the schedule's name (letters, digits, . _ : @ -)")
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", metavar="EXPR",
                       help='cron expression: 5 fields "min hour day month weekday", or 6 with seconds first')
