@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -231,7 +231,7 @@ def test_misfire_policies_after_the_whole_server_was_down(srv):
     a paused schedule stays paused. Schedules survive the restart."""
     grace = 0.5
     tick = (int(time.time()) + 5) * 1000
-    at = datetime.fromtimestamp(tick / 1000, timezone.utc)
+    at = datetime.fromtimestamp(tick / 1000, UTC)
     cron = f"{at.second} {at.minute} {at.hour} {at.day} {at.month} *"  # 6 fields: seconds first
     with Client(srv.url, timeout=10) as c:
         for name, misfire in (("mis-skip", "skip"), ("mis-once", "once")):
