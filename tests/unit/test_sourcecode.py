@@ -142,6 +142,7 @@ FORBIDDEN = [
 
 # The pure core: no sockets, no event loop, no disk, no processes or threads.
 PURE_CORE = ("shardq.protocol", "shardq.engine", "shardq.task", "shardq.errors", "shardq.specs",
+             "shardq.schedule_specs",
              "shardq.clock", "shardq.store.layout", "shardq.store.memory")
 IO_IMPORTS = {"asyncio", "socket", "rocksdict", "multiprocessing", "uvloop", "ssl", "threading",
               "subprocess", "selectors", "psutil"}
