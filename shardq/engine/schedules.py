@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import heapq
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,7 +41,7 @@ from shardq.task import id_to_str, owner_of
 SCHEDULE_PREFIX = b"schedule\x00"  # metadata key of a schedule: this, then its name (utf-8)
 RECORD_VERSION = 1
 # Due schedules fired in one tick; the rest go in the next loop turn (no stall behind 10,000).
-FIRE_SLICE = 256
+FIRE_SLICE = 64
 RETRY_FULL_MS = 1000  # a tick refused by QueueFull is tried again this much later
 MAX_SCHEDULE_PAYLOAD = 64 * 1024  # kept in memory and in the record: 10,000 x 64 KiB at most
 # The fields a schedule's record keeps from its SCHEDULE_ADD.
@@ -75,7 +76,7 @@ class Schedule:
     """One schedule: its spec, its timing and what it has done."""
 
     __slots__ = ("name", "spec", "timing", "created_ms", "updated_ms", "last_tick_ms",
-                 "last_fired_ms", "last_task_id", "fired", "misfires", "due_ms")
+                 "last_fired_ms", "last_task_id", "fired", "misfires", "due_ms", "ticks")
 
     def __init__(self, spec: ScheduleSpec, timing: Timing, created_ms: int) -> None:
         self.name = spec.name
@@ -89,6 +90,8 @@ class Schedule:
         self.fired = 0
         self.misfires = 0
         self.due_ms: int | None = None  # the heap entry that counts; None while paused
+        # Its ticks from due_ms on (None after a QueueFull: due_ms is then a retry, no tick).
+        self.ticks: Iterator[int] | None = None
 
     def encode(self) -> bytes:
         s = self.spec
@@ -105,7 +108,7 @@ class Schedule:
         rec = orjson.loads(data)
         spec = ScheduleSpec(name=rec["name"], payload=base64.b64decode(rec["payload"]),
                             paused=rec["paused"], **{f: rec[f] for f in _SPEC_FIELDS})
-        s = cls(spec, Timing(spec.cron, spec.every_ms, spec.timezone), rec["created_ms"])
+        s = cls(spec, Timing(spec.cron, spec.every_ms, spec.timezone, check=False), rec["created_ms"])
         s.updated_ms, s.last_tick_ms = rec["updated_ms"], rec["last_tick_ms"]
         s.last_fired_ms, s.fired, s.misfires = rec["last_fired_ms"], rec["fired"], rec["misfires"]
         s.last_task_id = None if rec["last_task_id"] is None else bytes.fromhex(rec["last_task_id"])
@@ -213,55 +216,92 @@ class EngineSchedules:
     # -- time -------------------------------------------------------------------------
 
     def _arm(self, s: Schedule, now: int, catch_up: bool = False) -> None:
+        """Put ``s`` in the heap at its next tick: the first after its last tick (``catch_up``:
+        missed ones fall due at once) or the first after ``now``."""
         if s.spec.paused:
-            s.due_ms = None
+            s.ticks, s.due_ms = None, None
             return
-        due = s.timing.next_after(s.last_tick_ms)
-        s.due_ms = due if catch_up or due > now else s.timing.next_after(now)
+        s.ticks = s.timing.ticks_after(s.last_tick_ms if catch_up else max(s.last_tick_ms, now))
+        s.due_ms = next(s.ticks)
         heapq.heappush(self._schedule_heap, (s.due_ms, s.name))
 
     def fire_schedules(self, now: int) -> int | None:
-        """Fire what is due (at most FIRE_SLICE); the next time a schedule falls due."""
+        """Fire what is due (at most FIRE_SLICE schedules, their tasks in one submit); the next
+        time a schedule falls due."""
         heap = self._schedule_heap
-        fired = 0
-        while heap and heap[0][0] <= now:
-            if fired >= FIRE_SLICE:
-                return now  # the rest in the next loop turn
+        firing: list[tuple[Schedule, int, bool]] = []
+        looked = 0
+        while heap and heap[0][0] <= now and looked < FIRE_SLICE:
             due, name = heapq.heappop(heap)
             s = self._schedules.get(name)
             if s is None or s.due_ms != due:
                 continue  # stale: removed, paused, replaced or re-armed
-            self._fire(s, now)
-            fired += 1
+            looked += 1
+            latest, skipped = self._plan(s, now)
+            if latest is None:
+                pass
+            elif now - latest <= s.spec.misfire_grace_ms or s.spec.misfire == "once":
+                firing.append((s, latest, skipped))
+                continue
+            else:  # rule 3: too late for ``skip``
+                s.misfires += 1
+                s.last_tick_ms = latest
+                self._put_schedule(s)
+                self._count("schedule_misfired")
+            self._push(s)
+        if firing:
+            self._submit_ticks(firing, now)
+        if heap and heap[0][0] <= now:
+            return now  # the rest in the next loop turn
         return heap[0][0] if heap else None
 
-    def _fire(self, s: Schedule, now: int) -> None:
-        timing, spec = s.timing, s.spec
-        latest = timing.latest_at_or_before(now)
-        if latest > s.last_tick_ms:
-            skipped_before = timing.next_after(s.last_tick_ms) < latest
-            if now - latest <= spec.misfire_grace_ms or spec.misfire == "once":
-                raw = tick_id(s.name, latest, self.s.shards)
-                task = TaskSpec(spec.type, spec.payload, spec.priority, None, None, spec.max_retries,
-                                spec.timeout_seconds, (), raw)
-                try:
-                    self.submit([task], now)
-                except QueueFull:
-                    self._count("schedule_queue_full")
-                    s.due_ms = now + RETRY_FULL_MS
-                    heapq.heappush(self._schedule_heap, (s.due_ms, s.name))
-                    return
-                s.fired += 1
-                s.last_fired_ms, s.last_task_id = now, raw
-                self._count("schedule_fired")
-                if skipped_before:
-                    s.misfires += 1
-            else:
-                s.misfires += 1
-                self._count("schedule_misfired")
-            s.last_tick_ms = latest
+    def _plan(self, s: Schedule, now: int) -> tuple[int | None, bool]:
+        """The tick to fire now (None: none is due) and whether earlier ones were missed; moves
+        ``s`` on to its first tick after that one (or after ``now``)."""
+        ticks, due = s.ticks, s.due_ms
+        assert due is not None
+        if ticks is not None and due > s.last_tick_ms:
+            nxt = next(ticks)
+            if nxt > now:  # on time (the usual case): one step of the ticks, no search
+                s.due_ms = nxt
+                return due, False
+        timing = s.timing  # missed ticks (a downtime, a stalled loop) or a retry after QueueFull
+        latest: int | None = timing.latest_at_or_before(now)
+        assert latest is not None
+        skipped = False
+        if latest <= s.last_tick_ms:
+            latest = None
+        else:
+            skipped = timing.next_after(s.last_tick_ms) < latest
+        s.ticks = timing.ticks_after(max(now, s.last_tick_ms))
+        s.due_ms = next(s.ticks)
+        return latest, skipped
+
+    def _submit_ticks(self, firing: list[tuple[Schedule, int, bool]], now: int) -> None:
+        """One submit for the turn's ticks; each schedule's record staged with it (rule 2)."""
+        shards = self.s.shards
+        specs = [TaskSpec(s.spec.type, s.spec.payload, s.spec.priority, None, None, s.spec.max_retries,
+                          s.spec.timeout_seconds, (), tick_id(s.name, latest, shards))
+                 for s, latest, _ in firing]
+        heap = self._schedule_heap
+        try:
+            self.submit(specs, now)
+        except QueueFull:  # rule 4: the same ticks again later, within their grace
+            self._count("schedule_queue_full", len(firing))
+            for s, _, _ in firing:
+                s.ticks, s.due_ms = None, now + RETRY_FULL_MS
+                heapq.heappush(heap, (s.due_ms, s.name))
+            return
+        for (s, latest, skipped), spec in zip(firing, specs):
+            s.fired += 1
+            s.misfires += skipped
+            s.last_tick_ms, s.last_fired_ms, s.last_task_id = latest, now, spec.id
             self._put_schedule(s)
-        s.due_ms = timing.next_after(max(s.last_tick_ms, now))
+            self._push(s)
+        self._count("schedule_fired", len(firing))
+
+    def _push(self, s: Schedule) -> None:
+        assert s.due_ms is not None
         heapq.heappush(self._schedule_heap, (s.due_ms, s.name))
 
     def _put_schedule(self, s: Schedule) -> None:

@@ -14,14 +14,13 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
 from shardq.errors import BadRequest
-
-UTC = UTC
 
 
 def zone(name: str) -> ZoneInfo:
@@ -38,15 +37,16 @@ class Timing:
 
     __slots__ = ("cron", "every_ms", "tz")
 
-    def __init__(self, cron: str | None, every_ms: int | None, tz: str) -> None:
+    def __init__(self, cron: str | None, every_ms: int | None, tz: str, check: bool = True) -> None:
+        """``check``: validate the expression (False for one read back from the store)."""
         if (cron is None) == (every_ms is None):
             raise BadRequest("cron, every_ms: give exactly one of them")
         self.cron = cron
         self.every_ms = every_ms
         self.tz = zone(tz)
-        if cron is not None:
+        if cron is not None and check:
             try:
-                CronSim(cron, datetime.now(self.tz))
+                CronSim(cron, datetime(2000, 1, 1, tzinfo=self.tz))
             except CronSimError as exc:
                 raise BadRequest(f"cron: {cron!r} is not a valid cron expression ({exc}; 5 fields "
                                  "'minute hour day month weekday', or 6 with seconds first)") from None
@@ -66,6 +66,18 @@ class Timing:
         assert self.cron is not None
         start = datetime.fromtimestamp(ms / 1000, self.tz)
         return _ms(next(CronSim(self.cron, start)))
+
+    def ticks_after(self, ms: int) -> Iterator[int]:
+        """The ticks strictly after ``ms``, in order: one cron evaluation, then a step each."""
+        if self.every_ms is not None:
+            every = self.every_ms
+            t = ms - ms % every
+            while True:
+                t += every
+                yield t
+        assert self.cron is not None
+        for dt in CronSim(self.cron, datetime.fromtimestamp(ms / 1000, self.tz)):
+            yield _ms(dt)
 
     def latest_at_or_before(self, ms: int) -> int:
         """The last tick at or before ``ms``."""

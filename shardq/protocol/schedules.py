@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from shardq.errors import BadRequest
-from shardq.protocol.frames import MAX_PAYLOAD
+from shardq.protocol.frames import MAX_PAYLOAD, MsgType
 from shardq.protocol.requests import (
+    _FIELDS,
     MAX_RETRIES,
     MAX_TIMEOUT_SECONDS,
     MAX_TYPE_LEN,
@@ -96,3 +97,9 @@ def schedule_add_header(spec: ScheduleSpec) -> dict[str, Any]:
     out.update(timezone=spec.timezone, misfire=spec.misfire, misfire_grace_ms=spec.misfire_grace_ms,
                paused=spec.paused, replace=spec.replace)
     return out
+
+
+# The field checks ``requests.check_blob`` runs before it refuses a stray blob (every field of a
+# message is checked before its blob's size): registered here, where the parsers live.
+_FIELDS.update({MsgType.SCHEDULE_LIST: parse_schedule_list, MsgType.SCHEDULE_REMOVE: parse_schedule_remove,
+                MsgType.SCHEDULE_PAUSE: parse_schedule_pause})
