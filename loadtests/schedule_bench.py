@@ -57,6 +57,7 @@ def main() -> None:
             if nxt is None or nxt > now:
                 break
         turns, longest = len(turn_s), max(turn_s)
+        slowest_turn = turn_s.index(longest)
         median_turn = sorted(turn_s)[len(turn_s) // 2]
         fire_s = time.perf_counter() - t0
         fired = sum(s.fired for s in engine.schedule_list())
@@ -70,7 +71,7 @@ def main() -> None:
         "schedules": args.schedules, "kind": "cron" if args.cron else "every_ms",
         "add_total_s": round(add_s, 3), "idle_tick_us": round(sorted(idle)[len(idle) // 2] * 1e6, 2),
         "fired": fired, "turns": turns,
-        "median_turn_ms": round(median_turn * 1000, 2), "longest_turn_ms": round(longest * 1000, 2),
+        "median_turn_ms": round(median_turn * 1000, 2), "p90_turn_ms": round(sorted(turn_s)[int(turns * 0.9)] * 1000, 2), "slowest_turn": slowest_turn, "longest_turn_ms": round(longest * 1000, 2),
         "fire_all_s": round(fire_s, 3), "recover_s": round(load_s, 3),
         "recovered_schedules": summary["schedules"]}))
 

@@ -82,8 +82,11 @@ class ScheduleOperations:
             return self._forward_one(owner, MsgType.SCHEDULE_ADD,
                                      _with_scope(schedule_add_header(spec), scope), spec.payload)
         self.shard.check_writable()
-        if spec.replace and spec.name in self.engine._schedules:
-            self._scoped(who, "schedule_add", self.engine.schedule_get(spec.name))
+        if spec.replace and scope is not None:  # a scoped key replaces only what it could see
+            try:
+                self._scoped(who, "schedule_add", self.engine.schedule_get(spec.name))
+            except NotFound:
+                pass  # nothing to replace: an add
         s = self.engine.schedule_add(spec, now_ms())
         return {"schedule": s.to_wire(self.shard.index)}
 

@@ -8,6 +8,7 @@ every second (``every``) so that nothing waits for a minute boundary."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from shardq.cli import main as cli_main
+from shardq.client.aio import AsyncClient
 from shardq.client.sync import Client
 from shardq.engine.schedules import schedule_owner, tick_id
 from shardq.errors import BadRequest, InvalidState, NotFound
@@ -157,6 +159,22 @@ def test_pause_resume_and_bad_input(srv, client):
         client.schedule_add("too-big", "x", b"x" * 70_000, every=1)
     assert not [s for s in client.schedules() if s["name"] in ("bad-one", "too-big")]
     client.ping()  # the connection survived every refusal
+
+
+def test_async_client(srv):
+    async def run() -> None:
+        async with AsyncClient(srv.url, timeout=10) as c:
+            s = await c.schedule_add("async-one", "a", b"\x00\x01", every=1, timezone="Asia/Tokyo")
+            assert s["timezone"] == "Asia/Tokyo" and s["next_local"].endswith("+09:00")
+            assert (await c.schedule("async-one"))["payload"] == b"\x00\x01"
+            assert "async-one" in [x["name"] for x in await c.schedules()]
+            assert (await c.schedule_pause("async-one"))["paused"] is True
+            assert (await c.schedule_resume("async-one"))["paused"] is False
+            await c.schedule_remove("async-one")
+            with pytest.raises(NotFound):
+                await c.schedule("async-one")
+
+    asyncio.run(run())
 
 
 def test_cli_human_and_json(srv, capsys):
