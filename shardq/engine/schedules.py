@@ -197,6 +197,9 @@ class EngineSchedules:
             raise NotFound(f"no schedule {name!r}")
         return s
 
+    def schedule_find(self, name: str) -> Schedule | None:
+        return self._schedules.get(name)
+
     def schedule_list(self) -> list[Schedule]:
         return [self._schedules[n] for n in sorted(self._schedules)]
 

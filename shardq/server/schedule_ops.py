@@ -83,10 +83,9 @@ class ScheduleOperations:
                                      _with_scope(schedule_add_header(spec), scope), spec.payload)
         self.shard.check_writable()
         if spec.replace and scope is not None:  # a scoped key replaces only what it could see
-            try:
-                self._scoped(who, "schedule_add", self.engine.schedule_get(spec.name))
-            except NotFound:
-                pass  # nothing to replace: an add
+            old = self.engine.schedule_find(spec.name)
+            if old is not None and not scope.matches(old.spec.type):
+                raise Forbidden(f"name: schedule {spec.name!r} is of a type this API key may not touch")
         s = self.engine.schedule_add(spec, now_ms())
         return {"schedule": s.to_wire(self.shard.index)}
 
