@@ -302,6 +302,7 @@ class EngineSchedules:
             self._put_schedule(s)
             self._push(s)
         self._count("schedule_fired", len(firing))
+        self._count("schedule_misfired", sum(skipped for _, _, skipped in firing))
 
     def _push(self, s: Schedule) -> None:
         assert s.due_ms is not None

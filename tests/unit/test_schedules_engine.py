@@ -51,6 +51,7 @@ def test_each_tick_submits_one_task_with_its_deterministic_id(env):
     assert env.store.payload_of(task) == b"hello"
     assert env.engine.schedule_get("beat").fired == 2
     assert env.engine.schedule_get("beat").last_task_id == tick_id("beat", T0 + 4000, 1)
+    assert env.engine.counters["schedule_fired"] == 2  # tq_schedule_ticks_total{outcome="fired"}
 
 
 def test_restart_keeps_schedules_and_a_refired_tick_lands_once(env):
@@ -84,6 +85,7 @@ def test_misfire_skip_and_once_after_downtime(env):
     assert tasks_of(env, "catcher", late) == [T0 + 12000]  # one catch-up, the latest tick
     assert env.engine.schedule_get("skipper").misfires == 1
     assert env.engine.schedule_get("catcher").misfires == 1
+    assert env.engine.counters["schedule_misfired"] == 2
     env.tick(500)  # T0 + 14000: both fire on time again
     assert tasks_of(env, "skipper", [T0 + 14000]) == [T0 + 14000]
     assert tasks_of(env, "catcher", [T0 + 14000]) == [T0 + 14000]
