@@ -154,6 +154,12 @@ class EngineSchedules:
                              f"{min(max_payload, MAX_SCHEDULE_PAYLOAD)} bytes")
         if spec.misfire not in ("skip", "once"):
             raise BadRequest(f"misfire: must be 'skip' or 'once', got {spec.misfire!r}")
+        if spec.every_ms is not None and spec.timezone != "UTC":
+            # Refused rather than ignored: an interval ticks at multiples of it since the Unix
+            # epoch, whatever the zone ("every 1d" is 00:00 UTC, not local midnight: use cron).
+            raise BadRequest(f"timezone: applies to cron only; an every_ms schedule ticks at multiples "
+                             f"of its interval since the Unix epoch (UTC), so {spec.timezone!r} would "
+                             "change nothing (for local times, use cron with a timezone)")
         timing = Timing(spec.cron, spec.every_ms, spec.timezone)
         old = self._schedules.get(spec.name)
         if old is not None and not spec.replace:

@@ -164,8 +164,10 @@ def test_pause_resume_and_bad_input(srv, client):
 def test_async_client(srv):
     async def run() -> None:
         async with AsyncClient(srv.url, timeout=10) as c:
-            s = await c.schedule_add("async-one", "a", b"\x00\x01", every=1, timezone="Asia/Tokyo")
+            s = await c.schedule_add("async-one", "a", b"\x00\x01", cron="* * * * * *", timezone="Asia/Tokyo")
             assert s["timezone"] == "Asia/Tokyo" and s["next_local"].endswith("+09:00")
+            with pytest.raises(BadRequest, match="^timezone: applies to cron only"):
+                await c.schedule_add("async-two", "a", every=1, timezone="Asia/Tokyo")
             assert (await c.schedule("async-one"))["payload"] == b"\x00\x01"
             assert "async-one" in [x["name"] for x in await c.schedules()]
             assert (await c.schedule_pause("async-one"))["paused"] is True

@@ -142,6 +142,7 @@ def test_add_twice_is_refused_replace_keeps_history(env):
     ({"cron": "* * * * *", "every_ms": None, "timezone": "Mars/Olympus"}, "timezone"),
     ({"cron": "* * * * *"}, "cron, every_ms"),
     ({"misfire": "later"}, "misfire"),
+    ({"timezone": "Europe/Paris"}, "timezone"),  # with every_ms: it would change nothing
     ({"payload": b"x" * (64 * 1024 + 1)}, "payload"),
 ])
 def test_bad_input_names_the_field(env, kw, field):
