@@ -54,6 +54,7 @@ class EngineMaintenance:
         def _set_status(self, task: Task, event: str, now: int, **changes: Any) -> None: ...
         def _dependency_failed(self, dep: bytes, now: int) -> None: ...
         def requeue(self, raw_id: bytes, now: int) -> Task: ...
+        def load_schedules(self, now: int) -> int: ...
 
     # -- REQUEUE (bulk) -----------------------------------------------------------
 
@@ -137,7 +138,8 @@ class EngineMaintenance:
         store.commit()
         self._ready.dirty = bool(self._ready.heaps)
         return {"leases_restored": restored, "pending": found[PENDING], "failed": found[FAILED],
-                "dead_letter": found[DEAD_LETTER], "counts_corrected": len(corrected)}
+                "dead_letter": found[DEAD_LETTER], "counts_corrected": len(corrected),
+                "schedules": self.load_schedules(now)}
 
     def _load_waiting(self, now: int) -> tuple[dict[int, list[bytes]], list[Task], list[Task]]:
         """Rebuild the ready heaps, the schedule heap and pending_by_tier from one scan of the
@@ -219,4 +221,5 @@ class EngineMaintenance:
             else:
                 self._ready.enqueue(task, now)
         self._ready.dirty = True  # waiting claims may be served from the rebuilt heaps
+        self.load_schedules(now)  # the schedules' last ticks as written (engine/schedules.py)
         return {"in_progress": n_leases, "pending": len(seen[PENDING]), "failed": len(seen[FAILED])}

@@ -33,6 +33,7 @@ from shardq.http import schema as s
 from shardq.http.openapi import build_document
 from shardq.http.problems import problem
 from shardq.http.routes import ROUTES, Route, Router
+from shardq.http.schedule_api import ScheduleApi
 from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.protocol.requests import parse_id
 from shardq.server.claims import Caller
@@ -145,8 +146,11 @@ def _split(tasks: list[dict[str, Any] | None], blob: bytes, key: str, name: str,
         at += n
 
 
-class Api:
+class Api(ScheduleApi):
     """One shard's HTTP API: ``handle`` is aiohttp's request handler (server.py)."""
+
+    _payload_of = staticmethod(_bytes)  # for the mixins (schedule_api.py)
+    _render = staticmethod(render)
 
     def __init__(self, shard: ShardServer, ops: Operations, callers: Callable[[Any], Caller | None]) -> None:
         self.shard = shard

@@ -9,4 +9,5 @@ from __future__ import annotations
 
 FEATURES: tuple[str, ...] = (
     "query_payload",  # QUERY_STATUS with_payload (the dashboard's payload preview)
+    "schedules",  # SCHEDULE_ADD / _LIST / _REMOVE / _PAUSE: periodic schedules in the broker
 )

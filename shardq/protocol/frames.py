@@ -49,6 +49,11 @@ class MsgType(IntEnum):
     DEREGISTER_WORKER = 0x0B
     REQUEUE = 0x0C
     PING = 0x0D
+    # Periodic schedules (protocol/schedules.py, docs/protocol.md "Schedules").
+    SCHEDULE_ADD = 0x1A
+    SCHEDULE_LIST = 0x1B
+    SCHEDULE_REMOVE = 0x1C
+    SCHEDULE_PAUSE = 0x1D
     # Between shardq's own processes only (Unix sockets); never valid on the client port.
     REPORT = 0x40  # shard -> coordinator: depth, ready types, workers seen, stats
     STATE = 0x41  # coordinator -> shards: the others' depths and ready types

@@ -266,7 +266,7 @@ def parse_stats(header: dict[str, Any]) -> bool:
 # -- the blob ------------------------------------------------------------------------
 
 # The requests whose header announces blob sections (their parsers check the blob's size).
-BLOB_REQUESTS = frozenset((MsgType.SUBMIT, MsgType.RESULT))
+BLOB_REQUESTS = frozenset((MsgType.SUBMIT, MsgType.RESULT, MsgType.SCHEDULE_ADD))
 
 # The field checks of the requests that announce no blob: run before the blob's size is judged,
 # because the contract checks every field of a message, then the blob's size (protocol.md).

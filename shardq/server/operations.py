@@ -38,6 +38,7 @@ from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.server import routing
 from shardq.server.claims import Caller, Claimed, Claims
 from shardq.server.history import RESOLUTIONS, SERIES
+from shardq.server.schedule_ops import ScheduleOperations
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_NAMES, id_to_str
 
@@ -61,6 +62,7 @@ PERMISSION = {
     "submit": "submit", "claim": "claim", "result": "claim", "heartbeat": "claim",
     "register": "claim", "deregister": "claim", "query": "read", "list": "read", "stats": "read",
     "cancel": "admin", "requeue": "admin", "history": "read",
+    "schedule_list": "read",  # schedule_add, _remove, _pause: admin (schedule_ops.py)
 }
 # The operations whose tasks a key's task-type patterns limit (docs/security.md). The others
 # (stats, heartbeat, register, deregister) need the permission on any pattern: they carry no
@@ -142,7 +144,7 @@ class Page:
     cursor: str | None
 
 
-class Operations:
+class Operations(ScheduleOperations):
     def __init__(self, shard: ShardServer, forwarded: bool = False) -> None:
         self.shard = shard
         self.engine = shard.engine
