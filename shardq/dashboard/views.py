@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.parse
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -199,6 +200,29 @@ async def shards(d: Dashboard, who: Identity, request: web.BaseRequest, params: 
     return d.render(request, "shards.html", who=who, page="shards", stats=stats)
 
 
+async def schedules(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+    answer, _ = await _now_or_later(d.ops.schedule_list(who))
+    rows = sorted(answer.get("schedules") or [], key=lambda s: s["name"])
+    done = request.rel_url.query.get("done")
+    return d.render(request, "schedules.html", who=who, page="schedules", schedules=rows,
+                    down=answer.get("unavailable_shards") or [], can_change=can(who, "schedule_pause"),
+                    done=done if done in ("paused", "resumed", "removed") else None,
+                    name=request.rel_url.query.get("name"))
+
+
+def _schedule_action(done: str) -> Any:
+    async def act(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+        name = params["name"]  # (the path is decoded once, by aiohttp)
+        if done == "removed":
+            await _now_or_later(d.ops.schedule_remove(who, name))
+        else:
+            await _now_or_later(d.ops.schedule_pause(who, name, done == "paused"))
+        await d.committed()
+        where = urllib.parse.urlencode({"done": done, "name": name})
+        return web.Response(status=303, headers={"Location": f"/schedules?{where}"})
+    return act
+
+
 PAGES: tuple[tuple[str, str, Any], ...] = (
     ("GET", "/", overview),
     ("GET", "/ui/history.json", history),
@@ -208,6 +232,10 @@ PAGES: tuple[tuple[str, str, Any], ...] = (
     ("POST", "/tasks/{id}/requeue", requeue),
     ("GET", "/workers", workers),
     ("GET", "/shards", shards),
+    ("GET", "/schedules", schedules),
+    ("POST", "/schedules/{name}/pause", _schedule_action("paused")),
+    ("POST", "/schedules/{name}/resume", _schedule_action("resumed")),
+    ("POST", "/schedules/{name}/remove", _schedule_action("removed")),
 )
 _COMPILED = [(m, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", p) + "$"), view)
              for m, p, view in PAGES]
