@@ -1,0 +1,215 @@
+"""The gRPC API against the TCP protocol in the same run: batched submit, one task a call, and the
+full lifecycle (submit, claim, result), on one fresh server.
+
+    PYTHONPATH=$PWD python loadtests/grpc_bench.py --shards 2 --seconds 5 --clients 8 --tasks 20000
+
+Phases, each on its own task type so that none sees another's tasks:
+- submit phases run ``--clients`` concurrent callers for ``--seconds``: ``tcp_submit_batch_100``
+  (AsyncClient.submit_many), ``grpc_submit_batch_100`` (Tasks.SubmitBatch), ``grpc_submit_1``
+  (Tasks.Submit);
+- lifecycle phases put ``--tasks`` tasks through submit (batches of 100), claim and result with
+  ``--clients`` workers: ``tcp_lifecycle`` (AsyncClient: claim max 32, one RESULT per claim),
+  ``tcp_lifecycle_one_lane`` (the same with spread=False: one connection, to whichever shard the
+  acceptor picked, so RESULTs of the other shard's tasks cross the shard mesh: what a gRPC server
+  per shard behind SO_REUSEPORT would cost, where the kernel, not the task id, picks the shard),
+  ``grpc_lifecycle`` (Workers.Claim max 32 + ReportResults) and ``grpc_lifecycle_stream``
+  (Workers.ClaimStream with max_in_flight 64, ReportResults in batches of up to 32).
+The clients share one event loop in this process, on the same machine as the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+import uvloop
+
+from shardq.client.aio import AsyncClient
+from shardq.client.models import Job
+from shardq.testing import ServerProcess
+from shardq.v1 import task_pb2, tasks_pb2, tasks_pb2_grpc, workers_pb2, workers_pb2_grpc
+
+PAYLOAD = b'{"to":"ada@example.com","subject":"hello","n":12345}'
+
+
+async def timed(seconds: float, clients: int, call: Callable[[], Awaitable[int]]) -> float:
+    """Tasks/s of ``clients`` callers looping ``call`` (it returns how many tasks it did)."""
+    stop = time.monotonic() + seconds
+    done = [0] * clients
+
+    async def loop(i: int) -> None:
+        while time.monotonic() < stop:
+            done[i] += await call()
+
+    started = time.monotonic()
+    await asyncio.gather(*(loop(i) for i in range(clients)))
+    return sum(done) / (time.monotonic() - started)
+
+
+def specs(type: str, n: int) -> list[task_pb2.TaskSpec]:
+    return [task_pb2.TaskSpec(type=type, payload=PAYLOAD) for _ in range(n)]
+
+
+async def submit_phases(url: str, target: str, args: argparse.Namespace) -> dict[str, float]:
+    out = {}
+    tcp = AsyncClient(url)
+    jobs = [Job("s.tcp", PAYLOAD) for _ in range(100)]
+    out["tcp_submit_batch_100"] = await timed(args.seconds, args.clients, lambda: _n(tcp.submit_many(jobs)))
+    await tcp.close()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = tasks_pb2_grpc.TasksStub(channel)
+        batch = tasks_pb2.SubmitBatchRequest(tasks=specs("s.grpc", 100))
+        out["grpc_submit_batch_100"] = await timed(
+            args.seconds, args.clients, lambda: _n_ids(stub.SubmitBatch(batch)))
+        one = tasks_pb2.SubmitRequest(task=specs("s.grpc1", 1)[0])
+        out["grpc_submit_1"] = await timed(args.seconds, args.clients, lambda: _one(stub.Submit(one)))
+    return out
+
+
+async def _n(call: Awaitable[list[str]]) -> int:
+    return len(await call)
+
+
+async def _n_ids(call: Awaitable[tasks_pb2.SubmitBatchResponse]) -> int:
+    return len((await call).ids)
+
+
+async def _one(call: Awaitable[object]) -> int:
+    await call
+    return 1
+
+
+async def tcp_lifecycle(url: str, type: str, args: argparse.Namespace, spread: bool) -> float:
+    client = AsyncClient(url, spread=spread)
+    started = time.monotonic()
+    left = args.tasks
+    done = 0
+
+    async def produce() -> None:
+        nonlocal left
+        while left > 0:
+            n = min(100, left)
+            left -= n
+            await client.submit_many([Job(type, PAYLOAD) for _ in range(n)])
+
+    async def work(i: int) -> None:
+        nonlocal done
+        while done < args.tasks:
+            tasks = await client.claim(f"tw-{type}-{i}", max=32, wait=0.2, types=[type])
+            if tasks:
+                await client.report(f"tw-{type}-{i}", [(  # completed, empty result
+                    {"id": t.id, "attempt": t.attempt, "status": "completed"}, b"") for t in tasks])
+                done += len(tasks)
+
+    await asyncio.gather(*(produce() for _ in range(2)), *(work(i) for i in range(args.clients)))
+    rate = args.tasks / (time.monotonic() - started)
+    await client.close()
+    return rate
+
+
+async def grpc_lifecycle(target: str, type: str, args: argparse.Namespace, stream: bool) -> float:
+    async with grpc.aio.insecure_channel(target) as channel:
+        tasks_stub, workers_stub = tasks_pb2_grpc.TasksStub(channel), workers_pb2_grpc.WorkersStub(channel)
+        started = time.monotonic()
+        left = args.tasks
+        done = 0
+        finished = asyncio.Event()
+
+        async def produce() -> None:
+            nonlocal left
+            while left > 0:
+                n = min(100, left)
+                left -= n
+                await tasks_stub.SubmitBatch(tasks_pb2.SubmitBatchRequest(tasks=specs(type, n)))
+
+        async def report(worker: str, got: list[workers_pb2.ClaimedTask]) -> None:
+            nonlocal done
+            await workers_stub.ReportResults(workers_pb2.ReportResultsRequest(worker_id=worker, results=[
+                workers_pb2.TaskResult(id=c.task.id, attempt=c.task.attempt, completed=b"") for c in got]))
+            done += len(got)
+            if done >= args.tasks:
+                finished.set()
+
+        async def work(i: int) -> None:
+            worker = f"gw-{type}-{i}"
+            while done < args.tasks:
+                got = (await workers_stub.Claim(workers_pb2.ClaimRequest(
+                    worker_id=worker, max=32, wait_ms=200, types=[type]))).tasks
+                if got:
+                    await report(worker, list(got))
+
+        async def streamed(i: int) -> None:
+            worker = f"gs-{type}-{i}"
+            call = workers_stub.ClaimStream(workers_pb2.ClaimStreamRequest(worker_id=worker, max_in_flight=64,
+                                                                          types=[type]))
+            queue: asyncio.Queue[workers_pb2.ClaimedTask] = asyncio.Queue()
+
+            async def read() -> None:
+                async for item in call:
+                    queue.put_nowait(item)
+
+            reader = asyncio.ensure_future(read())
+            while not finished.is_set():
+                first = await _next(queue, finished)
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < 32 and not queue.empty():
+                    batch.append(queue.get_nowait())
+                await report(worker, batch)
+            call.cancel()
+            reader.cancel()
+
+        workers = [streamed(i) if stream else work(i) for i in range(args.clients)]
+        await asyncio.gather(*(produce() for _ in range(2)), *workers)
+        return args.tasks / (time.monotonic() - started)
+
+
+async def _next(queue: asyncio.Queue, finished: asyncio.Event):  # type: ignore[no-untyped-def]
+    getter = asyncio.ensure_future(queue.get())
+    waiter = asyncio.ensure_future(finished.wait())
+    await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    return None
+
+
+async def main(args: argparse.Namespace) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        srv = ServerProcess(tmp, ["--shards", str(args.shards), "--grpc-port", "0",
+                                  "--queue-depth-threshold", "10000000"]).start()
+        try:
+            url, target = srv.url, f"127.0.0.1:{srv.ready_fields['grpc_port']}"
+            async with grpc.aio.insecure_channel(target) as channel:  # the gateway sees every shard
+                await channel.channel_ready()
+            out = await submit_phases(url, target, args)
+            out["tcp_lifecycle"] = await tcp_lifecycle(url, "l.tcp", args, spread=True)
+            out["tcp_lifecycle_one_lane"] = await tcp_lifecycle(url, "l.tcp1", args, spread=False)
+            out["grpc_lifecycle"] = await grpc_lifecycle(target, "l.grpc", args, stream=False)
+            out["grpc_lifecycle_stream"] = await grpc_lifecycle(target, "l.grpcs", args, stream=True)
+            return out
+        finally:
+            srv.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = uvloop.run(main(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, rate in result.items():
+            print(f"{name:28s} {rate:12,.0f} tasks/s")
