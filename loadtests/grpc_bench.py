@@ -9,12 +9,15 @@ Phases, each on its own task type so that none sees another's tasks:
   (Tasks.Submit);
 - lifecycle phases put ``--tasks`` tasks through submit (batches of 100), claim and result with
   ``--clients`` workers: ``tcp_lifecycle`` (AsyncClient: claim max 32, one RESULT per claim),
-  ``tcp_lifecycle_one_lane`` (the same with spread=False: one connection, to whichever shard the
-  acceptor picked, so RESULTs of the other shard's tasks cross the shard mesh: what a gRPC server
-  per shard behind SO_REUSEPORT would cost, where the kernel, not the task id, picks the shard),
+  ``tcp_lifecycle_one_lane`` (a spread=False client, one connection, per producer and per worker,
+  each on the shard the acceptor picked: claims of work another shard holds, and their RESULTs,
+  cross the shard mesh; what a gRPC server per shard behind SO_REUSEPORT would cost, where the
+  kernel, not the task id, picks each connection's shard),
   ``grpc_lifecycle`` (Workers.Claim max 32 + ReportResults) and ``grpc_lifecycle_stream``
   (Workers.ClaimStream with max_in_flight 64, ReportResults in batches of up to 32).
-The clients share one event loop in this process, on the same machine as the server.
+Each lifecycle phase also reports the requests the shards forwarded to each other during it, per
+100 tasks (GET_STATS ``forwarded``): the hops. The clients share one event loop in this process,
+on the same machine as the server.
 """
 
 from __future__ import annotations
@@ -85,13 +88,17 @@ async def _one(call: Awaitable[object]) -> int:
 
 
 async def tcp_lifecycle(url: str, type: str, args: argparse.Namespace, spread: bool) -> float:
-    client = AsyncClient(url, spread=spread)
+    # spread: one client, a lane per shard. Not: a client (one connection) per producer and per
+    # worker, each on the shard the acceptor picks, as a kernel would under SO_REUSEPORT.
+    shared = AsyncClient(url, spread=True) if spread else None
+    clients = [shared or AsyncClient(url, spread=False) for _ in range(2 + args.clients)]
     started = time.monotonic()
     left = args.tasks
     done = 0
 
-    async def produce() -> None:
+    async def produce(i: int) -> None:
         nonlocal left
+        client = clients[args.clients + i]
         while left > 0:
             n = min(100, left)
             left -= n
@@ -99,6 +106,7 @@ async def tcp_lifecycle(url: str, type: str, args: argparse.Namespace, spread: b
 
     async def work(i: int) -> None:
         nonlocal done
+        client = clients[i]
         while done < args.tasks:
             tasks = await client.claim(f"tw-{type}-{i}", max=32, wait=0.2, types=[type])
             if tasks:
@@ -106,9 +114,10 @@ async def tcp_lifecycle(url: str, type: str, args: argparse.Namespace, spread: b
                     {"id": t.id, "attempt": t.attempt, "status": "completed"}, b"") for t in tasks])
                 done += len(tasks)
 
-    await asyncio.gather(*(produce() for _ in range(2)), *(work(i) for i in range(args.clients)))
+    await asyncio.gather(*(produce(i) for i in range(2)), *(work(i) for i in range(args.clients)))
     rate = args.tasks / (time.monotonic() - started)
-    await client.close()
+    for client in set(clients):
+        await client.close()
     return rate
 
 
@@ -181,6 +190,12 @@ async def _next(queue: asyncio.Queue, finished: asyncio.Event):  # type: ignore[
     return None
 
 
+async def hops(url: str) -> int:
+    """Requests forwarded between shards so far (GET_STATS ``forwarded`` of every shard)."""
+    async with AsyncClient(url, spread=False) as client:
+        return sum(int(s.get("forwarded", 0)) for s in (await client.stats())["shards"])
+
+
 async def main(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         srv = ServerProcess(tmp, ["--shards", str(args.shards), "--grpc-port", "0",
@@ -190,10 +205,17 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             async with grpc.aio.insecure_channel(target) as channel:  # the gateway sees every shard
                 await channel.channel_ready()
             out = await submit_phases(url, target, args)
-            out["tcp_lifecycle"] = await tcp_lifecycle(url, "l.tcp", args, spread=True)
-            out["tcp_lifecycle_one_lane"] = await tcp_lifecycle(url, "l.tcp1", args, spread=False)
-            out["grpc_lifecycle"] = await grpc_lifecycle(target, "l.grpc", args, stream=False)
-            out["grpc_lifecycle_stream"] = await grpc_lifecycle(target, "l.grpcs", args, stream=True)
+            phases = {
+                "tcp_lifecycle": lambda: tcp_lifecycle(url, "l.tcp", args, spread=True),
+                "tcp_lifecycle_one_lane": lambda: tcp_lifecycle(url, "l.tcp1", args, spread=False),
+                "grpc_lifecycle": lambda: grpc_lifecycle(target, "l.grpc", args, stream=False),
+                "grpc_lifecycle_stream": lambda: grpc_lifecycle(target, "l.grpcs", args, stream=True),
+            }
+            for name, phase in phases.items():
+                before = await hops(url)
+                out[name] = await phase()
+                # Requests the shards forwarded to each other, per 100 tasks.
+                out[name + "_hops_per_100"] = (await hops(url) - before) * 100 / args.tasks
             return out
         finally:
             srv.stop()
@@ -212,4 +234,5 @@ if __name__ == "__main__":
         print(json.dumps(result))
     else:
         for name, rate in result.items():
-            print(f"{name:28s} {rate:12,.0f} tasks/s")
+            unit = "hops per 100 tasks" if name.endswith("_hops_per_100") else "tasks/s"
+            print(f"{name:36s} {rate:12,.1f} {unit}")

@@ -16,6 +16,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -32,6 +33,7 @@ from shardq.grpc.upstream import Upstream
 
 log = logging.getLogger("shardq.grpc")
 
+T = TypeVar("T")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 INSECURE = ("API keys are not accepted over plaintext from a non-loopback address: connect with TLS, "
@@ -45,6 +47,16 @@ class Gate:
         self.upstream = upstream
         self.auth = auth
         self.tls = tls
+        self.draining = asyncio.Event()  # SIGTERM: streams end (UNAVAILABLE: call again elsewhere)
+
+    async def until_draining(self, work: asyncio.Future[T]) -> T | None:
+        """``work``'s result, or None when the drain starts first (``work`` is left running)."""
+        drain = asyncio.ensure_future(self.draining.wait())
+        try:
+            await asyncio.wait((work, drain), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drain.cancel()
+        return work.result() if work.done() else None
 
     async def key_of(self, context: grpc.aio.ServicerContext) -> str | None:
         if not self.auth.enabled:
@@ -128,8 +140,10 @@ def streaming(handler: StreamHandler[Req, Resp]) -> Callable[[Any, Req, grpc.aio
         key = await gate.key_of(context)
         client = gate.upstream.client(key)
         try:
-            async with asyncio.timeout(_deadline(context)):
-                async for item in handler(self, request, client, context):
+            # aclosing: a cancelled call runs the handler's cleanup now, not when it is collected
+            async with asyncio.timeout(_deadline(context)), contextlib.aclosing(
+                    handler(self, request, client, context)) as items:
+                async for item in items:
                     yield item
         except (WireError, TimeoutError, ConnectionClosed, OSError) as exc:
             await _failed(gate, key, context, exc)

@@ -12,8 +12,8 @@ Rules:
    (grpc's dynamic credentials), as every listener of the broker does.
 3. Health: the overall service ("") and each shardq service are SERVING once every shard answers
    a PING, NOT_SERVING while any does not; checked every second (upstream.py rule 4).
-4. SIGTERM: stop taking calls, let those in flight finish for up to ``DRAIN_S`` (claim streams end
-   and release what they held), close the clients, exit 0.
+4. SIGTERM: stop taking calls, end the streams (UNAVAILABLE: claim streams release what they
+   held), let unary calls in flight finish for up to ``DRAIN_S``, close the clients, exit 0.
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ async def serve(cfg: Config, tcp_port: int, run_dir: str, shards: int, grpc_port
     await stop.wait()
     log.info("draining: no new gRPC calls; up to %.0f s for those in flight", DRAIN_S)
     watcher.cancel()
+    gate.draining.set()  # the streams end now; unary calls in flight finish
     await server.stop(DRAIN_S)
     await workers.close()
     await upstream.close()

@@ -7,8 +7,9 @@ named as the rpc, decorated with ``unary`` or ``streaming``, calling the client.
 The claim stream (``ClaimStream``): the gateway claims with a long poll of ``STREAM_POLL_S`` for
 as many tasks as the stream has room for (``max_in_flight`` less what it delivered and the worker
 has not reported through ``ReportResults`` or lost per ``Heartbeat``), and sends each as it comes.
-When the stream ends (the worker cancelled it, or went away), what it delivered and was not
-reported is released at once, and so is whatever a claim still in flight brings back.
+When the stream ends (the worker cancelled it, or went away, or the gateway drains: then the stream
+ends UNAVAILABLE), what it delivered and was not reported is released at once, and so is whatever
+a claim still in flight brings back. A drain ends WatchTask streams UNAVAILABLE too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import grpc
 from shardq.client import requests as rq
 from shardq.client.aio import AsyncClient
 from shardq.client.models import TaskInfo
-from shardq.errors import BadRequest, NotFound
+from shardq.errors import BadRequest, NotFound, Unavailable
 from shardq.grpc import convert
 from shardq.grpc.calls import Gate, streaming, unary
 from shardq.protocol.frames import MsgType
@@ -38,6 +39,7 @@ MAX_IN_FLIGHT = 1000       # as CLAIM's max
 WATCH_POLL_MS = 50         # WatchTask's default, as the client's wait()
 WATCH_MIN_POLL_MS = 10
 TERMINAL = frozenset(("completed", "dead_letter", "cancelled"))
+DRAINING = "the gRPC gateway is shutting down: call again (another server, or this one once restarted)"
 Ctx = grpc.aio.ServicerContext
 
 
@@ -102,6 +104,8 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
         poll = max(WATCH_MIN_POLL_MS, request.poll_ms or WATCH_POLL_MS) / 1000
         last: tuple[Any, ...] | None = None
         while True:
+            if self.gate.draining.is_set():
+                raise Unavailable(DRAINING)
             info = await client.status(request.id, with_result=True)
             if info is None:
                 raise NotFound(f"no task {request.id}")
@@ -183,10 +187,15 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
         claim: asyncio.Future[list[TaskInfo]] | None = None
         try:
             while True:
-                await flow.room.wait()
+                room = asyncio.ensure_future(flow.room.wait())
+                if await self.gate.until_draining(room) is None:
+                    room.cancel()
+                    raise Unavailable(DRAINING)
                 claim = asyncio.ensure_future(client.claim(worker_id, max=limit - len(flow.held),
                                                            wait=STREAM_POLL_S, types=types))
-                tasks = await asyncio.shield(claim)
+                tasks = await self.gate.until_draining(claim)
+                if tasks is None:
+                    raise Unavailable(DRAINING)  # the claim in flight is released below
                 claim = None
                 for task in tasks:
                     flow.took(task)
