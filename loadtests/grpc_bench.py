@@ -15,8 +15,9 @@ Phases, each on its own task type so that none sees another's tasks:
   kernel, not the task id, picks each connection's shard),
   ``grpc_lifecycle`` (Workers.Claim max 32 + ReportResults) and ``grpc_lifecycle_stream``
   (Workers.ClaimStream with max_in_flight 64, ReportResults in batches of up to 32).
-Each lifecycle phase also reports the requests the shards forwarded to each other during it, per
-100 tasks (GET_STATS ``forwarded``): the hops. The clients share one event loop in this process,
+Each phase also reports the CPU microseconds per task of the broker's processes, of the gateway,
+and of this process (the clients), and each lifecycle phase the requests the shards forwarded to
+each other during it, per 100 tasks (GET_STATS ``forwarded``): the hops. The clients share one event loop in this process,
 on the same machine as the server.
 """
 
@@ -30,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
+import psutil
 import uvloop
 
 from shardq.client.aio import AsyncClient
@@ -40,8 +42,8 @@ from shardq.v1 import task_pb2, tasks_pb2, tasks_pb2_grpc, workers_pb2, workers_
 PAYLOAD = b'{"to":"ada@example.com","subject":"hello","n":12345}'
 
 
-async def timed(seconds: float, clients: int, call: Callable[[], Awaitable[int]]) -> float:
-    """Tasks/s of ``clients`` callers looping ``call`` (it returns how many tasks it did)."""
+async def timed(seconds: float, clients: int, call: Callable[[], Awaitable[int]]) -> tuple[float, int]:
+    """(tasks/s, tasks) of ``clients`` callers looping ``call`` (it returns how many tasks it did)."""
     stop = time.monotonic() + seconds
     done = [0] * clients
 
@@ -51,26 +53,53 @@ async def timed(seconds: float, clients: int, call: Callable[[], Awaitable[int]]
 
     started = time.monotonic()
     await asyncio.gather(*(loop(i) for i in range(clients)))
-    return sum(done) / (time.monotonic() - started)
+    return sum(done) / (time.monotonic() - started), sum(done)
 
 
 def specs(type: str, n: int) -> list[task_pb2.TaskSpec]:
     return [task_pb2.TaskSpec(type=type, payload=PAYLOAD) for _ in range(n)]
 
 
-async def submit_phases(url: str, target: str, args: argparse.Namespace) -> dict[str, float]:
-    out = {}
+class Cpu:
+    """CPU seconds used by the server's processes (the gateway apart) and by this one (the clients)."""
+
+    def __init__(self, server_pid: int) -> None:
+        kids = psutil.Process(server_pid).children()
+        self.gateway = [p for p in kids if "grpc" in " ".join(p.cmdline())]
+        self.broker = [p for p in kids if p not in self.gateway]
+        self.me = psutil.Process()
+
+    def now(self) -> tuple[float, float, float]:
+        def used(ps: list[psutil.Process]) -> float:
+            return sum(sum(p.cpu_times()[:2]) for p in ps)
+        return used(self.broker), used(self.gateway), used([self.me])
+
+
+async def measured(out: dict[str, float], name: str, cpu: Cpu, phase: Callable[[], Awaitable[tuple[float, int]]]) -> None:
+    """Run ``phase`` (it returns (tasks/s, tasks)); record its rate and CPU microseconds per task."""
+    before = cpu.now()
+    rate, tasks = await phase()
+    after = cpu.now()
+    out[name] = rate
+    for label, b, a in zip(("broker", "gateway", "client"), before, after):
+        out[f"{name}_{label}_cpu_us"] = (a - b) * 1e6 / max(1, tasks)
+
+
+async def submit_phases(url: str, target: str, args: argparse.Namespace, cpu: Cpu) -> dict[str, float]:
+    out: dict[str, float] = {}
     tcp = AsyncClient(url)
     jobs = [Job("s.tcp", PAYLOAD) for _ in range(100)]
-    out["tcp_submit_batch_100"] = await timed(args.seconds, args.clients, lambda: _n(tcp.submit_many(jobs)))
+    await measured(out, "tcp_submit_batch_100", cpu,
+                   lambda: timed(args.seconds, args.clients, lambda: _n(tcp.submit_many(jobs))))
     await tcp.close()
     async with grpc.aio.insecure_channel(target) as channel:
         stub = tasks_pb2_grpc.TasksStub(channel)
         batch = tasks_pb2.SubmitBatchRequest(tasks=specs("s.grpc", 100))
-        out["grpc_submit_batch_100"] = await timed(
-            args.seconds, args.clients, lambda: _n_ids(stub.SubmitBatch(batch)))
+        await measured(out, "grpc_submit_batch_100", cpu,
+                       lambda: timed(args.seconds, args.clients, lambda: _n_ids(stub.SubmitBatch(batch))))
         one = tasks_pb2.SubmitRequest(task=specs("s.grpc1", 1)[0])
-        out["grpc_submit_1"] = await timed(args.seconds, args.clients, lambda: _one(stub.Submit(one)))
+        await measured(out, "grpc_submit_1", cpu,
+                       lambda: timed(args.seconds, args.clients, lambda: _one(stub.Submit(one))))
     return out
 
 
@@ -190,6 +219,10 @@ async def _next(queue: asyncio.Queue, finished: asyncio.Event):  # type: ignore[
     return None
 
 
+async def _with_count(rate: Awaitable[float], tasks: int) -> tuple[float, int]:
+    return await rate, tasks
+
+
 async def hops(url: str) -> int:
     """Requests forwarded between shards so far (GET_STATS ``forwarded`` of every shard)."""
     async with AsyncClient(url, spread=False) as client:
@@ -204,7 +237,8 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             url, target = srv.url, f"127.0.0.1:{srv.ready_fields['grpc_port']}"
             async with grpc.aio.insecure_channel(target) as channel:  # the gateway sees every shard
                 await channel.channel_ready()
-            out = await submit_phases(url, target, args)
+            cpu = Cpu(srv.pid)
+            out = await submit_phases(url, target, args, cpu)
             phases = {
                 "tcp_lifecycle": lambda: tcp_lifecycle(url, "l.tcp", args, spread=True),
                 "tcp_lifecycle_one_lane": lambda: tcp_lifecycle(url, "l.tcp1", args, spread=False),
@@ -213,7 +247,7 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             }
             for name, phase in phases.items():
                 before = await hops(url)
-                out[name] = await phase()
+                await measured(out, name, cpu, lambda p=phase: _with_count(p(), args.tasks))
                 # Requests the shards forwarded to each other, per 100 tasks.
                 out[name + "_hops_per_100"] = (await hops(url) - before) * 100 / args.tasks
             return out
@@ -234,5 +268,6 @@ if __name__ == "__main__":
         print(json.dumps(result))
     else:
         for name, rate in result.items():
-            unit = "hops per 100 tasks" if name.endswith("_hops_per_100") else "tasks/s"
+            unit = ("hops per 100 tasks" if name.endswith("_hops_per_100")
+                    else "CPU us per task" if name.endswith("_cpu_us") else "tasks/s")
             print(f"{name:36s} {rate:12,.1f} {unit}")
