@@ -6,7 +6,8 @@ named as the rpc, decorated with ``unary`` or ``streaming``, calling the client.
 
 The claim stream (``ClaimStream``): the gateway claims with a long poll of ``STREAM_POLL_S`` for
 as many tasks as the stream has room for (``max_in_flight`` less what it delivered and the worker
-has not reported through ``ReportResults`` or lost per ``Heartbeat``), and sends each as it comes.
+has not reported through ``ReportResults`` or lost per ``Heartbeat``), once a quarter of it is
+free (``Flow``), and sends each as it comes.
 When the stream ends (the worker cancelled it, or went away, or the gateway drains: then the stream
 ends UNAVAILABLE), what it delivered and was not reported is released at once, and so is whatever
 a claim still in flight brings back. A drain ends WatchTask streams UNAVAILABLE too.
@@ -129,21 +130,24 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
 
 
 class Flow:
-    """One claim stream's tasks delivered and not yet reported, and its room for more."""
+    """One claim stream's tasks delivered and not yet reported, and its room for more: it claims
+    again once a quarter of ``limit`` (at least 1) is free, so that a stream refilled by one report
+    at a time does not turn into one CLAIM per task."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.refill_at = limit - max(1, limit // 4)  # claim again at or below this many held
         self.held: dict[str, TaskInfo] = {}
         self.room = asyncio.Event()
         self.room.set()
 
     def took(self, task: TaskInfo) -> None:
         self.held[task.id] = task
-        if len(self.held) >= self.limit:
+        if len(self.held) > self.refill_at:
             self.room.clear()
 
     def done(self, task_id: str) -> None:
-        if self.held.pop(task_id, None) is not None and len(self.held) < self.limit:
+        if self.held.pop(task_id, None) is not None and len(self.held) <= self.refill_at:
             self.room.set()
 
 
