@@ -188,8 +188,9 @@ async def grpc_lifecycle(target: str, type: str, args: argparse.Namespace, strea
             queue: asyncio.Queue[workers_pb2.ClaimedTask] = asyncio.Queue()
 
             async def read() -> None:
-                async for item in call:
-                    queue.put_nowait(item)
+                async for message in call:
+                    for item in message.tasks:
+                        queue.put_nowait(item)
 
             reader = asyncio.ensure_future(read())
             while not finished.is_set():

@@ -7,7 +7,7 @@ named as the rpc, decorated with ``unary`` or ``streaming``, calling the client.
 The claim stream (``ClaimStream``): the gateway claims with a long poll of ``STREAM_POLL_S`` for
 as many tasks as the stream has room for (``max_in_flight`` less what it delivered and the worker
 has not reported through ``ReportResults`` or lost per ``Heartbeat``), once a quarter of it is
-free (``Flow``), and sends each as it comes.
+free (``Flow``), and sends what each claim brings as one message.
 When the stream ends (the worker cancelled it, or went away, or the gateway drains: then the stream
 ends UNAVAILABLE), what it delivered and was not reported is released at once, and so is whatever
 a claim still in flight brings back. A drain ends WatchTask streams UNAVAILABLE too.
@@ -181,7 +181,7 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
 
     @streaming
     async def ClaimStream(self, request: wpb.ClaimStreamRequest, client: AsyncClient,
-                          context: Ctx) -> AsyncIterator[wpb.ClaimedTask]:
+                          context: Ctx) -> AsyncIterator[wpb.ClaimResponse]:
         limit = request.max_in_flight or 1
         if limit > MAX_IN_FLIGHT:
             raise BadRequest(f"max_in_flight: must be 1..{MAX_IN_FLIGHT}, got {limit}")
@@ -203,8 +203,8 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
                 claim = None
                 for task in tasks:
                     flow.took(task)
-                for task in tasks:
-                    yield wpb.ClaimedTask(task=convert.task(task))
+                if tasks:
+                    yield wpb.ClaimResponse(tasks=[wpb.ClaimedTask(task=convert.task(t)) for t in tasks])
         finally:
             streams = self.flows.get(worker_id)
             if streams is not None:

@@ -48,7 +48,7 @@ class WorkersStub:
         self.ClaimStream = channel.unary_stream(
                 '/shardq.v1.Workers/ClaimStream',
                 request_serializer=shardq_dot_v1_dot_workers__pb2.ClaimStreamRequest.SerializeToString,
-                response_deserializer=shardq_dot_v1_dot_workers__pb2.ClaimedTask.FromString,
+                response_deserializer=shardq_dot_v1_dot_workers__pb2.ClaimResponse.FromString,
                 _registered_method=True)
         self.ReportResults = channel.unary_unary(
                 '/shardq.v1.Workers/ReportResults',
@@ -90,6 +90,8 @@ class WorkersServicer:
         """Tasks as they become ready, never more than max_in_flight leased-and-unreported at once.
         Server stream: no claim round trip per task. Cancelling the stream releases the leases it
         delivered that were not reported (they go back to pending at once, not counted as a retry).
+        Each message carries the tasks one claim leased (1 or more): a message per task would cost
+        the stream's per-message overhead on every task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,7 +134,7 @@ def add_WorkersServicer_to_server(servicer, server):
             'ClaimStream': grpc.unary_stream_rpc_method_handler(
                     servicer.ClaimStream,
                     request_deserializer=shardq_dot_v1_dot_workers__pb2.ClaimStreamRequest.FromString,
-                    response_serializer=shardq_dot_v1_dot_workers__pb2.ClaimedTask.SerializeToString,
+                    response_serializer=shardq_dot_v1_dot_workers__pb2.ClaimResponse.SerializeToString,
             ),
             'ReportResults': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportResults,
@@ -231,7 +233,7 @@ class Workers:
             target,
             '/shardq.v1.Workers/ClaimStream',
             shardq_dot_v1_dot_workers__pb2.ClaimStreamRequest.SerializeToString,
-            shardq_dot_v1_dot_workers__pb2.ClaimedTask.FromString,
+            shardq_dot_v1_dot_workers__pb2.ClaimResponse.FromString,
             options,
             channel_credentials,
             insecure,

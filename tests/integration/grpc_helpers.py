@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -30,6 +30,14 @@ class Api:
 
     def w(self, name: str, request: Any, **kw: Any) -> Any:
         return getattr(self.workers, name)(request, metadata=self.metadata, timeout=kw.pop("timeout", 30), **kw)
+
+
+def claimed(stream: Iterator[Any]) -> Iterator[Any]:
+    """The tasks of a ClaimStream, one by one (each message holds what one claim leased)."""
+    for message in stream:
+        assert message.tasks, "a ClaimStream message without tasks"
+        for item in message.tasks:
+            yield item.task
 
 
 def grpc_port(srv: ServerProcess) -> int:

@@ -13,14 +13,14 @@ import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2
-from grpc_helpers import Api, details, failure, grpc_port, serving, until
+from grpc_helpers import Api, claimed, details, failure, grpc_port, serving, until
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from shardq import keys as K
 from shardq.testing import ServerProcess
 from shardq.v1 import task_pb2, tasks_pb2, workers_pb2
 
-DEPTH = 300  # the server's queue depth threshold: a batch over it is QueueFull
+DEPTH = 2000  # the server's queue depth threshold: a batch over it is QueueFull
 SC = grpc.StatusCode
 
 
@@ -149,13 +149,14 @@ def test_claim_stream_keeps_max_in_flight_and_cancel_releases(root: Api) -> None
     stream = root.workers.ClaimStream(workers_pb2.ClaimStreamRequest(worker_id="sw", max_in_flight=2,
                                                                      types=["stream.a"]),
                                       metadata=root.metadata, timeout=60)
-    a, b = next(stream).task, next(stream).task
+    tasks = claimed(stream)
+    a, b = next(tasks), next(tasks)
     # Two delivered, not reported: nothing more is leased until one is.
     time.sleep(0.3)  # give a third claim a chance to happen if the limit were not kept
     assert sorted(_status(root, ids)).count("in_progress") == 2
     root.w("ReportResults", workers_pb2.ReportResultsRequest(worker_id="sw", results=[
         workers_pb2.TaskResult(id=a.id, attempt=a.attempt, completed=b"")]))
-    c = next(stream).task
+    c = next(tasks)
     assert c.id not in (a.id, b.id)
     stream.cancel()
     # b and c were delivered and never reported: back to pending at once, not as a retry.
@@ -181,16 +182,16 @@ def test_claim_streams_under_load_with_workers_coming_and_going(root: Api) -> No
                                           metadata=root.metadata, timeout=60)
         streams.append(stream)
         try:
-            for count, item in enumerate(stream):
+            for count, task in enumerate(claimed(stream)):
                 if quit_after is not None and count >= quit_after:
                     stream.cancel()  # goes away holding tasks: they must come back
                     return
                 answer = root.w("ReportResults", workers_pb2.ReportResultsRequest(worker_id=worker, results=[
-                    workers_pb2.TaskResult(id=item.task.id, attempt=item.task.attempt, completed=b"")]))
+                    workers_pb2.TaskResult(id=task.id, attempt=task.attempt, completed=b"")]))
                 with lock:
                     assert answer.answers[0].ok, answer
-                    assert item.task.id not in done  # completed at most once
-                    done[item.task.id] = worker
+                    assert task.id not in done  # completed at most once
+                    done[task.id] = worker
         except grpc.RpcError as err:
             assert err.code() is SC.CANCELLED, err
 

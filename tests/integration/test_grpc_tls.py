@@ -92,7 +92,7 @@ def test_sigterm_drains_the_gateway_too(tls_server) -> None:
     tid = api.t("Submit", tasks_pb2.SubmitRequest(task=task_pb2.TaskSpec(type="tls.drain"))).id
     stream = api.workers.ClaimStream(workers_pb2.ClaimStreamRequest(worker_id="dw", max_in_flight=1,
                                                                      types=["tls.drain"]), timeout=60)
-    assert next(stream).task.id == tid
+    assert [t.task.id for t in next(stream).tasks] == [tid]
     started = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
     with pytest.raises(grpc.RpcError) as err:
