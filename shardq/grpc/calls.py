@@ -93,6 +93,8 @@ async def _failed(gate: Gate, key: str | None, context: grpc.aio.ServicerContext
     if isinstance(exc, WireError):
         if isinstance(exc, Unauthorized):
             gate.upstream.forget(key)
+            # The shards saw the gateway's address: say whose call it was.
+            log.warning("gRPC call from %s refused: %s", context.peer(), exc.message)
         await abort(context, status_of_error(exc))
     if isinstance(exc, TimeoutError):
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed")

@@ -292,7 +292,8 @@ class Supervisor:
                 self._start(child)
 
     def _drain(self) -> int:
-        log.info("draining: acceptor, then %d shard(s), then the coordinator",
+        log.info("draining: acceptor%s, then %d shard(s), then the coordinator",
+                 " and gRPC gateway" if any(c.name == "grpc" for c in self.children) else "",
                  sum(1 for c in self.children if c.name.startswith("shard-")))
         if self.listener is not None:
             self.listener.close()  # connections not yet accepted are refused, not left hanging
