@@ -35,11 +35,13 @@ from shardq.grpc.calls import Gate
 from shardq.grpc.handlers import TasksService, WorkersService
 from shardq.grpc.upstream import HEALTH_EVERY_S, Upstream, all_serve
 from shardq.process import EXIT_BIND, EXIT_CONFIG, start_child
+from shardq.protocol.frames import MAX_FRAME
 from shardq.v1 import tasks_pb2, tasks_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 log = logging.getLogger("shardq.grpc")
 
 DRAIN_S = 10.0
+MESSAGE_MAX = MAX_FRAME + 64 * 1024  # a frame's worth, plus protobuf's field overhead
 SERVICES = tuple(s.full_name for m in (tasks_pb2, workers_pb2) for s in m.DESCRIPTOR.services_by_name.values())
 
 
@@ -101,7 +103,13 @@ async def serve(cfg: Config, tcp_port: int, run_dir: str, shards: int, grpc_port
     upstream = Upstream(api, cfg.broker.host, tcp_port)
     gate = Gate(upstream, cfg.auth, api.tls_enabled)
     tasks, workers = TasksService(gate), WorkersService(gate)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    server = grpc.aio.server(options=[
+        ("grpc.so_reuseport", 1),
+        # grpc's default 4 MiB would refuse what the protocol takes (a 10 MiB payload, a batch up to
+        # a frame); the shards' own limits then answer with the protocol's errors.
+        ("grpc.max_receive_message_length", MESSAGE_MAX),
+        ("grpc.max_send_message_length", MESSAGE_MAX),
+    ])
     tasks_pb2_grpc.add_TasksServicer_to_server(tasks, server)
     workers_pb2_grpc.add_WorkersServicer_to_server(workers, server)
     checker = health.aio.HealthServicer()

@@ -39,7 +39,9 @@ def server(tmp_path_factory):
                                           "--queue-depth-threshold", str(DEPTH)],
                         env={"SHARDQ_AUTH__ENABLED": "true",
                              "SHARDQ_AUTH__KEYS_FILE": str(d / "keys.yaml")}).start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port(srv)}")
+    # A client that takes payloads over grpc's 4 MiB default says so (docs/grpc.md).
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port(srv)}",
+                                    options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)])
     until(lambda: serving(Api(channel)), what="health SERVING")
     yield srv, channel, secrets
     channel.close()
@@ -325,3 +327,17 @@ def test_kill_9_of_the_gateway_under_load_loses_nothing(server, root: Api) -> No
         found += [t.found for t in root.t("GetTasks", tasks_pb2.GetTasksRequest(ids=acked[i:i + 100])).tasks]
     assert all(found) and len(found) == len(acked)  # every acknowledged task is there
     assert any("grpc (pid" in line and "restarting" in line for line in srv.stderr_lines)
+
+
+def test_large_payloads_up_to_the_protocol_limit(root: Api) -> None:
+    """grpc's default 4 MiB message limit is raised to the protocol's: a 5 MiB payload goes in and
+    comes back; one over the protocol's 10 MiB is the protocol's TooLarge, as INVALID_ARGUMENT."""
+    big = b"x" * (5 * 1024 * 1024)
+    tid = root.t("Submit", tasks_pb2.SubmitRequest(task=spec(type="big.x", payload=big))).id
+    got = root.w("Claim", workers_pb2.ClaimRequest(worker_id="big", max=1, wait_ms=5000, types=["big.x"])).tasks
+    assert got[0].task.id == tid and got[0].task.payload == big
+    root.w("ReportResults", workers_pb2.ReportResultsRequest(worker_id="big", results=[
+        workers_pb2.TaskResult(id=tid, attempt=got[0].task.attempt, completed=b"")]))
+    err = failure(lambda: root.t("Submit", tasks_pb2.SubmitRequest(
+        task=spec(type="big.x", payload=b"x" * (10 * 1024 * 1024 + 1)))))
+    assert err.code() is SC.INVALID_ARGUMENT and details(err)["ErrorInfo"].reason == "TooLarge", err.details()
