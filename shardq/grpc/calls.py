@@ -8,8 +8,8 @@ Rules:
    Bearer <key>``, and a key is not accepted over plaintext from a non-loopback peer unless
    ``auth.allow_insecure`` (docs/security.md).
 2. A call's deadline bounds its work (``asyncio.timeout``): DEADLINE_EXCEEDED when it runs out.
-3. Every shardq error becomes its status (status.py); a broken connection to the shards is
-   UNAVAILABLE (the client behind it reconnects on the next call); Unauthorized drops the key's
+3. Every shardq error becomes its status (status.py); a broken connection to the shards (or a
+   TLS failure on it) is UNAVAILABLE (the client behind it reconnects on the next call); Unauthorized drops the key's
    client.
 """
 
@@ -27,7 +27,7 @@ import grpc
 
 from shardq.client.connection import ConnectionClosed
 from shardq.config import AuthConfig
-from shardq.errors import Unauthorized, WireError
+from shardq.errors import TLSError, Unauthorized, WireError
 from shardq.grpc.status import abort, status_of, status_of_error
 from shardq.grpc.upstream import Upstream
 
@@ -98,9 +98,13 @@ async def _failed(gate: Gate, key: str | None, context: grpc.aio.ServicerContext
         await abort(context, status_of_error(exc))
     if isinstance(exc, TimeoutError):
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed")
-    if isinstance(exc, ConnectionClosed | OSError):
+    if isinstance(exc, ConnectionClosed | OSError | TLSError):
         await abort(context, status_of("Unavailable", f"the broker's shards are unavailable: {exc}"))
     raise exc
+
+
+# What a handler's call to the shards may raise, each ended with its status by ``_failed``.
+_FAILURES = (WireError, TimeoutError, ConnectionClosed, OSError, TLSError)
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -122,7 +126,7 @@ def unary(handler: Handler[Req, Resp]) -> Callable[[Any, Req, grpc.aio.ServicerC
         try:
             async with asyncio.timeout(_deadline(context)):
                 return await handler(self, request, client, context)
-        except (WireError, TimeoutError, ConnectionClosed, OSError) as exc:
+        except _FAILURES as exc:
             await _failed(gate, key, context, exc)
             raise  # not reached: _failed aborts
 
@@ -147,7 +151,7 @@ def streaming(handler: StreamHandler[Req, Resp]) -> Callable[[Any, Req, grpc.aio
                     handler(self, request, client, context)) as items:
                 async for item in items:
                     yield item
-        except (WireError, TimeoutError, ConnectionClosed, OSError) as exc:
+        except _FAILURES as exc:
             await _failed(gate, key, context, exc)
 
     return rpc
