@@ -22,7 +22,7 @@ _FLAG_TYPES: dict[str, Any] = {
     "--host": str, "--port": int, "--data-dir": str, "--shards": str,
     "--sync": str, "--lease-timeout-ms": int, "--heartbeat-interval-ms": int,
     "--queue-depth-threshold": int, "--max-connections": int, "--connection-timeout-ms": int,
-    "--metrics-port": int, "--http-port": int,
+    "--metrics-port": int, "--http-port": int, "--grpc-port": int,
 }
 
 
@@ -42,6 +42,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         if value is not None:
             out[key] = value
+    if "api.grpc_port" in out:
+        out["api.grpc_enabled"] = True  # --grpc-port N: serve the gRPC API there (docs/grpc.md)
     return out
 
 
