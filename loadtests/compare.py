@@ -183,7 +183,7 @@ def _producer(kind: str, port: int, payload: bytes, batch: int, deadline: float,
     while time.time() < deadline:
         client.put_batch(payload, batch)
         sent += batch
-    out.put(("sent", sent))
+    out.put(("sent", sent, _cpu_seconds()))
 
 
 def _consumer(kind: str, port: int, batch: int, deadline: float, out: Any) -> None:
@@ -191,7 +191,13 @@ def _consumer(kind: str, port: int, batch: int, deadline: float, out: Any) -> No
     done = 0
     while time.time() < deadline:
         done += client.take_ack(batch)
-    out.put(("done", done))
+    out.put(("done", done, _cpu_seconds()))
+
+
+def _cpu_seconds() -> float:
+    """This load-generator process's CPU (user + system): whether the client side is the limit."""
+    t = os.times()
+    return t.user + t.system
 
 
 def lifecycle(server: dict[str, Any], payload: int, batch: int, seconds: float,
@@ -209,14 +215,17 @@ def lifecycle(server: dict[str, Any], payload: int, batch: int, seconds: float,
     for p in procs:
         p.start()
     got = {"done": 0, "sent": 0}
+    client_cpu = 0.0
     for _ in procs:
-        key, n = out.get(timeout=seconds + 60)
+        key, n, cpu = out.get(timeout=seconds + 60)
         got[key] += n
+        client_cpu += cpu
     for p in procs:
         p.join(10)
     elapsed = time.time() - t0
     return {"acked": got["done"], "acked_per_s": round(got["done"] / elapsed),
-            "submitted_per_s": round(got["sent"] / elapsed)}
+            "submitted_per_s": round(got["sent"] / elapsed),
+            "client_cpu_us_per_ack": round(client_cpu / got["done"] * 1e6, 1) if got["done"] else None}
 
 
 def _producer_threads(kind: str, port: int, payload: bytes, threads: int, deadline: float, out: Any) -> None:
