@@ -57,6 +57,9 @@ class MsgType(IntEnum):
     NACK = 0x81
 
 
+# MsgType by its byte: an index instead of the enum's call (~1 µs) for every frame decoded.
+_BY_BYTE: tuple[MsgType | None, ...] = tuple(
+    MsgType(b) if b in MsgType._value2member_map_ else None for b in range(256))
 INTERNAL_TYPES = frozenset((MsgType.REPORT, MsgType.STATE, MsgType.WORKER_DEAD))
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80) - INTERNAL_TYPES
 RESPONSE_TYPES = frozenset((MsgType.ACK, MsgType.NACK))
@@ -112,10 +115,19 @@ def frame_size(header: dict[str, Any], blob_len: int) -> int:
     return 1 + 4 + len(orjson.dumps(header)) + blob_len
 
 
-def encode_ack(rid: int | None, body: dict[str, Any], blob: bytes = b"") -> bytes:
-    header = {"rid": rid}
-    header.update(body)
-    return encode(MsgType.ACK, header, blob)
+def encode_ack(rid: int | None, body: dict[str, Any], blob: bytes | bytearray | memoryview = b"") -> bytes:
+    """The ACK whose header is ``{"rid": rid, **body}``, written without building that dict (every
+    answer of the server passes here: the copy and the encoder's walk of it are per request)."""
+    if type(rid) is not int or "rid" in body:
+        header = {"rid": rid}
+        header.update(body)
+        return encode(MsgType.ACK, header, blob)
+    rest = orjson.dumps(body)  # b"{...}": its fields follow the rid's
+    head = b'{"rid":%d,%b' % (rid, rest[1:]) if len(rest) > 2 else b'{"rid":%d}' % rid
+    length = 5 + len(head) + len(blob)
+    if blob:
+        return b"".join((_FRAME_HEAD.pack(length, MsgType.ACK, len(head)), head, blob))
+    return _FRAME_HEAD.pack(length, MsgType.ACK, len(head)) + head
 
 
 def encode_nack(rid: int | None, code: str, message: str, **extra: Any) -> bytes:
@@ -213,7 +225,7 @@ class FrameDecoder:
         if end == len(buf) and buf.__alloc__() > KEEP_BUFFER:
             self._buf = bytearray()  # the frame is cut below from ``buf``; then it is freed
             self._pos = 0
-        mtype = MsgType(msg_type)
+        mtype: MsgType = _BY_BYTE[msg_type]  # type: ignore[assignment]  (accepted: a MsgType)
         body_start = pos + 5
         body_len = length - 1
         if body_len < 4:

@@ -49,6 +49,7 @@ from shardq.protocol.frames import (
     MsgType,
     RawFrame,
     encode,
+    encode_ack,
     encode_nack,
     parse_header,
 )
@@ -198,7 +199,8 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests):
 
     def _account(self) -> int:
         """Count what we hold now, and tell the shard's output budget."""
-        held = self.recount()
+        t = self.transport  # recount(), inlined: this runs twice per request
+        held = self.out_pending + self.reserved + (t.get_write_buffer_size() if t is not None else 0)
         if held != self.held and not self.peer and not self.lost:
             self.held = held
             self.server.out_budget.set(self, held)
@@ -437,9 +439,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests):
             self._ack(rid, body, blob)
 
     def _ack(self, rid: int | None, body: dict[str, Any], blob: bytes = b"") -> None:
-        header = {"rid": rid}
-        header.update(body)
-        self._reply(encode(MsgType.ACK, header, blob))
+        self._reply(encode_ack(rid, body, blob))
 
     def _nack(self, rid: int | None, err: WireError) -> None:
         self._reply(encode_nack(rid, err.code, err.message, **err.extra))
