@@ -225,7 +225,8 @@ class FrameDecoder:
         if end == len(buf) and buf.__alloc__() > KEEP_BUFFER:
             self._buf = bytearray()  # the frame is cut below from ``buf``; then it is freed
             self._pos = 0
-        mtype: MsgType = _BY_BYTE[msg_type]  # type: ignore[assignment]  (accepted: a MsgType)
+        # Accepted above, so a member: the table holds None only for bytes no MsgType has.
+        mtype: MsgType = _BY_BYTE[msg_type]  # type: ignore[assignment]
         body_start = pos + 5
         body_len = length - 1
         if body_len < 4:
