@@ -19,13 +19,17 @@ Workloads (each system gets a fresh server with a temp data dir, stopped afterwa
 beanstalkd runs with its binlog (`-b`): default fsync (`-f 50`: at most every 50 ms) or `-f 0`.
 Redis runs with AOF on, `appendfsync everysec`. The load generator shares the machine's cores.
 Each row also gives the server's CPU (user + system, its children included: shardq's shards)
-per acknowledged task, from psutil before and after the workload.
+per acknowledged task, from psutil before and after the workload, and the load generator's
+(``client_cpu_us_per_ack``, the client processes' own ``os.times``): on a machine whose cores the
+load generator shares, a client that costs more lowers the throughput of its row too. Every client
+uses a blocking socket without a timeout, and its library is imported before the processes fork.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import multiprocessing
 import os
@@ -175,6 +179,14 @@ class Redis:
 
 
 CLIENTS: dict[str, Callable[[int], Any]] = {"shardq": Shardq, "beanstalkd": Beanstalk, "redis": Redis}
+# Each client's library, imported once here before the load processes fork, so that none spends
+# its measured seconds importing (redis-py took ~85 ms of CPU, ~360 ms of wall time on a loaded
+# machine, in each of 8 processes; shardq's client came in with shardq.testing already).
+CLIENT_MODULES = {"shardq": "shardq.client.connection", "beanstalkd": "greenstalk", "redis": "redis"}
+
+
+def preload(kind: str) -> None:
+    importlib.import_module(CLIENT_MODULES[kind])
 
 
 # -- workloads ----------------------------------------------------------------------------------
@@ -205,6 +217,7 @@ def _cpu_seconds() -> float:
 def lifecycle(server: dict[str, Any], payload: int, batch: int, seconds: float,
               clients: int = 1) -> dict[str, Any]:
     """``clients`` producer processes and as many consumers; batch 1 is the unpipelined case."""
+    preload(server["kind"])
     out: Any = multiprocessing.Queue()
     deadline = time.time() + seconds
     procs = []
@@ -249,6 +262,7 @@ def _producer_threads(kind: str, port: int, payload: bytes, threads: int, deadli
 
 def producers(server: dict[str, Any], payload: int, seconds: float, total: int = 64,
               processes: int = 4) -> dict[str, Any]:
+    preload(server["kind"])
     out: Any = multiprocessing.Queue()
     deadline = time.time() + seconds
     procs = [multiprocessing.Process(target=_producer_threads, args=(
