@@ -115,19 +115,10 @@ def frame_size(header: dict[str, Any], blob_len: int) -> int:
     return 1 + 4 + len(orjson.dumps(header)) + blob_len
 
 
-def encode_ack(rid: int | None, body: dict[str, Any], blob: bytes | bytearray | memoryview = b"") -> bytes:
-    """The ACK whose header is ``{"rid": rid, **body}``, written without building that dict (every
-    answer of the server passes here: the copy and the encoder's walk of it are per request)."""
-    if type(rid) is not int or "rid" in body:
-        header = {"rid": rid}
-        header.update(body)
-        return encode(MsgType.ACK, header, blob)
-    rest = orjson.dumps(body)  # b"{...}": its fields follow the rid's
-    head = b'{"rid":%d,%b' % (rid, rest[1:]) if len(rest) > 2 else b'{"rid":%d}' % rid
-    length = 5 + len(head) + len(blob)
-    if blob:
-        return b"".join((_FRAME_HEAD.pack(length, MsgType.ACK, len(head)), head, blob))
-    return _FRAME_HEAD.pack(length, MsgType.ACK, len(head)) + head
+def encode_ack(rid: int | None, body: dict[str, Any], blob: bytes = b"") -> bytes:
+    header = {"rid": rid}
+    header.update(body)
+    return encode(MsgType.ACK, header, blob)
 
 
 def encode_nack(rid: int | None, code: str, message: str, **extra: Any) -> bytes:

@@ -49,7 +49,6 @@ from shardq.protocol.frames import (
     MsgType,
     RawFrame,
     encode,
-    encode_ack,
     encode_nack,
     parse_header,
 )
@@ -439,7 +438,9 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests):
             self._ack(rid, body, blob)
 
     def _ack(self, rid: int | None, body: dict[str, Any], blob: bytes = b"") -> None:
-        self._reply(encode_ack(rid, body, blob))
+        header = {"rid": rid}
+        header.update(body)
+        self._reply(encode(MsgType.ACK, header, blob))
 
     def _nack(self, rid: int | None, err: WireError) -> None:
         self._reply(encode_nack(rid, err.code, err.message, **err.extra))
