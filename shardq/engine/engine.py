@@ -176,8 +176,8 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
                         self.s.default_max_retries if spec.max_retries is None else spec.max_retries,
                         self.s.default_timeout_seconds if spec.timeout_seconds is None else spec.timeout_seconds,
                         len(spec.payload), spec.depends_on)
-            failed_dep = next((d for d in spec.depends_on
-                               if dep_status.get(d) in (DEAD_LETTER, CANCELLED)), None)
+            failed_dep = next((d for d in spec.depends_on if dep_status.get(d) in (DEAD_LETTER, CANCELLED)),
+                              None) if spec.depends_on else None
             if failed_dep is not None:
                 task.status = states.check("submit_dependency_failed", states.NEW)
                 task.error = f"dependency failed: {id_to_str(failed_dep)}"
@@ -189,8 +189,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
             self.store.insert(task, spec.payload)
             self.pending_by_tier[tier_of(task.priority)] += 1
             dep_status[raw_id] = PENDING
-            unmet = [d for d in spec.depends_on if dep_status.get(d) != COMPLETED]
-            if unmet:
+            if spec.depends_on and (unmet := [d for d in spec.depends_on if dep_status.get(d) != COMPLETED]):
                 self._deps.wait(raw_id, unmet)
             else:
                 enqueue(task, now)
@@ -241,6 +240,8 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
     def _batch_order(specs: list[TaskSpec], batch_ids: dict[bytes, int],
                      existing: dict[int, bytes]) -> list[int]:
         """Positions of the new tasks, dependencies first; a cycle is a BadRequest."""
+        if len(specs) == 1:  # one task: nothing in the batch to order it after
+            return [] if existing else [0]
         order: list[int] = []
         state = [0] * len(specs)  # 0 new, 1 visiting, 2 done
         for start in range(len(specs)):

@@ -62,6 +62,9 @@ class MsgType(IntEnum):
     NACK = 0x81
 
 
+# MsgType by its byte: an index instead of the enum's call (~1 µs) for every frame decoded.
+_BY_BYTE: tuple[MsgType | None, ...] = tuple(
+    MsgType(b) if b in MsgType._value2member_map_ else None for b in range(256))
 INTERNAL_TYPES = frozenset((MsgType.REPORT, MsgType.STATE, MsgType.WORKER_DEAD))
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80) - INTERNAL_TYPES
 RESPONSE_TYPES = frozenset((MsgType.ACK, MsgType.NACK))
@@ -218,7 +221,8 @@ class FrameDecoder:
         if end == len(buf) and buf.__alloc__() > KEEP_BUFFER:
             self._buf = bytearray()  # the frame is cut below from ``buf``; then it is freed
             self._pos = 0
-        mtype = MsgType(msg_type)
+        # Accepted above, so a member: the table holds None only for bytes no MsgType has.
+        mtype: MsgType = _BY_BYTE[msg_type]  # type: ignore[assignment]
         body_start = pos + 5
         body_len = length - 1
         if body_len < 4:

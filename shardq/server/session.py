@@ -200,7 +200,8 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSch
 
     def _account(self) -> int:
         """Count what we hold now, and tell the shard's output budget."""
-        held = self.recount()
+        t = self.transport  # recount(), inlined: this runs twice per request
+        held = self.out_pending + self.reserved + (t.get_write_buffer_size() if t is not None else 0)
         if held != self.held and not self.peer and not self.lost:
             self.held = held
             self.server.out_budget.set(self, held)
