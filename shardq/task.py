@@ -68,6 +68,9 @@ _F_WORKER, _F_LEASE, _F_RESULT, _F_ERROR, _F_INLINE, _F_EXTRAS = 1, 2, 4, 8, 16,
 _EXTRAS_LEN = struct.Struct(">I")
 # Every key a record's ``extras`` may hold, with the feature that owns it (one line each).
 EXTRA_KEYS: dict[str, str] = {
+    "expires_at_ms": "expiry: not started by then (epoch ms), it is not run (engine/taskopts.py)",
+    "unique_key": "unique tasks: the key it holds for its type (engine/taskopts.py)",
+    "unique_window_ms": "unique tasks: how long the key stays held after it finished",
 }
 INLINE_PAYLOAD_MAX = 4096
 

@@ -35,7 +35,7 @@ from shardq.config import PERMISSIONS
 from shardq.errors import BadRequest, Forbidden, InvalidState, NotFound, TooLarge, Unauthorized, WireError
 from shardq.patterns import PatternError, TypePatterns
 from shardq.protocol.frames import MAX_FRAME, MsgType
-from shardq.server import routing
+from shardq.server import routing, taskopts
 from shardq.server.claims import Caller, Claimed, Claims
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_NAMES, id_to_str
@@ -202,6 +202,9 @@ class Operations:
                 if not scope.matches(spec.type):
                     raise Forbidden(f"tasks[{i}]: this API key may not submit tasks of type {spec.type!r}")
         self.shard.check_submit_space()
+        if taskopts.any_options(specs):  # expiry, unique keys (server/taskopts.py)
+            here = taskopts.submit_here(self.shard, specs, self.routed)
+            return here if here is not None else routing.submit(self.shard, specs)
         if self.routed and not self._all_local(specs):
             return routing.submit(self.shard, specs)
         return [id_to_str(i) for i in self.engine.submit(specs, now_ms())]
@@ -210,6 +213,8 @@ class Operations:
                    check_depth: bool) -> list[str]:
         """A forwarded SUBMIT: this shard's part of a batch another shard checked as a whole."""
         self.shard.check_submit_space()
+        if taskopts.any_options(specs):
+            return taskopts.store_part(self.shard, specs, remote_status, check_depth)
         return [id_to_str(i) for i in self.engine.submit(specs, now_ms(), remote_status=remote_status,
                                                          check_depth=check_depth)]
 
