@@ -35,6 +35,7 @@ from shardq.http.problems import problem
 from shardq.http.routes import ROUTES, Route, Router
 from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.protocol.requests import parse_id
+from shardq.protocol.task_options import http_task_options
 from shardq.server.claims import Caller
 from shardq.server.operations import Identity, Operations
 from shardq.specs import ResultItem, TaskSpec
@@ -361,17 +362,19 @@ class Api:
                         scheduled_ms=t.scheduled_ms, max_retries=t.max_retries,
                         timeout_seconds=t.timeout_seconds,
                         depends_on=tuple(id_to_bytes(d) for d in t.depends_on or ()),
-                        id=None if t.id is None else id_to_bytes(t.id))
+                        id=None if t.id is None else id_to_bytes(t.id),
+                        options=http_task_options(t, where))
 
     async def submit_task(self, who: Identity, params: dict[str, str], query: None, body: s.NewTask,
                           request: web.BaseRequest) -> s.Submitted:
         ids = await _now_or_later(self.ops.submit(who, [self._spec(body, "")]))
-        return s.Submitted(id=ids[0])
+        return s.Submitted(id=ids[0], duplicate=bool(getattr(ids, "duplicates", None)))
 
     async def submit_batch(self, who: Identity, params: dict[str, str], query: None, body: s.Batch,
                            request: web.BaseRequest) -> s.SubmittedBatch:
         specs = [self._spec(t, f"tasks[{i}].") for i, t in enumerate(body.tasks)]
-        return s.SubmittedBatch(ids=await _now_or_later(self.ops.submit(who, specs)))
+        ids = await _now_or_later(self.ops.submit(who, specs))
+        return s.SubmittedBatch(ids=ids, duplicates=list(getattr(ids, "duplicates", None) or ()))
 
     async def get_task(self, who: Identity, params: dict[str, str], query: Any, body: None,
                        request: web.BaseRequest) -> dict[str, Any]:

@@ -8,4 +8,7 @@ documented in docs/protocol.md ("Extensions"). Names are added, never renamed or
 from __future__ import annotations
 
 FEATURES: tuple[str, ...] = (
+    "expiry",  # SUBMIT expires_at_ms / ttl_ms
+    "unique",  # SUBMIT unique_key / unique_window_ms; the ACK's duplicates
+    "dependency_results",  # CLAIM dependency_results
 )

@@ -77,6 +77,13 @@ def parse_task_options(task: dict[str, Any], where: str, now: int | None = None)
     return TaskOptions(expires, key, window or 0)
 
 
+def http_task_options(task: Any, where: str) -> TaskOptions | None:
+    """The options of an HTTP API task (a msgspec Struct with the same fields), checked as SUBMIT's."""
+    fields = {k: getattr(task, k) for k in (*OPTION_FIELDS, "delay_ms", "scheduled_ms")
+              if getattr(task, k, None) is not None}
+    return parse_task_options(fields, where) if has_options(fields) else None
+
+
 def unique_owner(task_type: str, key: str, shards: int) -> int:
     """The shard that decides for (type, key) (rule 3): a stable hash, not Python's ``hash``."""
     if shards <= 1:

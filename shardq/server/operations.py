@@ -35,7 +35,7 @@ from shardq.config import PERMISSIONS
 from shardq.errors import BadRequest, Forbidden, InvalidState, NotFound, TooLarge, Unauthorized, WireError
 from shardq.patterns import PatternError, TypePatterns
 from shardq.protocol.frames import MAX_FRAME, MsgType
-from shardq.server import routing, taskopts
+from shardq.server import dep_results, routing, taskopts
 from shardq.server.claims import Caller, Claimed, Claims
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_NAMES, id_to_str
@@ -398,15 +398,17 @@ class Operations:
     # -- workers ---------------------------------------------------------------------------------
 
     def claim(self, who: Identity, caller: Caller, worker_id: str, max_tasks: int, wait_ms: int,
-              types: frozenset[str] | None) -> Result[Claimed | None]:
+              types: frozenset[str] | None, dependency_results: bool = False) -> Result[Claimed | None]:
         """Lease up to ``max_tasks`` ready tasks, waiting up to ``wait_ms`` for one. None: the
-        caller went away meanwhile (and what was leased for it was given back)."""
+        caller went away meanwhile (and what was leased for it was given back).
+        ``dependency_results``: carry the results of their dependencies (dep_results.py)."""
         who.require("claim")
         scoped = _claim_types(who.scope("claim"), types)
         if not self.forwarded:
             self.shard.worker_heard(worker_id)
         self.shard.check_writable()
-        return self.claims.claim(caller, worker_id, max_tasks, wait_ms, scoped)
+        got = self.claims.claim(caller, worker_id, max_tasks, wait_ms, scoped)
+        return dep_results.attach(self.shard, got) if dependency_results else got
 
     def result(self, who: Identity, worker_id: str, items: list[ResultItem]) -> Result[list[dict[str, Any]]]:
         """Completed / failed / released, per item: ``{"id", "status"}`` or ``{"id", "error"}``."""

@@ -79,6 +79,8 @@ class ShardStats:
         totals: dict[str, Any] = {k: sum(r.get(k, 0) for r in rows.values()) for k in names}
         totals["by_tier"] = {t: sum(r.get("by_tier", {}).get(t, 0) for r in rows.values())
                              for t in ("high", "normal", "low")}
+        for k in ("expired", "unique_duplicates"):
+            totals[k] = sum((r.get("counters") or {}).get(k, 0) for r in rows.values())
         per_shard = []
         for i in sorted(rows):
             r = rows[i]
@@ -89,6 +91,9 @@ class ShardStats:
                               "pid": r.get("pid"),
                               "forwarded": (r.get("counters") or {}).get("forwarded", 0),
                               "cross_shard_claims": (r.get("counters") or {}).get("cross_shard_claims", 0),
+                              # task options (engine/taskopts.py): since the shard started
+                              "expired": (r.get("counters") or {}).get("expired", 0),
+                              "unique_duplicates": (r.get("counters") or {}).get("unique_duplicates", 0),
                               "writable": r.get("writable", True), "disk_free_bytes": r.get("disk_free_bytes"),
                               "disk_alarm": r.get("disk_alarm", False)})
         return {"totals": totals, "workers": workers,
