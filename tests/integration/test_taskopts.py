@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from test_cli import cli
 from wire import id_in_shard, uid
 
 import shardq
@@ -281,3 +282,22 @@ def test_hello_announces_the_features(srv):
     with srv.connect() as conn:
         features = conn.call(MsgType.HELLO, {"protocol": 1}).header["features"]
     assert {"expiry", "unique", "dependency_results"} <= set(features)
+
+
+# -- the CLI ----------------------------------------------------------------------------------------
+
+def test_cli_submit_with_task_options(srv, client):
+    t = uid("cli")
+    first = cli("submit", t, "--unique-key", "nightly", "--ttl", "60", "--json", url=srv.url)
+    assert first.returncode == 0, first.stderr
+    again = cli("submit", t, "--unique-key", "nightly", "--json", url=srv.url)
+    a, b = orjson.loads(first.stdout), orjson.loads(again.stdout)
+    assert a["duplicate"] is False and b == {"id": a["id"], "duplicate": True}
+    human = cli("submit", t, "--unique-key", "nightly", url=srv.url)
+    assert human.stdout.strip() == a["id"] and "already holds unique key 'nightly'" in human.stderr
+    expiring = cli("submit", t, "--expires-at", "2100-01-01T00:00:00+00:00", "--json", url=srv.url)
+    assert orjson.loads(expiring.stdout) == {"id": orjson.loads(expiring.stdout)["id"]}
+    bad = cli("submit", t, "--unique-window", "5", url=srv.url)
+    assert bad.returncode != 0 and "--unique-window needs --unique-key" in bad.stderr
+    both = cli("submit", t, "--ttl", "5", "--expires-at", "2100-01-01T00:00:00", url=srv.url)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
