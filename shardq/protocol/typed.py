@@ -175,8 +175,8 @@ def claim(head: bytes, blob: bytes) -> tuple[int, str, int, int, list[str] | Non
         req = _CLAIM.decode(head)
     except _ERRORS:
         return None
-    if req.dependency_results is not None:
-        return None
+    if req.dependency_results is not None and req.dependency_results is not False:
+        return None  # asked for (or not a boolean): the reference path
     return (req.rid, req.worker_id, 1 if req.max is None else req.max,
             0 if req.wait_ms is None else req.wait_ms, req.types)
 

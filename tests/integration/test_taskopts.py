@@ -5,11 +5,13 @@ the bundled worker's ctx) and bad input. One server for the module; each test us
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -170,8 +172,6 @@ def test_unique_key_holds_across_kill_9_of_its_owner(srv, client):
 
 
 def test_http_submit_reports_duplicates(srv):
-    import urllib.request
-
     t = uid("uniq")
 
     def post(body: dict) -> dict:
@@ -227,7 +227,8 @@ def test_results_over_the_cap_are_omitted_and_fetched_on_demand(srv):
     assert task.dependency_results_omitted == [big]
 
 
-def test_bundled_worker_ctx_reads_dependency_results(srv, client, tmp_path):
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_bundled_worker_ctx_reads_dependency_results(srv, client, pool):
     t_join, t_lazy = "taskopts-join", "taskopts-join-lazy"
     parents = [client.submit("taskopts-parent", {"value": v}, id=id_in_shard(s, SHARDS))
                for v, s in ((10, 0), (20, 1), (30, 2))]
@@ -235,7 +236,7 @@ def test_bundled_worker_ctx_reads_dependency_results(srv, client, tmp_path):
     lazy = client.submit(t_lazy, b"", depends_on=parents)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.Popen([sys.executable, "-m", "shardq.worker", "taskopts_apps:app", "--server", srv.url,
-                             "--concurrency", "2"], env=env, stdout=subprocess.DEVNULL,
+                             "--concurrency", "2", "--pool", pool], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for tid in (joined, lazy):
@@ -244,6 +245,23 @@ def test_bundled_worker_ctx_reads_dependency_results(srv, client, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def test_async_client_task_options(srv):
+    async def go() -> None:
+        t = uid("async")
+        async with shardq.AsyncClient(srv.url) as c:
+            ids, dups = await c.submit_many_detailed([Job(t, b"", unique_key="a", ttl=60),
+                                                      Job(t, b"", unique_key="a")])
+            assert ids[0] == ids[1] and dups == [1]
+            parent = await c.submit(t + "-p", b"")
+            (task,) = await c.claim("w-async", 1, wait=5, types=[t + "-p"])
+            await c.complete("w-async", task, b"42")
+            child = await c.submit(t + "-c", b"", depends_on=[parent])
+            (task,) = await c.claim("w-async", 1, wait=5, types=[t + "-c"], dependency_results=True)
+            assert task.id == child and task.dependency_results == {parent: b"42"}
+
+    asyncio.run(go())
 
 
 # -- bad input -----------------------------------------------------------------------------------
