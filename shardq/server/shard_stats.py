@@ -79,8 +79,6 @@ class ShardStats:
         totals: dict[str, Any] = {k: sum(r.get(k, 0) for r in rows.values()) for k in names}
         totals["by_tier"] = {t: sum(r.get("by_tier", {}).get(t, 0) for r in rows.values())
                              for t in ("high", "normal", "low")}
-        for k in ("expired", "unique_duplicates"):
-            totals[k] = sum((r.get("counters") or {}).get(k, 0) for r in rows.values())
         per_shard = []
         for i in sorted(rows):
             r = rows[i]
