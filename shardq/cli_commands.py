@@ -100,6 +100,9 @@ def task_dict(task: Any) -> dict[str, Any]:
     d = dataclasses.asdict(task)
     d.pop("payload", None)
     d.pop("result", None)
+    for key in ("dependency_results", "dependency_results_omitted", "expires_at_ms", "unique_key"):
+        if not d.get(key):  # task options: shown, as on the wire, only when the task has them
+            d.pop(key, None)
     return d
 
 

@@ -60,15 +60,20 @@ class TaskInfo:
     # A CLAIM with dependency_results: the results it carried, and the dependencies it left out.
     dependency_results: dict[str, bytes] | None = None
     dependency_results_omitted: list[str] = field(default_factory=list)
+    expires_at_ms: int | None = None  # task options, as submitted (protocol.md, "Task options")
+    unique_key: str | None = None
 
     @classmethod
     def from_wire(cls, obj: dict[str, Any], payload: bytes | None = None,
                   result: bytes | None = None) -> TaskInfo:
-        return cls(obj["id"], obj["type"], obj["priority"], obj["status"], obj["created_ms"],
+        info = cls(obj["id"], obj["type"], obj["priority"], obj["status"], obj["created_ms"],
                    obj["updated_ms"], obj["scheduled_ms"], obj["max_retries"], obj["retry_count"],
                    obj["timeout_seconds"], obj["attempt"], obj.get("worker_id"),
                    obj.get("lease_expires_ms"), list(obj.get("depends_on") or ()), obj.get("error"),
                    obj.get("payload_len", 0), obj.get("result_len"), obj.get("shard", 0), payload, result)
+        info.expires_at_ms = obj.get("expires_at_ms")
+        info.unique_key = obj.get("unique_key")
+        return info
 
     def json(self) -> Any:
         """The payload decoded as JSON."""

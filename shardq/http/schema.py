@@ -119,6 +119,9 @@ class Task(Struct, omit_defaults=False):
     result: Any | UnsetType = UNSET
     result_text: str | UnsetType = UNSET
     result_b64: str | UnsetType = UNSET
+    expires_at_ms: int | UnsetType = UNSET  # task options, when it was submitted with them
+    unique_key: str | UnsetType = UNSET
+    unique_window_ms: int | UnsetType = UNSET
 
 
 class Query(Struct):

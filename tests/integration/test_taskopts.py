@@ -319,3 +319,16 @@ def test_cli_submit_with_task_options(srv, client):
     assert bad.returncode != 0 and "--unique-window needs --unique-key" in bad.stderr
     both = cli("submit", t, "--ttl", "5", "--expires-at", "2100-01-01T00:00:00", url=srv.url)
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_task_object_shows_its_options(client, srv):
+    t = uid("show")
+    tid = client.submit(t, b"", ttl=60, unique_key="shown", unique_window=5)
+    info = client.status(tid)
+    assert info.unique_key == "shown" and info.expires_at_ms > time.time() * 1000
+    out = orjson.loads(cli("status", tid, "--json", url=srv.url).stdout)
+    row = out[0] if isinstance(out, list) else out
+    assert row["unique_key"] == "shown" and "dependency_results" not in row
+    plain = orjson.loads(cli("status", client.submit(t, b""), "--json", url=srv.url).stdout)
+    row = plain[0] if isinstance(plain, list) else plain
+    assert "unique_key" not in row and "expires_at_ms" not in row
