@@ -439,7 +439,8 @@ class Api:
         if caller is None or caller.closing:
             raise Gone()
         result = self.ops.claim(who, caller, _worker_id(params), body.max, body.wait_ms,
-                                frozenset(body.types) if body.types is not None else None)
+                                frozenset(body.types) if body.types is not None else None,
+                                body.dependency_results)
         if hasattr(result, "__await__"):
             fut = asyncio.ensure_future(result)
             await asyncio.wait((fut,))  # a hang-up cancels it (Caller.hang_up): no exception here
@@ -449,6 +450,12 @@ class Api:
             if result is None:
                 raise Gone()  # the caller went away meanwhile; what it was given went back
         _split(result.tasks, result.payloads, "payload_len", "payload", body.encoding)
+        if body.dependency_results:  # after the payloads, each task's carried results in order
+            at = sum(t["payload_len"] for t in result.tasks)
+            for t in result.tasks:
+                for dep in t.get("dependency_results") or ():
+                    render(result.payloads[at:at + dep["result_len"]], body.encoding, "result", dep)
+                    at += dep["result_len"]
         return {"tasks": result.tasks}
 
     async def results(self, who: Identity, params: dict[str, str], query: None, body: s.Results,

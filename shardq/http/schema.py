@@ -122,6 +122,8 @@ class Task(Struct, omit_defaults=False):
     expires_at_ms: int | UnsetType = UNSET  # task options, when it was submitted with them
     unique_key: str | UnsetType = UNSET
     unique_window_ms: int | UnsetType = UNSET
+    dependency_results: list[dict[str, Any]] | UnsetType = UNSET  # a claim that asked for them
+    dependency_results_omitted: list[TaskId] | UnsetType = UNSET
 
 
 class Query(Struct):
@@ -243,6 +245,9 @@ class Claim(Struct):
     wait_ms: Annotated[int, Meta(ge=0, le=rq.MAX_WAIT_MS)] = 0
     types: Types | None = None
     encoding: Encoding = "auto"
+    # Each task carries its dependencies' results (protocol.md, "Dependency results"): in each
+    # task, ``dependency_results`` [{id, result_len, result…}] and ``dependency_results_omitted``.
+    dependency_results: bool = False
 
 
 class Claimed(Struct):

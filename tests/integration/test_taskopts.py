@@ -332,3 +332,18 @@ def test_task_object_shows_its_options(client, srv):
     plain = orjson.loads(cli("status", client.submit(t, b""), "--json", url=srv.url).stdout)
     row = plain[0] if isinstance(plain, list) else plain
     assert "unique_key" not in row and "expires_at_ms" not in row
+
+
+def test_http_claim_carries_dependency_results(srv, client):
+    t = uid("httpdep")
+    parent = client.submit(t + "-p", b"", id=id_in_shard(1, SHARDS))
+    (task,) = client.claim("w-h", 1, wait=5, types=[t + "-p"])
+    client.complete("w-h", task, b'{"n": 5}')
+    child = client.submit(t, b"", depends_on=[parent], id=id_in_shard(2, SHARDS))
+    req = urllib.request.Request(srv.http_url + "/api/v1/workers/w-h/claim", method="POST",
+                                 data=orjson.dumps({"types": [t], "wait_ms": 5000, "dependency_results": True}),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        (got,) = orjson.loads(resp.read())["tasks"]
+    assert got["id"] == child and got["dependency_results_omitted"] == []
+    assert got["dependency_results"] == [{"id": parent, "result_len": 8, "result": {"n": 5}}]
