@@ -261,6 +261,29 @@ EXAMPLES: list[tuple[str, MsgType, dict[str, Any], bytes]] = [
      nack(1, "Protocol", "protocol version 2 is not supported (this server speaks 1)"), b""),
 ]
 
+# -- task options (expiry, unique tasks, dependency results): the "Task options" section
+PARENT_RESULT = b'{"rows":42}'
+EXAMPLES += [
+    ("taskopts:SUBMIT:request", MsgType.SUBMIT,
+     {"rid": 40, "tasks": [
+         {"type": "send_email", "payload_len": len(PAYLOAD_A), "ttl_ms": 600000},
+         {"type": "nightly_report", "payload_len": len(PAYLOAD_B), "unique_key": "2025-11-22",
+          "unique_window_ms": 3600000}]},
+     PAYLOAD_A + PAYLOAD_B),
+    ("taskopts:SUBMIT:ack", MsgType.ACK, {"rid": 40, "ids": [B, C], "duplicates": [1]}, b""),
+    ("taskopts:SUBMIT:nack", MsgType.NACK,
+     nack(41, "BadRequest", "tasks[0]: give expires_at_ms or ttl_ms, not both"), b""),
+    ("taskopts:CLAIM:request", MsgType.CLAIM,
+     {"rid": 42, "worker_id": "w-1", "max": 1, "types": ["report"], "dependency_results": True}, b""),
+    ("taskopts:CLAIM:ack", MsgType.ACK,
+     {"rid": 42, "tasks": [task(B, "report", "in_progress", attempt=1, worker_id="w-1",
+                                lease_expires_ms=NOW + LEASE_MS, depends_on=[A, D],
+                                payload_len=len(PAYLOAD_B), updated_ms=NOW + 1200)
+                           | {"dependency_results": [{"id": A, "result_len": len(PARENT_RESULT)}],
+                              "dependency_results_omitted": [D]}]},
+     PAYLOAD_B + PARENT_RESULT),
+]
+
 
 def _hex(data: bytes) -> str:
     return " ".join(f"{b:02x}" for b in data)

@@ -44,6 +44,7 @@ from shardq.engine.ready import ReadyQueue, _key_id, type_filter
 from shardq.engine.schedules import EngineSchedules, Schedule
 from shardq.engine.settings import EngineSettings
 from shardq.engine.storage import Store
+from shardq.engine.taskopts import EngineTaskOptions
 from shardq.engine.waiters import ClaimWaiter, Deliver, WaitingClaims
 from shardq.engine.workers import EngineWorkers
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
@@ -69,7 +70,8 @@ _CLAIM_HEADER_RESERVE = 1024 * 1024
 _TASK_JSON_RESERVE = 1024
 
 
-class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, EngineSchedules):
+class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, EngineSchedules,
+             EngineTaskOptions):
     """One shard's engine: the one object the shard calls (see rule 4 for its mixins)."""
 
     def __init__(self, store: Store, settings: EngineSettings, rng: random.Random | None = None) -> None:
@@ -83,6 +85,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         self._waiters = WaitingClaims()  # long-poll CLAIMs
         self._schedules: dict[str, Schedule] = {}  # periodic schedules (schedules.py)
         self._schedule_heap: list[tuple[int, str]] = []
+        self._unique: dict[bytes, bytes] = {}  # unique keys held here (taskopts.py)
         self._seq = 0
         self.pending_by_tier = {"high": 0, "normal": 0, "low": 0}
         self.remote_depth = 0  # other shards' depth as last reported
@@ -138,6 +141,8 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         if new != IN_PROGRESS:
             task.worker_id = None
             task.lease_expires_ms = None
+        if task.extras is not None:
+            self._options_transition(task, old, new, event, now)  # expiry, unique key
         self.store.update(task, old, old_key)
 
     # -- SUBMIT ------------------------------------------------------------
@@ -176,6 +181,8 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
                         self.s.default_max_retries if spec.max_retries is None else spec.max_retries,
                         self.s.default_timeout_seconds if spec.timeout_seconds is None else spec.timeout_seconds,
                         len(spec.payload), spec.depends_on)
+            if spec.options is not None:
+                self._options_at_submit(task, spec.options, now)  # taskopts.py
             failed_dep = next((d for d in spec.depends_on if dep_status.get(d) in (DEAD_LETTER, CANCELLED)),
                               None) if spec.depends_on else None
             if failed_dep is not None:
@@ -298,6 +305,8 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
             task = store.get_in(PENDING, _key_id(entry))
             if task is None:
                 continue  # stale entry: cancelled or already moved
+            if task.extras is not None and self._expire_if_due(task, now):
+                continue  # not started by its expiry: not run (taskopts.py)
             cost = task.payload_len + _TASK_JSON_RESERVE
             if out and cost > budget:
                 ready.push_back(task.type, entry)
@@ -464,6 +473,8 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         next_schedule = self.fire_schedules(now) if self._schedule_heap else None
         for due, raw in ready.pop_due(now):
             task = self.store.get(raw)
+            if task is not None and task.extras is not None and self._expire_if_due(task, now):
+                continue
             if task is None or task.scheduled_ms != due:
                 continue
             if task.status == FAILED:

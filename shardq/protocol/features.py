@@ -10,4 +10,7 @@ from __future__ import annotations
 FEATURES: tuple[str, ...] = (
     "query_payload",  # QUERY_STATUS with_payload (the dashboard's payload preview)
     "schedules",  # SCHEDULE_ADD / _LIST / _REMOVE / _PAUSE: periodic schedules in the broker
+    "expiry",  # SUBMIT expires_at_ms / ttl_ms
+    "unique",  # SUBMIT unique_key / unique_window_ms; the ACK's duplicates
+    "dependency_results",  # CLAIM dependency_results
 )

@@ -17,6 +17,7 @@ from typing import Any
 
 from shardq.errors import BadRequest, ProtocolError, TooLarge
 from shardq.protocol.frames import MAX_PAYLOAD, PROTOCOL_VERSION, MsgType, split_blob
+from shardq.protocol.task_options import has_options, parse_task_options
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_CODES, id_to_bytes, is_canonical_id
 
@@ -148,6 +149,7 @@ def parse_submit(header: dict[str, Any], blob: bytes, max_payload: int = MAX_PAY
             timeout_seconds=get_int(t, "timeout_seconds", where, 1, MAX_TIMEOUT_SECONDS, default=None),
             depends_on=tuple(parse_ids(deps, f"tasks[{i}].depends_on")),
             id=None if raw_id is None else parse_id(raw_id, f"tasks[{i}].id"),
+            options=parse_task_options(t, where) if has_options(t) else None,
         ))
     for spec, payload in zip(specs, split_blob(blob, lengths)):
         spec.payload = payload

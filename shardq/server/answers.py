@@ -15,6 +15,9 @@ Body = tuple[dict[str, Any], bytes]
 
 
 def ids(ids: list[str]) -> Body:
+    duplicates = getattr(ids, "duplicates", None)  # unique keys (server/taskopts.py)
+    if duplicates:
+        return {"ids": list(ids), "duplicates": duplicates}, b""
     return {"ids": ids}, b""
 
 

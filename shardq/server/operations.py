@@ -35,7 +35,7 @@ from shardq.config import PERMISSIONS
 from shardq.errors import BadRequest, Forbidden, InvalidState, NotFound, TooLarge, Unauthorized, WireError
 from shardq.patterns import PatternError, TypePatterns
 from shardq.protocol.frames import MAX_FRAME, MsgType
-from shardq.server import routing
+from shardq.server import dep_results, routing, taskopts
 from shardq.server.claims import Caller, Claimed, Claims
 from shardq.server.history import RESOLUTIONS, SERIES
 from shardq.server.schedule_ops import ScheduleOperations
@@ -206,6 +206,9 @@ class Operations(ScheduleOperations):
                 if not scope.matches(spec.type):
                     raise Forbidden(f"tasks[{i}]: this API key may not submit tasks of type {spec.type!r}")
         self.shard.check_submit_space()
+        if taskopts.any_options(specs):  # expiry, unique keys (server/taskopts.py)
+            here = taskopts.submit_here(self.shard, specs, self.routed)
+            return here if here is not None else routing.submit(self.shard, specs)
         if self.routed and not self._all_local(specs):
             return routing.submit(self.shard, specs)
         return [id_to_str(i) for i in self.engine.submit(specs, now_ms())]
@@ -214,6 +217,8 @@ class Operations(ScheduleOperations):
                    check_depth: bool) -> list[str]:
         """A forwarded SUBMIT: this shard's part of a batch another shard checked as a whole."""
         self.shard.check_submit_space()
+        if taskopts.any_options(specs):
+            return taskopts.store_part(self.shard, specs, remote_status, check_depth)
         return [id_to_str(i) for i in self.engine.submit(specs, now_ms(), remote_status=remote_status,
                                                          check_depth=check_depth)]
 
@@ -421,15 +426,17 @@ class Operations(ScheduleOperations):
     # -- workers ---------------------------------------------------------------------------------
 
     def claim(self, who: Identity, caller: Caller, worker_id: str, max_tasks: int, wait_ms: int,
-              types: frozenset[str] | None) -> Result[Claimed | None]:
+              types: frozenset[str] | None, dependency_results: bool = False) -> Result[Claimed | None]:
         """Lease up to ``max_tasks`` ready tasks, waiting up to ``wait_ms`` for one. None: the
-        caller went away meanwhile (and what was leased for it was given back)."""
+        caller went away meanwhile (and what was leased for it was given back).
+        ``dependency_results``: carry the results of their dependencies (dep_results.py)."""
         who.require("claim")
         scoped = _claim_types(who.scope("claim"), types)
         if not self.forwarded:
             self.shard.worker_heard(worker_id)
         self.shard.check_writable()
-        return self.claims.claim(caller, worker_id, max_tasks, wait_ms, scoped)
+        got = self.claims.claim(caller, worker_id, max_tasks, wait_ms, scoped)
+        return dep_results.attach(self.shard, got) if dependency_results else got
 
     def result(self, who: Identity, worker_id: str, items: list[ResultItem]) -> Result[list[dict[str, Any]]]:
         """Completed / failed / released, per item: ``{"id", "status"}`` or ``{"id", "error"}``."""

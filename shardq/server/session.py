@@ -52,6 +52,7 @@ from shardq.protocol.frames import (
     encode_nack,
     parse_header,
 )
+from shardq.protocol.task_options import parse_claim_options
 from shardq.server import answers
 from shardq.server.answers import Body
 from shardq.server.budget import SMALL_ANSWER_ESTIMATE, SMALL_FRAME, answer_estimate, typed_estimate
@@ -517,13 +518,14 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSch
             remote = msg.header.get("_remote_status") or {}
             ids = self.ops.store_part(specs, {bytes.fromhex(k): v for k, v in remote.items()},
                                       check_depth=not msg.header.get("_skip_depth", False))
-            self._ack(msg.rid, {"ids": ids})
+            self._ack(msg.rid, answers.ids(ids)[0])
             return
         self._submit((msg.rid, specs), who)
 
     def on_claim(self, msg: Message) -> None:
         worker_id, max_tasks, wait_ms, types = rq.parse_claim(msg.header)
-        self._claim((msg.rid, worker_id, max_tasks, wait_ms, types), self._who(msg))
+        self._claim((msg.rid, worker_id, max_tasks, wait_ms, types), self._who(msg),
+                    parse_claim_options(msg.header))
 
     def on_result(self, msg: Message) -> None:
         worker_id, items = rq.parse_result(msg.header, msg.blob)
@@ -538,12 +540,13 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSch
         self._answer(args[0], self.ops.submit(who, args[1]), answers.ids)
 
     def _claim(self, args: tuple[int | None, str, int, int, list[str] | None],
-               who: Identity | None = None) -> None:
+               who: Identity | None = None, dependency_results: bool = False) -> None:
         rid, worker_id, max_tasks, wait_ms, types = args
         who = self.identity if who is None else who
         assert who is not None
         self._answer(rid, self.ops.claim(who, self, worker_id, max_tasks, wait_ms,
-                                         frozenset(types) if types is not None else None), answers.claimed)
+                                         frozenset(types) if types is not None else None,
+                                         dependency_results), answers.claimed)
 
     def _result(self, args: tuple[int | None, str, list[ResultItem]], who: Identity | None = None) -> None:
         rid, worker_id, items = args

@@ -28,6 +28,7 @@ from shardq.errors import WireError
 from shardq.protocol.frames import MsgType
 from shardq.protocol.requests import MAX_CLAIM
 from shardq.worker.app import TaskContext
+from shardq.worker.dep_context import DependencyResults
 from shardq.worker.outcome import ABANDONED, DONE, RUNNING, Outcome, Run, failure, success
 
 log = logging.getLogger("shardq.worker")
@@ -108,7 +109,8 @@ class ClaimCycle:
         self._claim_idle = not self.running and not self.prefetched and self.reports.idle
         self._claim_ticks = self._ticks
         assert conn is not None
-        conn.send(MsgType.CLAIM, rq.claim_header(self.worker_id, n, wait_ms / 1000, self.types), b"",
+        conn.send(MsgType.CLAIM, rq.claim_header(self.worker_id, n, wait_ms / 1000, self.types,
+                                                 self.wants_dependency_results), b"",
                   lambda msg, exc: self._on_claim(shard, msg, exc), wait_ms / 1000 + self.max_inactivity_s)
         self._claiming = True
 
@@ -174,8 +176,12 @@ class ClaimCycle:
     def _context(self, task: TaskInfo) -> TaskContext:
         """The handler's view of the claimed task record: its own stored numbers (max_retries,
         retry_count, timeout_seconds), whatever the decorator says (rule 5)."""
-        return TaskContext(task.id, task.type, task.attempt, task.retry_count, task.max_retries,
-                           task.timeout_seconds, task.priority, task.payload or b"", self.worker_id)
+        ctx = TaskContext(task.id, task.type, task.attempt, task.retry_count, task.max_retries,
+                          task.timeout_seconds, task.priority, task.payload or b"", self.worker_id)
+        if task.depends_on:
+            ctx._deps = DependencyResults(task.depends_on, dict(task.dependency_results or {}),
+                                          (self.url, self.api_key, *self._tls))
+        return ctx
 
     def _start(self, task: TaskInfo, claimed_at: float | None = None) -> None:
         ctx = self._context(task)

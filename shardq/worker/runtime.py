@@ -116,6 +116,7 @@ class WorkerRuntime(Connecting, ClaimCycle, Shutdown):
         if len(self.types) > 1000:
             raise ValueError("a worker can claim at most 1000 task types; split the app or use --types")
         self.handlers = {t: app.handlers[t] for t in self.types}
+        self.wants_dependency_results = any(td.dependency_results for td in self.handlers.values())
         self.burst = burst
         self.heartbeat_interval = heartbeat_interval_ms / 1000
         self.shutdown_timeout = shutdown_timeout_s

@@ -14,6 +14,7 @@ from shardq.engine import states
 from shardq.engine.engine import Engine, EngineSettings, ResultItem, TaskSpec
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
 from shardq.protocol.frames import MAX_FRAME, MAX_PAYLOAD
+from shardq.specs import TaskOptions
 from shardq.store.memory import MemoryDisk, MemoryStore
 from shardq.store.partitioned import PartitionedStore
 from shardq.task import (
@@ -258,12 +259,25 @@ def ev_recover(env: Env, source: int) -> bytes:
     return task.id
 
 
+def ev_expire(env: Env, source: int) -> bytes:
+    opts = TaskOptions(expires_at_ms=env.now + 100_000)
+    tid = env.add(options=opts, max_retries=3)
+    if source == FAILED:
+        env.fail(env.claim_one())
+        assert env.status(tid) == FAILED
+    env.now += 100_000
+    env.engine.tick(env.now)
+    assert env.get(tid).error == "expired"
+    return tid
+
+
 DRIVERS = {
     "submit": ev_submit, "submit_dependency_failed": ev_submit_dependency_failed,
     "claim": ev_claim, "complete": ev_complete, "fail_retry": ev_fail_retry,
     "fail_final": ev_fail_final, "release": ev_release, "reclaim_retry": ev_reclaim_retry,
     "reclaim_final": ev_reclaim_final, "retry_due": ev_retry_due, "cancel": ev_cancel,
     "dependency_failed": ev_dependency_failed, "requeue": ev_requeue, "recover": ev_recover,
+    "expire": ev_expire,
 }
 
 ROWS = [(t.event, src, t.target) for t in states.TRANSITIONS for src in sorted(t.sources)]
