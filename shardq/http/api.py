@@ -33,6 +33,7 @@ from shardq.http import schema as s
 from shardq.http.openapi import build_document
 from shardq.http.problems import problem
 from shardq.http.routes import ROUTES, Route, Router
+from shardq.http.worker_control_api import WorkerControlApi
 from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.protocol.requests import parse_id
 from shardq.server.claims import Caller
@@ -145,7 +146,7 @@ def _split(tasks: list[dict[str, Any] | None], blob: bytes, key: str, name: str,
         at += n
 
 
-class Api:
+class Api(WorkerControlApi):
     """One shard's HTTP API: ``handle`` is aiohttp's request handler (server.py)."""
 
     def __init__(self, shard: ShardServer, ops: Operations, callers: Callable[[Any], Caller | None]) -> None:
@@ -472,10 +473,14 @@ class Api:
         info = {"cpu_percent": body.cpu_percent, "memory_rss": body.memory_rss,
                 "memory_percent": body.memory_percent, "state": body.state}
         active = None if body.active is None else [id_to_bytes(i) for i in body.active]
-        expires, lost = await _now_or_later(self.ops.heartbeat(who, _worker_id(params), info, active))
-        out: dict[str, Any] = {"lease_expires_ms": expires}
-        if lost:
-            out["lost"] = lost
+        beat = await _now_or_later(self.ops.heartbeat(who, _worker_id(params), info, active))
+        out: dict[str, Any] = {"lease_expires_ms": beat.expires}
+        if beat.lost:
+            out["lost"] = beat.lost
+        if beat.cancelled:
+            out["cancelled"] = beat.cancelled
+        if beat.command is not None:
+            out["command"] = beat.command
         return out
 
     async def deregister_worker(self, who: Identity, params: dict[str, str], query: None, body: None,

@@ -8,4 +8,6 @@ documented in docs/protocol.md ("Extensions"). Names are added, never renamed or
 from __future__ import annotations
 
 FEATURES: tuple[str, ...] = (
+    "cancel_running",  # CANCEL of an in_progress task; HEARTBEAT answers `cancelled`
+    "worker_control",  # WORKER_CONTROL quiet/stop; HEARTBEAT answers `command`
 )

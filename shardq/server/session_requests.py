@@ -47,6 +47,11 @@ class SessionRequests:
         who = self._who(msg)
         self._answer(msg.rid, self.ops.deregister(who, worker_id), answers.released)
 
+    def on_worker_control(self, msg: Message) -> None:
+        worker_id, action = rq.parse_worker_control(msg.header)
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.worker_control(who, worker_id, action), answers.as_is)
+
     def on_query(self, msg: Message) -> None:
         ids, with_result = rq.parse_query(msg.header)
         who = self._who(msg)
