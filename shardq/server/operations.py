@@ -359,7 +359,8 @@ class Operations:
             if self.forwarded:
                 stats["row"] = shard.stats_row()  # what the asking shard merges
             if workers_detail:
-                stats["worker_list"] = [w.to_wire() for w in self.engine.workers()]
+                stats["worker_list"] = [{**w.to_wire(), "command": shard.orders.command_for(w.worker_id)}
+                                        for w in self.engine.workers()]
             return stats
         return self._stats_everywhere(workers_detail)
 
@@ -388,7 +389,7 @@ class Operations:
         stats = shard.stats(others)
         if workers_detail:
             stats["worker_list"] = worker_list(others.get("worker_list"), rows, shard.stats_row(),
-                                               self.engine.workers())
+                                               self.engine.workers(), shard.orders.orders)
         return stats
 
     # -- workers ---------------------------------------------------------------------------------
@@ -502,11 +503,11 @@ def _fits(results: bytes, n_ids: int) -> bytes:
 
 
 def worker_list(registry: list[dict[str, Any]] | None, rows: dict[str, Any], own_row: dict[str, Any],
-                local: list[Any]) -> list[dict[str, Any]]:
+                local: list[Any], orders: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The workers extension of GET_STATS: the coordinator's registry, with ``active``
     = the leases each holds on every shard (from the shards' fresh rows)."""
     if registry is None:  # the coordinator is restarting: what this shard knows
-        return [w.to_wire() for w in local]
+        return [{**w.to_wire(), "command": (orders or {}).get(w.worker_id)} for w in local]
     leases: dict[str, int] = {}
     for row in [own_row, *(r for k, r in rows.items() if int(k) != own_row["shard"])]:
         for wid, n in (row.get("leases") or {}).items():

@@ -2,32 +2,35 @@
 for the module, real bundled workers (``python -m shardq.worker worker_apps:app``), the Python
 client, the CLI and the HTTP API (extensions cancel_running and worker_control).
 
-The server heartbeats every 400 ms, so a worker hears a cancel or an order within about that;
-every wait is bounded by a deadline.
+The server's heartbeat interval is 1 s, so a worker hears a cancel or an order within about that;
+every wait is bounded by a deadline. The tests that kill -9 broker processes come last.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from test_worker import WorkerProcess, read_marks, wait_for_mark, wait_until
 
 import shardq
 from shardq.client.models import TaskInfo
-from shardq.errors import InvalidState, NotFound
+from shardq.errors import InvalidState, NotFound, ShardqError
 from shardq.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-HB_MS = 400
+HB_MS = 1000  # a worker unheard of for 2 s is dead: long enough to outlive a shard restart
 
 
 @pytest.fixture(scope="module")
@@ -206,14 +209,20 @@ def _workers(client: shardq.Client) -> dict[str, dict]:
 
 
 def test_quiet_finishes_the_running_task_and_claims_no_more(srv, client, start_worker, marks) -> None:
-    w = start_worker("w-quiet", "--concurrency", "1", "--prefetch", "0", "--types", "hold")
-    first = client.submit("hold", 1.5)
+    w = start_worker("w-quiet", "--concurrency", "2", "--prefetch", "0", "--types", "hold")
+    first = client.submit("hold", 3.0)
     wait_for_mark(marks, "start", first, 1)
-    second = client.submit("hold", 0.1)
     out = cli(srv, "workers", "quiet", "w-quiet")
     assert out.returncode == 0, out.stderr
     assert "quiet ordered for worker w-quiet" in out.stdout
-    w.wait_for_log("quiet (ordered by the broker)")
+    w.wait_for_log("quiet (ordered by the broker): no new tasks; 1 running task(s) will finish")
+    # A slot is free, but a quiet worker runs nothing new (a claim already in flight when the
+    # order came hands what it gets straight back, unstarted).
+    second = client.submit("hold", 0.1)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert not [m for m in read_marks(marks) if m[1] == second]
+        time.sleep(0.1)
     client.wait(first, timeout=15)  # what it held, it finishes
     wait_until(lambda: _workers(client)["w-quiet"]["state"] == "quiet", 10, "state quiet in the registry")
     listed = cli(srv, "workers")
@@ -221,15 +230,12 @@ def test_quiet_finishes_the_running_task_and_claims_no_more(srv, client, start_w
     as_json = json.loads(cli(srv, "workers", "--json").stdout)
     mine = next(x for x in as_json if x["worker_id"] == "w-quiet")
     assert (mine["state"], mine["command"], mine["active"]) == ("quiet", "quiet", 0)
-    # It claims no more: the second task stays pending while the quiet worker idles.
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
-        assert status(client, second).status == "pending"
-        time.sleep(0.1)
+    assert status(client, second).status == "pending"
+    assert not [m for m in read_marks(marks) if m[1] == second]
     assert w.proc.poll() is None  # quiet is not stop
     # stop (over HTTP): nothing runs, so it exits at once, cleanly.
     code, body = http_post(srv, "/api/v1/workers/w-quiet/stop")
-    assert (code, body["command"]) == (200, "stop")
+    assert (code, body["command"], body["state"]) == (200, "stop", "quiet")
     assert w.wait(15) == 0
     assert "stop (ordered by the broker)" in w.log
     wait_until(lambda: "w-quiet" not in _workers(client), 10, "the worker to leave the registry")
@@ -239,14 +245,15 @@ def test_quiet_finishes_the_running_task_and_claims_no_more(srv, client, start_w
 
 def test_stop_drains_then_exits_zero(client, start_worker, marks) -> None:
     w = start_worker("w-stop", "--concurrency", "1", "--prefetch", "0", "--types", "hold")
-    tid = client.submit("hold", 1.0)
+    tid = client.submit("hold", 2.5)
     wait_for_mark(marks, "start", tid, 1)
     answer = client.stop_worker("w-stop")
     assert answer == {"worker_id": "w-stop", "command": "stop", "state": "running"}
+    w.wait_for_log("stop (ordered by the broker): draining: no new tasks; waiting up to 60 s for 1 "
+                   "running task(s)")
     assert w.wait(20) == 0
     assert json.loads(client.wait(tid, timeout=5))["worker_id"] == "w-stop"  # drained, not released
     wait_for_mark(marks, "end", tid, 1, timeout=1)
-    assert "stop (ordered by the broker)" in w.log
 
 
 def test_unknown_worker_is_not_found_everywhere(srv, client) -> None:
@@ -264,3 +271,99 @@ def _wire(task: TaskInfo) -> dict:
             "scheduled_ms": task.scheduled_ms, "max_retries": task.max_retries,
             "retry_count": task.retry_count, "timeout_seconds": task.timeout_seconds,
             "attempt": task.attempt}
+
+
+# -- across kill -9 ------------------------------------------------------------------------------
+
+
+def child_pid(server: ServerProcess, name: str) -> int:
+    for p in psutil.Process(server.pid).children(recursive=True):
+        try:
+            if " ".join(p.cmdline()).startswith(f"shardq: {name}"):
+                return p.pid
+        except psutil.Error:  # a killed one not reaped yet
+            continue
+    raise AssertionError(f"no process {name}")
+
+
+def serving(srv: ServerProcess, shard: int) -> bool:
+    with shardq.Client(srv.url, shard=shard, timeout=2) as c:
+        return c.connect().shard == shard
+
+
+def answered(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` for wait_until: a broker process that is restarting is not an answer yet."""
+    def call() -> object:
+        try:
+            return fn()
+        except (ShardqError, OSError):
+            return None
+    return call
+
+
+def test_a_cancelled_running_task_stays_cancelled_across_kill_9_of_its_owner(srv, client) -> None:
+    worker = "w-raw-k9"
+    tid = client.submit("raw_k9")
+    with shardq.Client(srv.url, spread=False) as raw:
+        task = wait_until(lambda: raw.claim(worker, 1, wait=1.0, types=["raw_k9"]), 10, "a claim")[0]
+    client.cancel(tid)  # acknowledged: on disk
+    os.kill(child_pid(srv, f"shard-{task.shard}"), signal.SIGKILL)
+    with shardq.Client(srv.url) as after:
+        wait_until(answered(lambda: after.status(tid).status == "cancelled"), 30, "the owner back")
+        # Its worker is still told, from the record (no lease was restored for it) ...
+        beat = wait_until(answered(lambda: after.beat(worker, active=[tid])), 10, "a heartbeat")
+        assert beat.cancelled == [tid]
+        # ... and its late RESULT still gets the final status.
+        assert after.complete(worker, task, b"late") == {"id": tid, "status": "cancelled"}
+        after.deregister_worker(worker)
+    assert status(client, tid).status == "cancelled"
+
+
+def test_a_quiet_order_survives_kill_9_of_the_coordinator_and_of_a_shard(srv) -> None:
+    wid = "w-raw-order"
+    commands: list[str | None] = []
+    home: list[int | None] = []  # the shard holding the heartbeat connection
+    stop = threading.Event()
+
+    def beat() -> None:  # a worker that heartbeats every 100 ms, as a real one would
+        with shardq.Client(srv.url, spread=False, timeout=5) as raw:
+            while not stop.is_set():
+                try:
+                    commands.append(raw.beat(wid, active=[]).command)
+                    home.append(raw.shard)
+                except (ShardqError, OSError):
+                    commands.append("error")
+                stop.wait(0.1)
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        with shardq.Client(srv.url) as c:
+            wait_until(answered(lambda: wid in _workers(c)), 10, "the worker in the registry")
+            assert c.quiet_worker(wid)["command"] == "quiet"
+            wait_until(lambda: commands[-3:] == ["quiet"] * 3, 10, "the order in heartbeat answers")
+            # The coordinator dies: the shards still hold the order; the new coordinator gets it back.
+            os.kill(child_pid(srv, "coordinator"), signal.SIGKILL)
+            n = len(commands)
+            wait_until(answered(lambda: _workers(c)[wid]["command"] == "quiet"), 30,
+                       "the restarted coordinator to know the order")
+            assert set(commands[n:]) <= {"quiet", "error"}
+            # The shard holding the heartbeat connection dies: the worker reconnects (to the other
+            # shard, or to this one restarted, which gets the order from the coordinator).
+            victim = home[-1]
+            os.kill(child_pid(srv, f"shard-{victim}"), signal.SIGKILL)
+            wait_until(lambda: home[-1] != victim or "error" in commands[n:], 10, "a reconnect")
+            n = len(commands)
+            wait_until(lambda: commands[n:][-3:] == ["quiet"] * 3, 30, "the order after the restart")
+            # Both shards restarted: the order comes back from the coordinator.
+            other = 1 - victim
+            wait_until(answered(lambda: serving(srv, victim)), 30, "the shard restarted")
+            os.kill(child_pid(srv, f"shard-{other}"), signal.SIGKILL)
+            n = len(commands)
+            wait_until(lambda: commands[n:][-3:] == ["quiet"] * 3, 30, "the order after the 2nd restart")
+            wait_until(answered(lambda: _workers(c)[wid]["command"] == "quiet"), 30, "the registry")
+            assert c.stop_worker(wid)["command"] == "stop"  # stronger; a quiet now keeps it
+            assert c.quiet_worker(wid)["command"] == "stop"
+    finally:
+        stop.set()
+        beater.join(10)
