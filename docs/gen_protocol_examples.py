@@ -229,6 +229,19 @@ EXAMPLES: list[tuple[str, MsgType, dict[str, Any], bytes]] = [
     ("SCHEDULE_PAUSE:ack", MsgType.ACK, {"rid": 33, "schedule": schedule(paused=True, fired=1)}, b""),
     ("SCHEDULE_REMOVE:request", MsgType.SCHEDULE_REMOVE, {"rid": 34, "name": "nightly-report"}, b""),
     ("SCHEDULE_REMOVE:ack", MsgType.ACK, {"rid": 34, "name": "nightly-report", "removed": True}, b""),
+    # -- extension cancel_running: what the worker of a cancelled running task hears
+    ("CANCEL:ack-running", MsgType.ACK, {"rid": 15, "id": A, "status": "cancelled"}, b""),
+    ("HEARTBEAT:ack-cancelled", MsgType.ACK,
+     {"rid": 16, "lease_expires_ms": NOW + 4000 + LEASE_MS, "lost": [A], "cancelled": [A]}, b""),
+    ("RESULT:ack-cancelled", MsgType.ACK, {"rid": 17, "results": [{"id": A, "status": "cancelled"}]},
+     b""),
+    # -- extension worker_control
+    ("WORKER_CONTROL:request", MsgType.WORKER_CONTROL,
+     {"rid": 18, "worker_id": "w-1", "action": "quiet"}, b""),
+    ("WORKER_CONTROL:ack", MsgType.ACK,
+     {"rid": 18, "worker_id": "w-1", "command": "quiet", "state": "running"}, b""),
+    ("HEARTBEAT:ack-command", MsgType.ACK,
+     {"rid": 19, "lease_expires_ms": NOW + 6000 + LEASE_MS, "command": "quiet"}, b""),
     # -- one NACK per error code
     ("NACK:BadRequest", MsgType.NACK,
      nack(20, "BadRequest", "tasks[2].priority: must be an integer 0..255, got 300"), b""),
@@ -244,7 +257,7 @@ EXAMPLES: list[tuple[str, MsgType, dict[str, Any], bytes]] = [
           retry_after_ms=2500), b""),
     ("NACK:NotFound", MsgType.NACK, nack(23, "NotFound", f"no task {UNKNOWN}"), b""),
     ("NACK:InvalidState", MsgType.NACK,
-     nack(24, "InvalidState", "cannot cancel a task that is in_progress"), b""),
+     nack(24, "InvalidState", "cannot cancel a task that is completed"), b""),
     ("NACK:LeaseLost", MsgType.NACK,
      nack(25, "LeaseLost", f"w-1 does not hold attempt 1 of {D} (task is in_progress, attempt 2)"),
      b""),

@@ -63,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     from shardq.bench import add_arguments  # the benchmark owns its arguments
     add_arguments(bench)
 
-    from shardq.cli_commands import add_client_commands
+    from shardq.cli_commands import add_client_commands, common_options
     add_client_commands(sub)
     from shardq.schedules_cli import add_schedule_commands
     add_schedule_commands(sub)
+    from shardq.cli_workers import add_worker_control  # `shardq workers quiet|stop ID`
+    add_worker_control(sub.choices["workers"], [common_options()])
     add_keys_command(sub)
 
     # The worker owns its arguments; main() hands them to _run_worker.

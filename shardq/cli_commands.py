@@ -198,7 +198,8 @@ def add_client_commands(sub: Any) -> None:
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(handler=cmd_status)
 
-    p = sub.add_parser("cancel", parents=common, help="cancel a task that has not started")
+    p = sub.add_parser("cancel", parents=common,
+                       help="cancel a task that is not finished (a running one: its worker stops it)")
     p.add_argument("id", metavar="ID")
     p.set_defaults(handler=cmd_cancel)
 
@@ -420,7 +421,9 @@ def cmd_workers(args: argparse.Namespace, client: Any) -> int:
     rows = [[w.get("worker_id"), w.get("hostname"), w.get("pid"), ",".join(w.get("types") or ()) or "*",
              w.get("concurrency"), w.get("active", 0),
              None if w.get("cpu_percent") is None else f"{w['cpu_percent']:.1f}",
-             mib(w.get("memory_rss")), w.get("state"), relative(w.get("last_seen_ms"), now)]
+             mib(w.get("memory_rss")), w.get("state") if w.get("state") not in (None, "running") or
+             not w.get("command") else f"running ({w['command']} ordered)",
+             relative(w.get("last_seen_ms"), now)]
             for w in workers]
     print_table(("id", "host", "pid", "types", "concurrency", "active", "cpu %", "rss", "state", "last seen"),
                 rows, empty="no live workers")

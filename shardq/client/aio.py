@@ -35,6 +35,13 @@ from typing import Any
 from shardq.client import requests as rq
 from shardq.client.aio_connection import AsyncConnection, open_connection
 from shardq.client.connection import ConnectionClosed, check_tls_options, parse_target
+from shardq.client.control import (
+    HeartbeatAnswer,
+    parse_beat,
+    parse_commanded,
+    require_feature,
+    worker_control_header,
+)
 from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
 from shardq.client.schedules import AsyncScheduleMethods
@@ -375,6 +382,26 @@ class AsyncClient(LaneRouting[_Lane], AsyncScheduleMethods):
                         **info: Any) -> tuple[int, list[str]]:
         msg = await self.call(MsgType.HEARTBEAT, rq.heartbeat_header(worker_id, active, info))
         return rq.parse_heartbeat(msg)
+
+    async def beat(self, worker_id: str, active: list[str] | None = None, **info: Any) -> HeartbeatAnswer:
+        """HEARTBEAT, with all of its answer: ``lost``, ``cancelled`` (stop those handlers) and a
+        quiet/stop ``command``."""
+        msg = await self.call(MsgType.HEARTBEAT, rq.heartbeat_header(worker_id, active, info))
+        return parse_beat(msg)
+
+    async def quiet_worker(self, worker_id: str) -> dict[str, Any]:
+        """Tell a worker to stop claiming and finish what it holds (at its next heartbeat)."""
+        return await self._worker_control(worker_id, "quiet")
+
+    async def stop_worker(self, worker_id: str) -> dict[str, Any]:
+        """Quiet a worker, then have it exit once drained (or after its shutdown timeout)."""
+        return await self._worker_control(worker_id, "stop")
+
+    async def _worker_control(self, worker_id: str, action: str) -> dict[str, Any]:
+        await self.connect()
+        require_feature(self.server_info, "worker_control")
+        msg = await self.call(MsgType.WORKER_CONTROL, worker_control_header(worker_id, action))
+        return parse_commanded(msg)
 
 
 __all__ = ["AsyncClient", "ConnectionClosed", "Job", "TaskInfo", "TaskFailed", "TaskCancelled",

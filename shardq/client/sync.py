@@ -29,6 +29,13 @@ from typing import Any
 
 from shardq.client import requests as rq
 from shardq.client.connection import Connection, ConnectionClosed, check_tls_options, parse_target
+from shardq.client.control import (
+    HeartbeatAnswer,
+    parse_beat,
+    parse_commanded,
+    require_feature,
+    worker_control_header,
+)
 from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
 from shardq.client.schedules import ScheduleMethods
@@ -352,6 +359,25 @@ class Client(LaneRouting[_Lane], ScheduleMethods):
     def heartbeat(self, worker_id: str, active: list[str] | None = None,
                   **info: Any) -> tuple[int, list[str]]:
         return rq.parse_heartbeat(self.call(MsgType.HEARTBEAT, rq.heartbeat_header(worker_id, active, info)))
+
+    def beat(self, worker_id: str, active: list[str] | None = None, **info: Any) -> HeartbeatAnswer:
+        """HEARTBEAT, with all of its answer: ``lost``, ``cancelled`` (stop those handlers) and a
+        quiet/stop ``command``."""
+        return parse_beat(self.call(MsgType.HEARTBEAT, rq.heartbeat_header(worker_id, active, info)))
+
+    def quiet_worker(self, worker_id: str) -> dict[str, Any]:
+        """Tell a worker to stop claiming and finish what it holds (at its next heartbeat);
+        ``{"worker_id", "command", "state"}``. NotFound for a worker the broker does not know."""
+        return self._worker_control(worker_id, "quiet")
+
+    def stop_worker(self, worker_id: str) -> dict[str, Any]:
+        """Quiet a worker, then have it exit once drained (or after its shutdown timeout)."""
+        return self._worker_control(worker_id, "stop")
+
+    def _worker_control(self, worker_id: str, action: str) -> dict[str, Any]:
+        self.connect()
+        require_feature(self.server_info, "worker_control")
+        return parse_commanded(self.call(MsgType.WORKER_CONTROL, worker_control_header(worker_id, action)))
 
 
 __all__ = ["Client", "Job", "TaskInfo", "TaskFailed", "TaskCancelled", "WaitTimeout"]

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from shardq.engine import states
+from shardq.engine.cancelling import EngineCancelRunning
 from shardq.engine.dependencies import EngineDependencies
 from shardq.engine.deps import Dependencies
 from shardq.engine.leases import Lease, LeaseTable, Worker
@@ -71,7 +72,7 @@ _TASK_JSON_RESERVE = 1024
 
 
 class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, EngineSchedules,
-             EngineTaskOptions):
+             EngineTaskOptions, EngineCancelRunning):
     """One shard's engine: the one object the shard calls (see rule 4 for its mixins)."""
 
     def __init__(self, store: Store, settings: EngineSettings, rng: random.Random | None = None) -> None:
@@ -362,7 +363,10 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
             lease = lease_of(item.id)
             if lease is None or lease.worker_id != worker_id or lease.attempt != item.attempt:
                 current = lease.task if lease is not None else self.store.get(item.id)
-                if current is None:
+                late = None if current is None else self.late_result(worker_id, item, current)
+                if late is not None:
+                    out.append(late)
+                elif current is None:
                     out.append({"id": sid, "error": {"code": "NotFound", "message": f"no task {sid}"}})
                 else:
                     out.append({"id": sid, "error": {"code": "LeaseLost", "message": (
@@ -434,7 +438,10 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         task = self.store.get(raw_id)
         if task is None:
             raise NotFound(f"no task {id_to_str(raw_id)}")
-        self._set_status(task, "cancel", now)
+        if task.status == IN_PROGRESS:
+            self._cancel_running(task, now)
+        else:
+            self._set_status(task, "cancel", now)
         self._count("cancelled")
         self._dependency_failed(raw_id, now)
         return task

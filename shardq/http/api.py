@@ -34,6 +34,7 @@ from shardq.http.openapi import build_document
 from shardq.http.problems import problem
 from shardq.http.routes import ROUTES, Route, Router
 from shardq.http.schedule_api import ScheduleApi
+from shardq.http.worker_control_api import WorkerControlApi
 from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.protocol.requests import parse_id
 from shardq.protocol.task_options import http_task_options
@@ -147,7 +148,7 @@ def _split(tasks: list[dict[str, Any] | None], blob: bytes, key: str, name: str,
         at += n
 
 
-class Api(ScheduleApi):
+class Api(ScheduleApi, WorkerControlApi):
     """One shard's HTTP API: ``handle`` is aiohttp's request handler (server.py)."""
 
     _payload_of = staticmethod(_bytes)  # for the mixins (schedule_api.py)
@@ -494,10 +495,14 @@ class Api(ScheduleApi):
         info = {"cpu_percent": body.cpu_percent, "memory_rss": body.memory_rss,
                 "memory_percent": body.memory_percent, "state": body.state}
         active = None if body.active is None else [id_to_bytes(i) for i in body.active]
-        expires, lost = await _now_or_later(self.ops.heartbeat(who, _worker_id(params), info, active))
-        out: dict[str, Any] = {"lease_expires_ms": expires}
-        if lost:
-            out["lost"] = lost
+        beat = await _now_or_later(self.ops.heartbeat(who, _worker_id(params), info, active))
+        out: dict[str, Any] = {"lease_expires_ms": beat.expires}
+        if beat.lost:
+            out["lost"] = beat.lost
+        if beat.cancelled:
+            out["cancelled"] = beat.cancelled
+        if beat.command is not None:
+            out["command"] = beat.command
         return out
 
     async def deregister_worker(self, who: Identity, params: dict[str, str], query: None, body: None,

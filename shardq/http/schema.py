@@ -215,6 +215,7 @@ class Worker(msgspec.Struct):
     memory_percent: float | None = None
     first_seen_ms: int | None = None
     last_seen_ms: int | None = None
+    command: Literal["quiet", "stop"] | None = None  # a standing order (extension worker_control)
 
 
 class Workers(Struct):
@@ -290,12 +291,22 @@ class Heartbeat(Struct):
     cpu_percent: Annotated[float, Meta(ge=0)] | None = None
     memory_rss: U63 | None = None
     memory_percent: Annotated[float, Meta(ge=0)] | None = None
-    state: Literal["running", "draining"] | None = None
+    state: Literal["running", "draining", "quiet", "stopping"] | None = None
 
 
 class HeartbeatOut(Struct):
     lease_expires_ms: int
     lost: list[TaskId] | UnsetType = UNSET
+    cancelled: list[TaskId] | UnsetType = UNSET  # extension cancel_running: stop these handlers
+    command: Literal["quiet", "stop"] | UnsetType = UNSET  # extension worker_control
+
+
+class WorkerCommanded(Struct):
+    """A quiet/stop order recorded; the worker obeys at its next heartbeat."""
+
+    worker_id: str
+    command: Literal["quiet", "stop"]
+    state: str
 
 
 class Released(Struct):

@@ -13,4 +13,6 @@ FEATURES: tuple[str, ...] = (
     "expiry",  # SUBMIT expires_at_ms / ttl_ms
     "unique",  # SUBMIT unique_key / unique_window_ms; the ACK's duplicates
     "dependency_results",  # CLAIM dependency_results
+    "cancel_running",  # CANCEL of an in_progress task; HEARTBEAT answers `cancelled`
+    "worker_control",  # WORKER_CONTROL quiet/stop; HEARTBEAT answers `command`
 )

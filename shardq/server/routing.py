@@ -27,6 +27,7 @@ from shardq.patterns import TypePatterns
 from shardq.protocol.frames import MsgType
 from shardq.protocol.requests import MAX_QUERY_IDS
 from shardq.server.taskopts import SubmittedIds, any_options, spec_owner
+from shardq.server.worker_control import Beat, local_beat
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import PENDING, STATUS_CODES, STATUS_NAMES, id_to_str, owner_of
 
@@ -239,26 +240,27 @@ async def result(server: ShardServer, worker_id: str, items: list[ResultItem], l
 
 
 async def heartbeat(server: ShardServer, worker_id: str, info: dict[str, Any],
-                    active: list[bytes] | None) -> tuple[int, list[str]]:
-    """Every shard extends this worker's leases; each owner says which are lost."""
+                    active: list[bytes] | None, command: str | None = None) -> Beat:
+    """Every shard extends this worker's leases; each owner says which are lost or cancelled."""
     assert server.peers is not None
     mine = None if active is None else [a for a in active if _owner(server, a) == server.index]
-    expires, lost = server.engine.heartbeat(worker_id, info, mine, now_ms())
+    expires, lost, cancelled, _ = local_beat(server.engine, worker_id, info, mine, now_ms())
     server.mutated()
 
-    async def forward(shard: int) -> list[str]:
+    async def forward(shard: int) -> tuple[list[str], list[str]]:
         header: dict[str, Any] = {"worker_id": worker_id}
         if active is not None:
             header["active"] = [id_to_str(a) for a in active if _owner(server, a) == shard]
         try:
             answer, _ = await _forward(server, shard, MsgType.HEARTBEAT, header)
         except WireError:
-            return []  # restarting: its leases are reclaimed or extended when it is back
-        return answer.get("lost") or []
+            return [], []  # restarting: its leases are reclaimed or extended when it is back
+        return answer.get("lost") or [], answer.get("cancelled") or []
 
-    for more in await asyncio.gather(*(forward(s) for s in server.peers.others())):
+    for more, stop in await asyncio.gather(*(forward(s) for s in server.peers.others())):
         lost.extend(more)
-    return expires, lost
+        cancelled.extend(stop)
+    return Beat(expires, lost, cancelled, command)
 
 
 async def deregister(server: ShardServer, worker_id: str) -> int:

@@ -112,7 +112,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSch
             MsgType.CANCEL: self.on_cancel, MsgType.LIST_TASKS: self.on_list,
             MsgType.GET_STATS: self.on_stats, MsgType.REGISTER_WORKER: self.on_register,
             MsgType.DEREGISTER_WORKER: self.on_deregister, MsgType.REQUEUE: self.on_requeue,
-            MsgType.PING: self.on_ping,
+            MsgType.PING: self.on_ping, MsgType.WORKER_CONTROL: self.on_worker_control,
         }
         self._handlers.update(self.schedule_handlers())
         self._typed: dict[MsgType, Callable[[Any], None]] = {

@@ -48,6 +48,11 @@ class SessionRequests:
         who = self._who(msg)
         self._answer(msg.rid, self.ops.deregister(who, worker_id), answers.released)
 
+    def on_worker_control(self, msg: Message) -> None:
+        worker_id, action = rq.parse_worker_control(msg.header)
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.worker_control(who, worker_id, action), answers.as_is)
+
     def on_query(self, msg: Message) -> None:
         if self.peer and "_dep_results" in msg.header:  # another shard's CLAIM (dep_results.py)
             self._ack(msg.rid, *dep_results.serve(self.ops, msg.header))

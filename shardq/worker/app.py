@@ -21,6 +21,7 @@ import inspect
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -53,12 +54,15 @@ class TaskContext:
     ``id``, ``type``; ``attempt`` (counts claims, 1 on the first run: the lease's fencing token);
     ``retry_count`` (failures retried so far, 0 on the first run); ``max_retries``;
     ``timeout_seconds`` (the task's, as submitted); ``priority``; ``payload`` (bytes);
-    ``worker_id``. ``cancelled`` turns true when the worker gave up on this run (timeout, lost
-    lease, shutdown): a thread-pool handler that loops can check it and return early.
+    ``worker_id``. ``cancelled`` turns true when the worker gave up on this run (the task was
+    cancelled by CANCEL, timeout, lost lease, shutdown): a thread-pool handler that loops can
+    check it and return early, or sleep with ``wait_cancelled(seconds)``, which returns as soon
+    as the run is cancelled. (Async handlers are cancelled with ``asyncio`` cancellation, and a
+    process-pool handler's process is killed: they need neither.)
     """
 
     __slots__ = ("id", "type", "attempt", "retry_count", "max_retries", "timeout_seconds",
-                 "priority", "payload", "worker_id", "_cancelled", "_deps")
+                 "priority", "payload", "worker_id", "_cancelled", "_deps", "_event")
 
     def __init__(self, id: str, type: str, attempt: int, retry_count: int, max_retries: int,
                  timeout_seconds: int, priority: int, payload: bytes, worker_id: str) -> None:
@@ -73,6 +77,7 @@ class TaskContext:
         self.worker_id = worker_id
         self._cancelled = False
         self._deps: DependencyResults | None = None  # set by the worker for a task with dependencies
+        self._event: threading.Event | None = None  # made by the first wait_cancelled only
 
     def dependency_results(self, decode: bool = False) -> dict[str, Any]:
         """{dependency id: its result} for every task this one depends on (in ``depends_on``
@@ -92,6 +97,22 @@ class TaskContext:
     @property
     def cancelled(self) -> bool:
         return self._cancelled
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds, or until the run is cancelled; whether it is."""
+        event = self._event
+        if event is None:
+            event = self._event = threading.Event()
+        if self._cancelled:  # set before the event existed (see cancel)
+            event.set()
+        return event.wait(timeout)
+
+    def cancel(self) -> None:
+        """The worker gave up on this run: ``cancelled`` turns true, ``wait_cancelled`` returns."""
+        self._cancelled = True
+        event = self._event
+        if event is not None:
+            event.set()
 
     def __repr__(self) -> str:
         return (f"TaskContext(id={self.id!r}, type={self.type!r}, attempt={self.attempt}, "

@@ -67,7 +67,7 @@ class ClaimCycle:
             if self.reports.ready(now):
                 self.reports.send(self._lane_conn)
             if (not self._claiming and not self._stop.is_set() and not self._burst_wait
-                    and now >= self._claim_not_before):
+                    and now >= self._claim_not_before and self.state == "running"):
                 room = self.concurrency + self.prefetch_now() - len(self.running) - len(self.prefetched)
                 if room > 0:
                     self._send_claim(self._claim_shard(now), min(room, MAX_CLAIM))
@@ -132,7 +132,7 @@ class ClaimCycle:
                         self._home_dry_until = time.monotonic() + DRY_S
                     else:
                         self.lanes[shard].dry_until = time.monotonic() + DRY_S
-            if self._stop.is_set():  # shutting down: hand them straight back
+            if self._stop.is_set() or self.state != "running":  # quiet or stopping: hand them back
                 for task in tasks:
                     self._release_unstarted(task)
             else:
@@ -272,7 +272,7 @@ class ClaimCycle:
         run.state = ABANDONED
         if self.running.get(run.ctx.id) is run:
             del self.running[run.ctx.id]
-        run.ctx._cancelled = True
+        run.ctx.cancel()
         if run.atask is not None:
             run.atask.cancel()
         elif self.pool is not None:

@@ -237,6 +237,14 @@ def ev_cancel(env: Env, source: int) -> bytes:
     return tid
 
 
+def ev_cancel_running(env: Env, source: int) -> bytes:
+    tid = env.add()
+    env.claim_one("w")
+    assert env.engine.cancel(tid, env.now) is not None
+    env.store.commit()
+    return tid
+
+
 def ev_dependency_failed(env: Env, source: int) -> bytes:
     parent = env.add()
     child = env.add(depends_on=(parent,))
@@ -276,6 +284,7 @@ DRIVERS = {
     "claim": ev_claim, "complete": ev_complete, "fail_retry": ev_fail_retry,
     "fail_final": ev_fail_final, "release": ev_release, "reclaim_retry": ev_reclaim_retry,
     "reclaim_final": ev_reclaim_final, "retry_due": ev_retry_due, "cancel": ev_cancel,
+    "cancel_running": ev_cancel_running,
     "dependency_failed": ev_dependency_failed, "requeue": ev_requeue, "recover": ev_recover,
     "expire": ev_expire,
 }
@@ -964,11 +973,10 @@ def test_cancel_pending_failed_scheduled_waiting(env: Env) -> None:
     assert sum(stats["by_tier"].values()) == 0
 
 
-def test_cancel_in_progress_or_terminal_is_invalid(env: Env) -> None:
+def test_cancel_terminal_is_invalid(env: Env) -> None:
+    # (in_progress can be cancelled: tests/unit/test_cancel_running.py)
     a, b = env.add(), env.add()
     ta = env.claim_one("w")
-    with pytest.raises(InvalidState):
-        env.engine.cancel(a, env.now)
     env.complete(ta, "w")
     with pytest.raises(InvalidState):
         env.engine.cancel(a, env.now)

@@ -18,6 +18,7 @@ VALID = {
     MsgType.DEREGISTER_WORKER: {"worker_id": "w"}, MsgType.REQUEUE: {},
     MsgType.SCHEDULE_LIST: {}, MsgType.SCHEDULE_REMOVE: {"name": "n"},
     MsgType.SCHEDULE_PAUSE: {"name": "n", "paused": True},
+    MsgType.WORKER_CONTROL: {"worker_id": "w", "action": "quiet"},
 }
 
 
