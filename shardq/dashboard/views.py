@@ -167,7 +167,7 @@ async def task(d: Dashboard, who: Identity, request: web.BaseRequest, params: di
     done = request.rel_url.query.get("done")
     return d.render(request, "task.html", who=who, page="tasks", task=t, payload=payload, result=result,
                     done=done if done in ("cancelled", "requeued") else None,
-                    can_cancel=can(who, "cancel") and t["status"] in ("pending", "failed"),
+                    can_cancel=can(who, "cancel") and t["status"] in ("pending", "failed", "in_progress"),
                     can_requeue=can(who, "requeue") and t["status"] in ("dead_letter", "failed"))
 
 
@@ -192,7 +192,18 @@ async def requeue(d: Dashboard, who: Identity, request: web.BaseRequest, params:
 async def workers(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     stats = await _now_or_later(d.ops.stats(who, True))
     rows = sorted(stats.get("worker_list") or [], key=lambda w: w.get("worker_id", ""))
-    return d.render(request, "workers.html", who=who, page="workers", workers=rows)
+    done = request.rel_url.query.get("done")
+    return d.render(request, "workers.html", who=who, page="workers", workers=rows,
+                    can_control=can(who, "worker_control"),
+                    done=done if done in ("quiet", "stop") else None, worker=request.rel_url.query.get("worker"))
+
+
+def _worker_action(action: str) -> Any:
+    async def act(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+        await _now_or_later(d.ops.worker_control(who, params["worker_id"], action))
+        where = urllib.parse.urlencode({"done": action, "worker": params["worker_id"]})
+        return web.Response(status=303, headers={"Location": f"/workers?{where}"})
+    return act
 
 
 async def shards(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
@@ -231,6 +242,8 @@ PAGES: tuple[tuple[str, str, Any], ...] = (
     ("POST", "/tasks/{id}/cancel", cancel),
     ("POST", "/tasks/{id}/requeue", requeue),
     ("GET", "/workers", workers),
+    ("POST", "/workers/{worker_id}/quiet", _worker_action("quiet")),
+    ("POST", "/workers/{worker_id}/stop", _worker_action("stop")),
     ("GET", "/shards", shards),
     ("GET", "/schedules", schedules),
     ("POST", "/schedules/{name}/pause", _schedule_action("paused")),

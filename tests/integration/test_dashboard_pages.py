@@ -235,3 +235,19 @@ def test_schedules_page_shows_next_runs_and_pauses_resumes_removes(srv, client) 
     assert code == 303 and [s["name"] for s in client.schedules()] == ["dash-nightly"]
     code, _, html = fetch(srv, "POST", "/schedules/no-such/pause")
     assert code == 404
+
+
+def test_quiet_and_stop_a_worker_from_the_workers_page(srv, client) -> None:
+    client.register_worker("w-dash-q", hostname="box-1", types=["dash.q"], concurrency=2)
+    code, _, html = fetch(srv, "GET", "/workers")
+    assert code == 200 and "w-dash-q" in html and 'aria-label="Quiet w-dash-q"' in html
+    code, headers, _ = fetch(srv, "POST", "/workers/w-dash-q/quiet")
+    assert code == 303 and headers["location"] == "/workers?done=quiet&worker=w-dash-q"
+    assert client.beat("w-dash-q").command == "quiet"  # delivered in the heartbeat's answer
+    code, _, html = fetch(srv, "GET", "/workers?done=quiet&worker=w-dash-q")
+    assert "Worker w-dash-q told to quiet down" in html and 'aria-label="Quiet w-dash-q"' not in html
+    assert fetch(srv, "POST", "/workers/w-dash-q/stop")[0] == 303
+    assert client.beat("w-dash-q").command == "stop"
+    code, _, html = fetch(srv, "POST", "/workers/no-such-worker/quiet")
+    assert code == 404 and "no-such-worker" in html
+    client.deregister_worker("w-dash-q")
