@@ -8,4 +8,6 @@ documented in docs/protocol.md ("Extensions"). Names are added, never renamed or
 from __future__ import annotations
 
 FEATURES: tuple[str, ...] = (
+    "history",  # QUERY_STATUS with_history: each task's timeline
+    "explain",  # EXPLAIN (0x20): why a task runs or not
 )

@@ -49,6 +49,7 @@ class MsgType(IntEnum):
     DEREGISTER_WORKER = 0x0B
     REQUEUE = 0x0C
     PING = 0x0D
+    EXPLAIN = 0x20  # why a task runs or not (server/insight.py)
     # Between shardq's own processes only (Unix sockets); never valid on the client port.
     REPORT = 0x40  # shard -> coordinator: depth, ready types, workers seen, stats
     STATE = 0x41  # coordinator -> shards: the others' depths and ready types

@@ -111,6 +111,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests):
             MsgType.GET_STATS: self.on_stats, MsgType.REGISTER_WORKER: self.on_register,
             MsgType.DEREGISTER_WORKER: self.on_deregister, MsgType.REQUEUE: self.on_requeue,
             MsgType.PING: self.on_ping,
+            MsgType.EXPLAIN: self.on_explain,  # session_requests.py
         }
         self._typed: dict[MsgType, Callable[[Any], None]] = {
             MsgType.SUBMIT: self._submit, MsgType.CLAIM: self._claim, MsgType.RESULT: self._result}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardq.protocol import requests as rq
 from shardq.protocol.frames import Message
-from shardq.server import answers
+from shardq.server import answers, insight
 from shardq.server.answers import Body
 from shardq.task import id_to_str
 
@@ -49,8 +49,14 @@ class SessionRequests:
 
     def on_query(self, msg: Message) -> None:
         ids, with_result = rq.parse_query(msg.header)
+        with_history = insight.parse_with_history(msg.header)  # the "history" extension
         who = self._who(msg)
-        self._answer(msg.rid, self.ops.query(who, ids, with_result), answers.queried)
+        self._answer(msg.rid, self.ops.query(who, ids, with_result, with_history), answers.queried)
+
+    def on_explain(self, msg: Message) -> None:
+        raw = insight.parse_explain(msg.header)
+        who = self._who(msg)
+        self._answer(msg.rid, insight.explain(self.ops, who, raw), answers.as_is)
 
     def on_cancel(self, msg: Message) -> None:
         raw = rq.parse_cancel(msg.header)

@@ -183,6 +183,7 @@ FUNCTION_IMPORT_SCOPE = ["shardq.protocol", "shardq.engine", "shardq.store", "sh
 LAZY_IMPORTS = {
     ("shardq.cli", "shardq.bench"): "`shardq --help` and the client commands do not load the benchmarks",
     ("shardq.cli", "shardq.cli_commands"): "`shardq serve` does not load the client commands",
+    ("shardq.cli", "shardq.cli_insight"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.server.supervisor"): "only `shardq serve` loads the server (uvloop, rocksdict)",
     ("shardq.cli_commands", "shardq.client.sync"): "`--offline` commands need no client",
 }
