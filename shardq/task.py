@@ -68,6 +68,7 @@ _F_WORKER, _F_LEASE, _F_RESULT, _F_ERROR, _F_INLINE, _F_EXTRAS = 1, 2, 4, 8, 16,
 _EXTRAS_LEN = struct.Struct(">I")
 # Every key a record's ``extras`` may hold, with the feature that owns it (one line each).
 EXTRA_KEYS: dict[str, str] = {
+    "h": "history: the task's bounded timeline (engine/history.py)",
 }
 INLINE_PAYLOAD_MAX = 4096
 
