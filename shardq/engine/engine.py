@@ -134,10 +134,11 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
             self.pending_by_tier[tier_of(task.priority)] += 1
         task.status = new
         task.updated_ms = now
+        self._note(task, event, now)  # its history rides in this write (timeline.py)
         if new != IN_PROGRESS:
-            task.worker_id = None
+            if new != COMPLETED:  # a completed task's history names the worker (history.py)
+                task.worker_id = None
             task.lease_expires_ms = None
-        self._note(task, event, now)  # its history event rides in this write (timeline.py)
         self.store.update(task, old, old_key)
 
     # -- SUBMIT ------------------------------------------------------------

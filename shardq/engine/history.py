@@ -1,15 +1,21 @@
 """A task's history: the compact timeline kept in its record, and its wire and human forms.
 
 Rules:
-1. The history lives in the record's ``extras`` under HISTORY_KEY, so it is written with the
-   record at each transition (no RocksDB write of its own) and deleted with it (retention).
-2. It is bounded: the first FIRST_KEEP events and the last LAST_KEEP are kept, and the ones in
-   between are counted (``dropped``), so a task retried hundreds of times keeps a record of a few
-   KiB at most. Error texts are cut to ERROR_MAX characters.
-3. Stored form: ``[dropped, event, event, ...]``, each event a short list ``[code, t_ms, fields...]``
-   (the codes and their fields are EVENTS below). Codes are never renamed or reused: records on
-   disk keep them. This module knows the format and nothing about when events happen
-   (``timeline.py`` does).
+1. The history lives in the record: written with it at each transition (no RocksDB write of its
+   own) and deleted with it (retention). Most of it is not stored at all but read off the record's
+   fixed fields, which already say when it was submitted (``created_ms``) and when, by whom and
+   for which attempt it was last claimed (``started_ms``, ``worker_id``, ``attempt``), and, once
+   completed, when (``updated_ms``). So an ordinary task -- submitted, claimed, completed -- stores
+   no history and pays nothing for it; see ``to_wire``.
+2. What the fixed fields cannot say is stored as events in the record's ``extras`` under
+   HISTORY_KEY: an attempt that ends other than completed (its claim, heartbeats and outcome),
+   retries, dead-lettering, cancel, requeue, a dependency resolved, a submit with an API key.
+   Stored form: ``[dropped, event, event, ...]``, each event a short list ``[code, t_ms, fields...]``
+   (EVENTS below). Codes are never renamed or reused: records on disk keep them.
+3. Bounded: the first FIRST_KEEP stored events and the last LAST_KEEP are kept, and the ones in
+   between are counted (``dropped``), so a task retried hundreds of times keeps a few KiB at
+   most. Error texts are cut to ERROR_MAX characters.
+4. This module knows the format and nothing about when events happen (``timeline.py`` does).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from shardq.task import Task, id_to_str
+from shardq.task import COMPLETED, IN_PROGRESS, Task, id_to_str
 
 HISTORY_KEY = "h"
 # Enough for the story of an ordinary task (submitted, a few attempts) whole; past that the
@@ -85,12 +91,25 @@ def event_to_wire(event: list[Any]) -> dict[str, Any]:
     return out
 
 
-def to_wire(task: Task, live: list[list[Any]] | None = None) -> dict[str, Any]:
-    """``{"events": [...], "dropped": n}``; ``live`` are events not folded into the record yet
-    (the heartbeats of the attempt running now)."""
+def to_wire(task: Task, hostname: str | None = None, beats: list[int] | None = None) -> dict[str, Any]:
+    """``{"events": [...], "dropped": n, "dropped_after": k | None}``: the stored events with the
+    ones the fixed fields say (rule 1) around them. ``hostname``: of the worker of the last claim,
+    when it is known; ``beats``: ``[first_ms, last_ms, count]`` of the attempt running now."""
     h = stored(task)
-    return {"events": [event_to_wire(e) for e in [*h[1:], *(live or ())]], "dropped": h[0],
-            "dropped_after": FIRST_KEEP if h[0] else None}
+    kept = h[1:]
+    events: list[list[Any]] = []
+    if not kept or kept[0][0] != "s":
+        events.append(["s", task.created_ms])
+    events.extend(kept)
+    claimed = task.status in (IN_PROGRESS, COMPLETED) and task.attempt > 0
+    if claimed and not any(e[0] == "c" and e[2] == task.attempt for e in kept):
+        events.append(["c", task.started_ms, task.attempt, task.worker_id, hostname])
+    if task.status == IN_PROGRESS and beats is not None:
+        events.append(["hb", beats[0], beats[1], beats[2]])
+    if task.status == COMPLETED:
+        events.append(["ok", task.updated_ms, task.attempt, task.updated_ms - task.started_ms])
+    return {"events": [event_to_wire(e) for e in events], "dropped": h[0],
+            "dropped_after": FIRST_KEEP + (1 if kept and kept[0][0] != "s" else 0) if h[0] else None}
 
 
 def describe(event: dict[str, Any]) -> str:

@@ -7,7 +7,8 @@ same record write (history.py, rule 1). Heartbeats are not status changes and wr
 running attempt's count and first/last times are kept here in memory and folded into the history
 as one event when the attempt ends (a broker restart forgets the count of the attempts running
 then, nothing else). ``actor`` is the API key id a request acts for (set by the server around a
-SUBMIT, CANCEL or REQUEUE when auth is on), recorded with those events.
+SUBMIT, CANCEL or REQUEUE when auth is on), recorded with those events. The ordinary lifecycle
+(submit, claim, complete) stores nothing: history.py, rule 1.
 """
 
 from __future__ import annotations
@@ -49,24 +50,32 @@ class EngineTimeline:
     # -- events --------------------------------------------------------------------------
 
     def _note_submitted(self, task: Task, now: int) -> None:
-        history.append(task, ["s", now, self.actor] if self.actor else ["s", now])
+        """Stored only with an API key to name: the submit time is the record's ``created_ms``."""
+        if self.actor:
+            history.append(task, ["s", now, self.actor])
 
     def _note(self, task: Task, event: str, now: int) -> None:
-        """The history event(s) of transition ``event``, which ``task`` has just made."""
-        append = history.append
+        """The history of transition ``event``, which ``task`` is making: called by
+        ``Engine._set_status`` with the new status and fields set, before the worker of the
+        ended attempt is cleared. A claim and a completion store nothing (history.py, rule 1),
+        unless the attempt had heartbeats; a claim counts toward its type's claim figures."""
         if event == "claim":
-            w = self._leases.workers.get(task.worker_id or "")
-            append(task, ["c", now, task.attempt, task.worker_id, w.hostname if w is not None else None])
             self._count_claim(task.type, now)
             return
+        if event == "complete":
+            beats = self._beats.pop(task.id, None) if self._beats else None
+            if beats is not None:  # the claim then the heartbeats; the completion stays implicit
+                self._claimed_event(task)
+                history.append(task, ["hb", beats[0], beats[1], beats[2]])
+            return
+        append = history.append
         if event in _ENDS_ATTEMPT:
             reason, self._fail_reason = self._fail_reason, None
+            self._claimed_event(task)
             beats = self._beats.pop(task.id, None)
             if beats is not None:
                 append(task, ["hb", beats[0], beats[1], beats[2]])
-            if event == "complete":
-                append(task, ["ok", now, task.attempt, now - task.started_ms])
-            elif event == "release":
+            if event == "release":
                 append(task, ["rl", now, task.attempt])
             elif event.startswith("reclaim") or reason == "timeout":
                 append(task, ["rc", now, task.attempt, task.error])
@@ -84,6 +93,13 @@ class EngineTimeline:
             append(task, ["rq", now, self.actor] if self.actor else ["rq", now])
         elif event in ("dependency_failed", "submit_dependency_failed"):
             append(task, ["dl", now, history.clip(task.error)])
+
+    def _claimed_event(self, task: Task) -> None:
+        """Store the claim of the attempt that is ending (the fixed fields will describe the
+        next attempt instead)."""
+        w = self._leases.workers.get(task.worker_id or "")
+        history.append(task, ["c", task.started_ms, task.attempt, task.worker_id,
+                              w.hostname if w is not None else None])
 
     def _note_dependencies_met(self, task: Task, last: bytes | None, now: int) -> None:
         """``task`` (pending) no longer waits: its last dependency completed. Not a status
@@ -130,9 +146,8 @@ class EngineTimeline:
 
     def history_of(self, task: Task) -> dict[str, Any]:
         """The task's history in wire form, with the heartbeats of its running attempt."""
-        beats = self._beats.get(task.id)
-        live = [["hb", beats[0], beats[1], beats[2]]] if beats is not None else None
-        return history.to_wire(task, live)
+        w = self._leases.workers.get(task.worker_id or "")
+        return history.to_wire(task, w.hostname if w is not None else None, self._beats.get(task.id))
 
     def beats_of(self, raw: bytes) -> list[int] | None:
         return self._beats.get(raw)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from shardq.clock import now_ms
@@ -28,8 +27,6 @@ from shardq.protocol.requests import get_bool, parse_id
 from shardq.task import id_to_bytes, id_to_str, owner_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from shardq.server.operations import Identity, Operations
 
 log = logging.getLogger("shardq.insight")
@@ -58,16 +55,22 @@ def actor_of(who: Identity) -> str | None:
     return who.key_id
 
 
-@contextmanager
-def acting(ops: Operations, who: Identity) -> Iterator[None]:
+class acting:  # noqa: N801 (used as ``with insight.acting(ops, who):``, like a function)
     """Around one engine call: the events it records name ``who``'s key (for a forwarded request,
-    the key the asking shard sent: ``operations.peer_identity``)."""
-    engine = ops.engine
-    engine.actor = actor_of(who)
-    try:
-        yield
-    finally:
-        engine.actor = None
+    the key the asking shard sent: ``operations.peer_identity``). A class, not a generator
+    context manager: it wraps every SUBMIT."""
+
+    __slots__ = ("engine", "actor")
+
+    def __init__(self, ops: Operations, who: Identity) -> None:
+        self.engine = ops.engine
+        self.actor = who.key_id
+
+    def __enter__(self) -> None:
+        self.engine.actor = self.actor
+
+    def __exit__(self, *exc: object) -> None:
+        self.engine.actor = None
 
 
 def actor_header(who: Identity) -> dict[str, Any]:

@@ -104,8 +104,8 @@ def test_history_is_bounded_and_says_how_many_were_dropped(env: Env) -> None:
     task = env.store.get(raw)
     h = env.engine.history_of(task)
     kept = history.FIRST_KEEP + history.LAST_KEEP
-    assert len(h["events"]) == kept
-    assert h["dropped"] == 1 + 3 * 40 - kept and h["dropped_after"] == history.FIRST_KEEP
+    assert len(h["events"]) == 1 + kept  # "submitted" is the record's created_ms, not stored
+    assert h["dropped"] == 3 * 40 - kept and h["dropped_after"] == 1 + history.FIRST_KEEP
     assert h["events"][0]["event"] == "submitted"  # the first ones are kept
     assert h["events"][-2]["error"].startswith("failure 39 ")  # and the last ones
     assert all(len(e.get("error", "")) <= history.ERROR_MAX for e in h["events"])
@@ -145,11 +145,26 @@ def test_dependency_resolution_and_failure(env: Env) -> None:
     assert ev[1]["reason"] == f"dependency failed: {id_to_str(doomed_parent)}"
 
 
-def test_history_survives_the_record_round_trip(env: Env) -> None:
+def test_an_ordinary_lifecycle_stores_no_history(env: Env) -> None:
+    """Submitted, claimed, completed: the fixed fields say it all (history.py, rule 1)."""
     raw = env.submit()
+    t = env.claim()
+    env.step(25)
+    env.result(t, "completed")
+    task = env.store.get(raw)
+    assert task.extras is None
+    assert env.engine.history_of(task)["events"] == [
+        {"event": "submitted", "t_ms": T0},
+        {"event": "claimed", "t_ms": T0, "attempt": 1, "worker_id": "w1"},
+        {"event": "completed", "t_ms": T0 + 25, "attempt": 1, "run_ms": 25}]
+
+
+def test_history_survives_the_record_round_trip(env: Env) -> None:
+    raw = env.submit(max_retries=0)
+    env.result(env.claim(), "failed", error="e")
     task = env.store.get(raw)
     again = Task.decode(raw, task.encode())
-    assert history.stored(again) == history.stored(task)
+    assert history.stored(again) == history.stored(task) and len(history.stored(task)) == 4
 
 
 # -- explain: the checks, on facts the engine gathers -------------------------------------------
