@@ -206,16 +206,17 @@ class Operations:
                     raise Forbidden(f"tasks[{i}]: this API key may not submit tasks of type {spec.type!r}")
         self.shard.check_submit_space()
         if self.routed and not self._all_local(specs):
-            return routing.submit(self.shard, specs)
+            return routing.submit(self.shard, specs, insight.actor_of(who))
         with insight.acting(self, who):
             return [id_to_str(i) for i in self.engine.submit(specs, now_ms())]
 
     def store_part(self, specs: list[TaskSpec], remote_status: dict[bytes, int | None],
-                   check_depth: bool) -> list[str]:
+                   check_depth: bool, who: Identity = PEER) -> list[str]:
         """A forwarded SUBMIT: this shard's part of a batch another shard checked as a whole."""
         self.shard.check_submit_space()
-        return [id_to_str(i) for i in self.engine.submit(specs, now_ms(), remote_status=remote_status,
-                                                         check_depth=check_depth)]
+        with insight.acting(self, who):
+            return [id_to_str(i) for i in self.engine.submit(specs, now_ms(), remote_status=remote_status,
+                                                             check_depth=check_depth)]
 
     def _all_local(self, specs: list[TaskSpec]) -> bool:
         owns = self.shard.owns

@@ -26,6 +26,7 @@ from shardq.errors import Unavailable, WireError
 from shardq.patterns import TypePatterns
 from shardq.protocol.frames import MsgType
 from shardq.protocol.requests import MAX_QUERY_IDS
+from shardq.server.insight import ACTOR_FIELD
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import PENDING, STATUS_CODES, STATUS_NAMES, id_to_str, owner_of
 
@@ -116,7 +117,7 @@ def result_header(item: ResultItem) -> dict[str, Any]:
 
 # -- SUBMIT ------------------------------------------------------------------------------
 
-async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
+async def submit(server: ShardServer, specs: list[TaskSpec], actor: str | None = None) -> list[str]:
     """A batch with client ids or dependencies that other shards own.
 
     A refused batch changes nothing, so every rule that can refuse it is checked
@@ -125,7 +126,7 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
     client id and each dependency outside the batch asked of its owner; only then
     does each owner store its part, the other shards' parts first and this shard's
     part (with the tasks that have no client id) last. See docs/architecture.md for
-    what a crash between parts leaves."""
+    what a crash between parts leaves. ``actor``: the API key id the tasks' histories name."""
     engine = server.engine
     index = server.index
     owners = [_owner(server, s.id) if s.id is not None else index for s in specs]
@@ -157,6 +158,8 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
     async def store_part(shard: int, positions: list[int]) -> None:
         header = {"tasks": [spec_header(specs[i]) for i in positions], "_skip_depth": True,
                   "_remote_status": {d.hex(): st for d, st in remote_status(positions).items()}}
+        if actor is not None:
+            header[ACTOR_FIELD] = actor
         answer, _ = await _forward(server, shard, MsgType.SUBMIT, header,
                                    b"".join(specs[i].payload for i in positions))
         for i, sid in zip(positions, answer["ids"]):
@@ -169,8 +172,12 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
             raise outcome
     local = parts.get(index)
     if local:
-        got = engine.submit([specs[i] for i in local], now_ms(), remote_status=remote_status(local),
-                            check_depth=False)
+        engine.actor = actor
+        try:
+            got = engine.submit([specs[i] for i in local], now_ms(), remote_status=remote_status(local),
+                                check_depth=False)
+        finally:
+            engine.actor = None
         server.mutated()
         for i, raw in zip(local, got):
             ids[i] = id_to_str(raw)

@@ -514,7 +514,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests):
         if self.peer:
             remote = msg.header.get("_remote_status") or {}
             ids = self.ops.store_part(specs, {bytes.fromhex(k): v for k, v in remote.items()},
-                                      check_depth=not msg.header.get("_skip_depth", False))
+                                      check_depth=not msg.header.get("_skip_depth", False), who=who)
             self._ack(msg.rid, {"ids": ids})
             return
         self._submit((msg.rid, specs), who)

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import shardq
+from shardq import keys as K
 from shardq.errors import NotFound
 from shardq.task import id_to_str, new_ids
 from shardq.testing import ServerProcess
@@ -245,3 +246,32 @@ def _history_or_none(client: shardq.Client, task_id: str) -> list[dict[str, Any]
         return events(client, task_id)
     except (OSError, shardq.errors.Unavailable):
         return None
+
+
+def test_history_names_the_api_key_and_explain_respects_scopes(tmp_path: Path) -> None:
+    records, secrets = [], {}
+    for name, scope in (("ops", None), ("reader", ["mine.>"])):
+        kid, secret = K.new_secret()
+        perms = ["admin"] if scope is None else ["read"]
+        records.append(K.KeyRecord(kid, name, K.hash_secret(secret), K.make_scopes(perms, scope)))
+        secrets[name] = (kid, secret)
+    K.write_keys(str(tmp_path / "keys.yaml"), records)
+    srv = ServerProcess(str(tmp_path / "data"), ["--shards", str(SHARDS)],
+                        env={"SHARDQ_AUTH__ENABLED": "true", "SHARDQ_AUTH__KEYS_FILE": str(tmp_path / "keys.yaml"),
+                             "PYTHONPATH": str(ROOT)}).start()
+    try:
+        kid, secret = secrets["ops"]
+        with shardq.Client(srv.url, api_key=secret, timeout=10) as ops:
+            parent = ops.submit("job", b"", id=on_shard(0))
+            child = ops.submit("job", b"", id=on_shard(1), depends_on=[parent])  # stored across shards
+            ops.cancel(child)
+            assert events(ops, parent)[0] == {"event": "submitted", "t_ms": events(ops, parent)[0]["t_ms"],
+                                              "key": kid}
+            evs = events(ops, child)
+            assert names(evs) == ["submitted", "cancelled"]
+            assert evs[0]["key"] == kid and evs[1]["key"] == kid
+        with shardq.Client(srv.url, api_key=secrets["reader"][1], timeout=10) as reader:
+            with pytest.raises(NotFound):
+                reader.explain(parent)  # a type this key may not read: as if there were none
+    finally:
+        srv.kill()
