@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wire import hello, nack
 
 import shardq
 from shardq import keys as K
 from shardq.errors import NotFound
+from shardq.protocol.frames import MsgType
 from shardq.task import id_to_str, new_ids
 from shardq.testing import ServerProcess
 
@@ -223,6 +225,20 @@ def test_http_history_and_explain(server: ServerProcess, client: shardq.Client) 
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{server.http_url}/api/v1/tasks/{uuid.uuid4()}/explain", timeout=10)
     assert err.value.code == 404
+
+
+def test_bad_requests_name_the_field_and_keep_the_connection(server: ServerProcess) -> None:
+    conn = server.connect(timeout=10)
+    try:
+        assert "features" in hello(conn) and {"history", "explain"} <= set(hello(conn)["features"])
+        err = nack(conn, MsgType.EXPLAIN, {"id": "not-an-id"})
+        assert err["code"] == "BadRequest" and err["message"].startswith("id:")
+        err = nack(conn, MsgType.QUERY_STATUS, {"ids": [], "with_history": "yes"})
+        assert err["code"] == "BadRequest" and err["message"].startswith("with_history:")
+        assert nack(conn, MsgType.EXPLAIN, {"id": str(uuid.uuid4())})["code"] == "NotFound"
+        assert conn.call(MsgType.PING, {}).type == MsgType.ACK  # the connection is still good
+    finally:
+        conn.close()
 
 
 def test_history_survives_kill_9(server: ServerProcess, client: shardq.Client) -> None:
