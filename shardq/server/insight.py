@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from shardq.errors import NotFound, WireError
 from shardq.patterns import TypePatterns
 from shardq.protocol.frames import MsgType
 from shardq.protocol.requests import get_bool, parse_id
-from shardq.task import id_to_bytes, id_to_str, owner_of
+from shardq.task import Task, id_to_bytes, id_to_str, owner_of
 
 if TYPE_CHECKING:
     from shardq.server.operations import Identity, Operations
@@ -34,6 +35,8 @@ log = logging.getLogger("shardq.insight")
 # The header field that carries, over the mesh, the API key id a forwarded CANCEL or REQUEUE acts
 # for, so that the owner records it in the task's history.
 ACTOR_FIELD = "_actor"
+# EXPLAIN asks the coordinator for the live workers; past this it answers with this shard's own.
+COORDINATOR_WAIT_S = 2.0
 
 
 # -- the wire ----------------------------------------------------------------------------------
@@ -78,14 +81,12 @@ def actor_header(who: Identity) -> dict[str, Any]:
     return {} if actor is None else {ACTOR_FIELD: actor}
 
 
-def add_history(ops: Operations, wire: list[dict[str, Any] | None]) -> None:
-    """QUERY_STATUS ``with_history``: each of this shard's tasks in ``wire`` gets ``history``."""
-    engine = ops.engine
-    for t in wire:
-        if t is not None:
-            task = engine.store.get(id_to_bytes(t["id"]))
-            if task is not None:
-                t["history"] = engine.history_of(task)
+def add_history(ops: Operations, wire: list[dict[str, Any] | None], tasks: list[Task | None]) -> None:
+    """QUERY_STATUS ``with_history``: each task of ``wire`` (``tasks``' wire form) gets ``history``."""
+    history_of = ops.engine.history_of
+    for w, task in zip(wire, tasks):
+        if w is not None and task is not None:
+            w["history"] = history_of(task)
 
 
 # -- EXPLAIN ---------------------------------------------------------------------------------
@@ -146,9 +147,10 @@ async def _live_workers(ops: Operations) -> list[dict[str, Any]] | None:
     if shard.coordinator is not None:
         shard.flush_report()  # workers heard just now reach the registry first
         try:
-            answer, _ = await shard.coordinator.request(MsgType.GET_STATS, {})
+            answer, _ = await asyncio.wait_for(shard.coordinator.request(MsgType.GET_STATS, {}),
+                                               COORDINATOR_WAIT_S)
             return [{"worker_id": w.get("worker_id"), "types": w.get("types")}
                     for w in answer.get("worker_list") or []]
-        except WireError:
+        except (WireError, TimeoutError):
             pass
     return [{"worker_id": w.worker_id, "types": w.types} for w in ops.engine.workers()]

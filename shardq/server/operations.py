@@ -247,7 +247,7 @@ class Operations:
         part = self.shard.store.part_index
         wire = [None if t is None else t.to_wire(part(t.id)) for t in tasks]
         if with_history:
-            insight.add_history(self, wire)
+            insight.add_history(self, wire, tasks)
         results = [self.engine.store.get_result(t.id) if with_result and t is not None and t.result_len
                    else b"" for t in tasks]
         return wire, results

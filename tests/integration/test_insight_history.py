@@ -7,6 +7,7 @@ restarts that server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -291,3 +292,13 @@ def test_history_names_the_api_key_and_explain_respects_scopes(tmp_path: Path) -
                 reader.explain(parent)  # a type this key may not read: as if there were none
     finally:
         srv.kill()
+
+
+def test_async_client_history_and_explain(server: ServerProcess) -> None:
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with shardq.AsyncClient(server.url, timeout=10) as client:
+            tid = await client.submit(kind(), b"", delay=30)
+            return await client.history(tid), await client.explain(tid)
+
+    hist, why = asyncio.run(go())
+    assert names(hist["history"]["events"]) == ["submitted"] and why["reason"] == "delayed"
