@@ -24,8 +24,8 @@ from shardq.engine.settings import EngineSettings
 from shardq.engine.storage import Store
 from shardq.task import IN_PROGRESS, PENDING, STATUS_NAMES, Task, id_to_str
 
-# explain counts the ready tasks ahead of one up to this many (a scan of its type's heap, at most
-# a few ms); past it, "at least" this many.
+# explain counts the ready tasks ahead of one in a scan of its type's heap of at most this many
+# entries (a few ms; the depth threshold keeps heaps below it by default), so "ahead" stops there.
 AHEAD_SCAN_MAX = 200_000
 # The window of the claim figures explain uses ("no claim in the last minute", the claim rate).
 CLAIM_WINDOW_S = 60
