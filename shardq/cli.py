@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_schedule_commands(sub)
     from shardq.cli_workers import add_worker_control  # `shardq workers quiet|stop ID`
     add_worker_control(sub.choices["workers"], [common_options()])
+    from shardq.cli_insight import add_insight_commands
+    add_insight_commands(sub)
     add_keys_command(sub)
 
     # The worker owns its arguments; main() hands them to _run_worker.
