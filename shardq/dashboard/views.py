@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
+from shardq.engine.history import timeline
 from shardq.errors import BadRequest, InvalidState, NotFound
+from shardq.server import insight
 from shardq.server.operations import PERMISSION, Identity
 from shardq.task import STATUS_CODES, STATUS_NAMES, id_to_bytes, is_canonical_id
 
@@ -157,15 +159,18 @@ def _raw_id(params: dict[str, str]) -> bytes:
 
 async def task(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     raw = _raw_id(params)
-    q = await _now_or_later(d.ops.query(who, [raw], True, True))
+    q = await _now_or_later(d.ops.query(who, [raw], True, True, True))
     t = q.tasks[0]
     if t is None:
         raise NotFound(f"no task has id {params['id']}")
+    why = await _now_or_later(insight.explain(d.ops, who, raw)) if can(who, "explain") else None
     n_result = t.get("result_len") or 0
     result = preview(q.results[:n_result], n_result) if t.get("result_len") is not None else None
     payload = preview(q.results[n_result:], t.get("payload_len") or 0)
     done = request.rel_url.query.get("done")
+    events = timeline(t["history"]) if t.get("history") else []
     return d.render(request, "task.html", who=who, page="tasks", task=t, payload=payload, result=result,
+                    why=why, events=events,
                     done=done if done in ("cancelled", "requeued") else None,
                     can_cancel=can(who, "cancel") and t["status"] in ("pending", "failed", "in_progress"),
                     can_requeue=can(who, "requeue") and t["status"] in ("dead_letter", "failed"))

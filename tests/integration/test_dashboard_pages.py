@@ -251,3 +251,22 @@ def test_quiet_and_stop_a_worker_from_the_workers_page(srv, client) -> None:
     code, _, html = fetch(srv, "POST", "/workers/no-such-worker/quiet")
     assert code == 404 and "no-such-worker" in html
     client.deregister_worker("w-dash-q")
+
+
+def test_a_task_page_says_why_and_shows_the_history(srv, client) -> None:
+    parent = client.submit("dash.why.parent", delay=3600)
+    child = client.submit("dash.why.child", depends_on=[parent])
+    code, _, html = fetch(srv, "GET", f"/tasks/{child}")
+    assert code == 200 and "Why it is not running" in html
+    assert 'data-reason="waiting_for_dependency"' in html and parent in html.split('class="explanation"')[1]
+    assert "submitted" in html.split('id="history-h"')[1]
+    tid = client.submit("dash.why.fail", max_retries=0)
+    worker = Client(srv.url, timeout=30)
+    try:
+        claimed = worker.claim("w-why", max=5, types=["dash.why.fail"], wait=5)
+        worker.fail("w-why", claimed[0], "Timeout after 30.2 s on 10.0.0.7", retry=False)
+    finally:
+        worker.close()
+    code, _, html = fetch(srv, "GET", f"/tasks/{tid}")
+    history = html.split('id="history-h"')[1]
+    assert "How it ended" in html and "claimed by w-why" in history and "Timeout after 30.2 s on 10.0.0.7" in history
