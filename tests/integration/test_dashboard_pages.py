@@ -237,17 +237,25 @@ def test_schedules_page_shows_next_runs_and_pauses_resumes_removes(srv, client) 
     assert code == 404
 
 
+def wait_for_command(client: Client, worker_id: str, command: str) -> None:
+    """The order reaches the worker's shard from the coordinator a moment after it is given."""
+    deadline = time.monotonic() + 10
+    while (got := client.beat(worker_id).command) != command:
+        assert time.monotonic() < deadline, got
+        time.sleep(0.05)
+
+
 def test_quiet_and_stop_a_worker_from_the_workers_page(srv, client) -> None:
     client.register_worker("w-dash-q", hostname="box-1", types=["dash.q"], concurrency=2)
     code, _, html = fetch(srv, "GET", "/workers")
     assert code == 200 and "w-dash-q" in html and 'aria-label="Quiet w-dash-q"' in html
     code, headers, _ = fetch(srv, "POST", "/workers/w-dash-q/quiet")
     assert code == 303 and headers["location"] == "/workers?done=quiet&worker=w-dash-q"
-    assert client.beat("w-dash-q").command == "quiet"  # delivered in the heartbeat's answer
+    wait_for_command(client, "w-dash-q", "quiet")  # delivered in a heartbeat's answer
     code, _, html = fetch(srv, "GET", "/workers?done=quiet&worker=w-dash-q")
     assert "Worker w-dash-q told to quiet down" in html and 'aria-label="Quiet w-dash-q"' not in html
     assert fetch(srv, "POST", "/workers/w-dash-q/stop")[0] == 303
-    assert client.beat("w-dash-q").command == "stop"
+    wait_for_command(client, "w-dash-q", "stop")
     code, _, html = fetch(srv, "POST", "/workers/no-such-worker/quiet")
     assert code == 404 and "no-such-worker" in html
     client.deregister_worker("w-dash-q")
