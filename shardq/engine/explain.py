@@ -49,6 +49,16 @@ def cancelled(f: Facts) -> Explanation | None:
                    cancelled_ms=f["updated_ms"])
 
 
+def expired(f: Facts) -> Explanation | None:
+    """Dead-lettered by its expiry (taskopts.py: error ``expired``) before it ever started."""
+    if f["status"] != "dead_letter" or f.get("error") != "expired":
+        return None
+    at = f.get("expires_at_ms")
+    when = f" (its expiry was {format_ms(at)})" if at is not None else ""
+    return _answer(f, "expired", f"expired at {format_ms(f['updated_ms'])} without having started{when}; "
+                   "requeue it to run it anyway", expired_ms=f["updated_ms"], expires_at_ms=at)
+
+
 def dead_lettered(f: Facts) -> Explanation | None:
     if f["status"] != "dead_letter":
         return None
@@ -159,9 +169,9 @@ def next_in_line(f: Facts) -> Explanation | None:
 
 
 # In order; the first that answers wins. Features that hold tasks back insert theirs before
-# ``no_live_worker`` (a paused type, a rate limit or concurrency cap) or before ``completed``
-# (expired).
-CHECKS: list[Check] = [completed, cancelled, dead_lettered, running, retry_backoff,
+# ``no_live_worker`` (a paused type, a rate limit or concurrency cap); ``expired`` comes before
+# ``dead_lettered``, whose case it narrows.
+CHECKS: list[Check] = [completed, cancelled, expired, dead_lettered, running, retry_backoff,
                        waiting_for_dependency, delayed, no_live_worker, behind_others, next_in_line]
 
 

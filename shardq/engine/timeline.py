@@ -165,6 +165,8 @@ class EngineTimeline:
             "scheduled_ms": task.scheduled_ms, "started_ms": task.started_ms, "attempt": task.attempt,
             "retry_count": task.retry_count, "max_retries": task.max_retries, "error": task.error,
             "result_len": task.result_len}
+        if task.extras and task.extras.get("expires_at_ms") is not None:
+            facts["expires_at_ms"] = task.extras["expires_at_ms"]  # expiry (taskopts.py)
         if task.status == IN_PROGRESS:
             lease = self._leases.by_id.get(raw)
             beats = self._beats.get(raw)
