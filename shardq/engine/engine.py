@@ -37,10 +37,12 @@ from typing import Any
 from shardq.engine import states
 from shardq.engine.dependencies import EngineDependencies
 from shardq.engine.deps import Dependencies
+from shardq.engine.insight import EngineInsight
 from shardq.engine.leases import Lease, LeaseTable, Worker
 from shardq.engine.maintenance import EngineMaintenance
 from shardq.engine.reads import EngineReads
 from shardq.engine.ready import ReadyQueue, _key_id, type_filter
+from shardq.engine.search import EngineSearch
 from shardq.engine.settings import EngineSettings
 from shardq.engine.storage import Store
 from shardq.engine.waiters import ClaimWaiter, Deliver, WaitingClaims
@@ -68,7 +70,8 @@ _CLAIM_HEADER_RESERVE = 1024 * 1024
 _TASK_JSON_RESERVE = 1024
 
 
-class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies):
+class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, EngineInsight,
+             EngineSearch):
     """One shard's engine: the one object the shard calls (see rule 4 for its mixins)."""
 
     def __init__(self, store: Store, settings: EngineSettings, rng: random.Random | None = None) -> None:
@@ -87,6 +90,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies):
         self._completion_second = 0
         self.counters: dict[str, int] = {}
         self.processing_ms: list[int] = []  # drained by metrics; bounded below
+        self._insight_reset()  # dead-letter groups and per-type figures (insight.py)
 
     # -- helpers -----------------------------------------------------------
 
@@ -119,6 +123,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies):
         old = task.status
         new = states.check(event, old)
         old_key = self.store.index_key(task)
+        self._insight_moved(task, old, new, event, changes, now)  # before the changes (insight.py)
         for name, value in changes.items():
             setattr(task, name, value)
         if old == PENDING:
@@ -179,11 +184,13 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies):
                 task.status = states.check("submit_dependency_failed", states.NEW)
                 task.error = f"dependency failed: {id_to_str(failed_dep)}"
                 self.store.insert(task, spec.payload)
+                self._insight_inserted(task)
                 dep_status[raw_id] = DEAD_LETTER
                 self._count("dead_lettered")
                 continue
             states.check("submit", states.NEW)
             self.store.insert(task, spec.payload)
+            self._insight_inserted(task)
             self.pending_by_tier[tier_of(task.priority)] += 1
             dep_status[raw_id] = PENDING
             unmet = [d for d in spec.depends_on if dep_status.get(d) != COMPLETED]

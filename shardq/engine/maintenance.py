@@ -54,6 +54,8 @@ class EngineMaintenance:
         def _set_status(self, task: Task, event: str, now: int, **changes: Any) -> None: ...
         def _dependency_failed(self, dep: bytes, now: int) -> None: ...
         def requeue(self, raw_id: bytes, now: int) -> Task: ...
+        def _insight_reset(self) -> None: ...
+        def _insight_loaded(self, task: Task) -> None: ...
 
     # -- REQUEUE (bulk) -----------------------------------------------------------
 
@@ -154,12 +156,15 @@ class EngineMaintenance:
         in_progress: list[Task] = []
         seen: dict[int, list[bytes]] = {PENDING: [], IN_PROGRESS: [], FAILED: [], DEAD_LETTER: []}
         decode = Task.decode
+        self._insight_reset()
+        loaded = self._insight_loaded  # dead-letter groups and per-type figures (insight.py)
         for raw, data in store.iter_live():
             status = data[1]  # the record's status byte (task.py)
             seen[status].append(raw)
+            task = decode(raw, data)
+            loaded(task)
             if status == DEAD_LETTER:
                 continue  # nothing in memory waits for it
-            task = decode(raw, data)
             if task.seq > seq:
                 seq = task.seq
             if status == IN_PROGRESS:

@@ -8,4 +8,5 @@ documented in docs/protocol.md ("Extensions"). Names are added, never renamed or
 from __future__ import annotations
 
 FEATURES: tuple[str, ...] = (
+    "dlq_groups", "delete", "bulk", "search", "type_stats",  # insight: triage, delete, search, types
 )
