@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(bench)
 
     from shardq.cli_commands import add_client_commands
-    add_client_commands(sub)
+    dlq = add_client_commands(sub)
+    from shardq.cli_insight import add_insight_commands  # as cli_commands: not for `serve`
+    add_insight_commands(sub, dlq)
     add_keys_command(sub)
 
     # The worker owns its arguments; main() hands them to _run_worker.
