@@ -18,6 +18,7 @@ from urllib.parse import unquote
 from msgspec import UNSET, Meta, UnsetType
 
 from shardq.http import schema as s
+from shardq.http.insight_routes import ROUTE_ROWS as INSIGHT_ROUTE_ROWS
 from shardq.protocol import requests as rq
 
 API = "/api/v1"
@@ -127,6 +128,7 @@ ROUTES: tuple[Route, ...] = (
           auth=False),
     Route("GET", API + "/openapi.json", "openapi", "operations", "This document", dict, auth=False),
 )
+ROUTES += tuple(Route(**row) for row in INSIGHT_ROUTE_ROWS)  # dlq groups, delete, bulk, search, types
 BY_OPERATION = {r.operation: r for r in ROUTES}
 
 
