@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from shardq.engine import figures
 from shardq.keys import FAILURE_REASONS as AUTH_FAILURE_REASONS
 from shardq.task import STATUS_NAMES, TIERS
 
@@ -240,6 +241,18 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("tq_worker_memory_ratio", "gauge", _W,
                "A worker's resident memory as a share of its host's memory."),
     MetricSpec("tq_worker_active_tasks", "gauge", _W, "Tasks a worker holds leases on."),
+    # Per task type (engine/figures.py; GET TYPE_STATS shows the same figures).
+    MetricSpec("tq_type_tasks", "gauge", ("shard", "type", "status"),
+               "Tasks of a type by live status (pending, in_progress, failed, dead_letter)."),
+    MetricSpec("tq_type_oldest_pending_age_seconds", "gauge", ("shard", "type"),
+               "Age of the type's oldest pending task, since it became due (0 when none is)."),
+    MetricSpec("tq_type_completed_last_minute", "gauge", ("shard", "type"),
+               "Tasks of the type completed in the last 60 seconds."),
+    MetricSpec("tq_type_run_seconds", "gauge", ("type", "quantile"),
+               "Run time (claim to completion) of the type over the last 1-2 minutes, all shards' "
+               "histograms merged: p50, p95, p99 (within ~19 %)."),
+    MetricSpec("tq_type_queue_wait_seconds", "gauge", ("type", "quantile"),
+               "Queue wait (due to claimed) of the type over the last 1-2 minutes, all shards merged."),
 )
 
 # Report fields that map one to one onto a series: metric name -> where it is in a REPORT.
@@ -312,6 +325,7 @@ class BrokerCollector(Collector):
             f["tq_workers_connected"].add_metric([shard], on_shard.get(shard, 0))
         for wid in sorted(workers):
             _add_worker(f, str(wid), workers[wid])
+        _add_types(f, shards)
         return iter(f.values())
 
 
@@ -361,6 +375,31 @@ def _add_shard(f: dict[str, Any], shard: str, r: Mapping[str, Any]) -> None:
         f["tq_process_cpu_seconds_total"].add_metric(labels, r["cpu_seconds"])
     if r.get("rss") is not None:
         f["tq_process_resident_memory_bytes"].add_metric(labels, r["rss"])
+
+
+def _add_types(f: dict[str, Any], shards: Mapping[str, Any]) -> None:
+    """Per type: each shard's counts, oldest pending and throughput; run and wait quantiles from
+    every shard's histograms merged (engine/figures.py, rule 2), so they carry no shard label."""
+    now = int(time.time() * 1000)
+    parts = []
+    for key in sorted(shards, key=_shard_order):
+        rows = shards[key].get("types") or {}
+        parts.append(rows)
+        for task_type in sorted(rows):
+            r = rows[task_type]
+            for status in figures.COUNT_KEYS:
+                f["tq_type_tasks"].add_metric([str(key), task_type, status], r.get(status, 0))
+            due = r.get("oldest_due_ms")
+            f["tq_type_oldest_pending_age_seconds"].add_metric(
+                [str(key), task_type], 0.0 if due is None else max(0.0, (now - due) / 1000))
+            f["tq_type_completed_last_minute"].add_metric([str(key), task_type], r.get("completed_last_minute", 0))
+    for m in figures.merge(parts, now):
+        for q in ("p50", "p95", "p99"):
+            quantile = str(int(q[1:]) / 100)
+            if m["run_time_s"][q] is not None:
+                f["tq_type_run_seconds"].add_metric([m["type"], quantile], m["run_time_s"][q])
+            if m["queue_wait_s"][q] is not None:
+                f["tq_type_queue_wait_seconds"].add_metric([m["type"], quantile], m["queue_wait_s"][q])
 
 
 def _add_worker(f: dict[str, Any], wid: str, w: Mapping[str, Any]) -> None:
