@@ -248,11 +248,11 @@ METRICS: tuple[MetricSpec, ...] = (
                "Age of the type's oldest pending task, since it became due (0 when none is)."),
     MetricSpec("tq_type_completed_last_minute", "gauge", ("shard", "type"),
                "Tasks of the type completed in the last 60 seconds."),
-    MetricSpec("tq_type_run_seconds", "gauge", ("type", "quantile"),
-               "Run time (claim to completion) of the type over the last 1-2 minutes, all shards' "
-               "histograms merged: p50, p95, p99 (within ~19 %)."),
-    MetricSpec("tq_type_queue_wait_seconds", "gauge", ("type", "quantile"),
-               "Queue wait (due to claimed) of the type over the last 1-2 minutes, all shards merged."),
+    MetricSpec("tq_type_run_seconds", "histogram", ("shard", "type"),
+               "Run time (claim to completion) of the type's tasks since the shard started; "
+               "histogram_quantile over sum by (le, type) merges the shards."),
+    MetricSpec("tq_type_queue_wait_seconds", "histogram", ("shard", "type"),
+               "Queue wait (due to claimed) of the type's tasks since the shard started."),
 )
 
 # Report fields that map one to one onto a series: metric name -> where it is in a REPORT.
@@ -378,28 +378,25 @@ def _add_shard(f: dict[str, Any], shard: str, r: Mapping[str, Any]) -> None:
 
 
 def _add_types(f: dict[str, Any], shards: Mapping[str, Any]) -> None:
-    """Per type: each shard's counts, oldest pending and throughput; run and wait quantiles from
-    every shard's histograms merged (engine/figures.py, rule 2), so they carry no shard label."""
+    """Per type and shard: counts, oldest pending, completions in the last minute, and run time and
+    queue wait as Prometheus histograms (cumulative since the shard started, so that rate() and
+    histogram_quantile over ``sum by (le, type)`` merge the shards: engine/figures.py)."""
     now = int(time.time() * 1000)
-    parts = []
     for key in sorted(shards, key=_shard_order):
         rows = shards[key].get("types") or {}
-        parts.append(rows)
         for task_type in sorted(rows):
             r = rows[task_type]
+            labels = [str(key), task_type]
             for status in figures.COUNT_KEYS:
-                f["tq_type_tasks"].add_metric([str(key), task_type, status], r.get(status, 0))
+                f["tq_type_tasks"].add_metric([*labels, status], r.get(status, 0))
             due = r.get("oldest_due_ms")
             f["tq_type_oldest_pending_age_seconds"].add_metric(
-                [str(key), task_type], 0.0 if due is None else max(0.0, (now - due) / 1000))
-            f["tq_type_completed_last_minute"].add_metric([str(key), task_type], r.get("completed_last_minute", 0))
-    for m in figures.merge(parts, now):
-        for q in ("p50", "p95", "p99"):
-            quantile = str(int(q[1:]) / 100)
-            if m["run_time_s"][q] is not None:
-                f["tq_type_run_seconds"].add_metric([m["type"], quantile], m["run_time_s"][q])
-            if m["queue_wait_s"][q] is not None:
-                f["tq_type_queue_wait_seconds"].add_metric([m["type"], quantile], m["queue_wait_s"][q])
+                labels, 0.0 if due is None else max(0.0, (now - due) / 1000))
+            f["tq_type_completed_last_minute"].add_metric(labels, r.get("completed_last_minute", 0))
+            for name, field in (("tq_type_run_seconds", "run_total"), ("tq_type_queue_wait_seconds", "wait_total")):
+                total = r.get(field) or {"buckets": {}, "sum_ms": 0}
+                buckets = [(floatToGoString(le), n) for le, n in figures.prometheus_buckets(total["buckets"])]
+                f[name].add_metric(labels, buckets, total["sum_ms"] / 1000)
 
 
 def _add_worker(f: dict[str, Any], wid: str, w: Mapping[str, Any]) -> None:

@@ -42,14 +42,17 @@ def bucket_upper(idx: int) -> float:
 
 
 class Windowed:
-    """A histogram over the current window and the previous one (rule 1)."""
+    """A histogram over the current window and the previous one (rule 1), and the same since the
+    shard started (``total``, ``sum_ms``: what Prometheus histograms are made of, metrics.py)."""
 
-    __slots__ = ("start", "cur", "prev")
+    __slots__ = ("start", "cur", "prev", "total", "sum_ms")
 
     def __init__(self, now: int) -> None:
         self.start = now - now % WINDOW_MS
         self.cur = [0] * N_BUCKETS
         self.prev = [0] * N_BUCKETS
+        self.total = [0] * N_BUCKETS
+        self.sum_ms = 0
 
     def _roll(self, now: int) -> None:
         if now - self.start >= 2 * WINDOW_MS:
@@ -62,7 +65,12 @@ class Windowed:
     def observe(self, ms: int, now: int) -> None:
         if now - self.start >= WINDOW_MS:
             self._roll(now)
-        self.cur[bucket(ms if ms > 0 else 0)] += 1
+        if ms < 0:
+            ms = 0
+        idx = bucket(ms)
+        self.cur[idx] += 1
+        self.total[idx] += 1
+        self.sum_ms += ms
 
     def sparse(self, now: int) -> dict[int, int]:
         """The recent counts by bucket, without the empty ones (what a shard sends)."""
@@ -133,7 +141,29 @@ class TypeFigures:
                 "dead_letter": self.counts[4], "oldest_due_ms": oldest,
                 "completed_last_minute": self.last_minute(now),
                 "run": {str(k): v for k, v in (self.run.sparse(now) if self.run else {}).items()},
-                "wait": {str(k): v for k, v in (self.wait.sparse(now) if self.wait else {}).items()}}
+                "wait": {str(k): v for k, v in (self.wait.sparse(now) if self.wait else {}).items()},
+                "run_total": _since_start(self.run), "wait_total": _since_start(self.wait)}
+
+
+def _since_start(w: Windowed | None) -> dict[str, Any]:
+    if w is None:
+        return {"buckets": {}, "sum_ms": 0}
+    return {"buckets": {str(i): n for i, n in enumerate(w.total) if n}, "sum_ms": w.sum_ms}
+
+
+# Prometheus bucket bounds (seconds) for the per-type histograms: a fine bucket is counted under a
+# bound when its whole range is below it (metrics.py).
+PROM_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+def prometheus_buckets(fine: dict[str, int]) -> list[tuple[float, int]]:
+    """Cumulative (upper bound s, count) pairs, +Inf last, from a row's fine bucket counts."""
+    items = sorted((bucket_upper(int(k)) / 1000, n) for k, n in fine.items())
+    out = []
+    for bound in PROM_BOUNDS:
+        out.append((bound, sum(n for upper, n in items if upper <= bound)))
+    out.append((float("inf"), sum(n for _, n in items)))
+    return out
 
 
 COUNT_KEYS = ("pending", "in_progress", "failed", "dead_letter")

@@ -10,7 +10,9 @@ import re
 from typing import Any
 
 from shardq.errors import BadRequest
+from shardq.protocol.frames import MsgType
 from shardq.protocol.requests import (
+    _FIELDS,
     MAX_ERROR_LEN,
     MAX_LIST_LIMIT,
     MAX_QUERY_IDS,
@@ -109,3 +111,9 @@ def parse_search(header: dict[str, Any]) -> tuple[dict[str, Any], int, str | Non
          "error": None if error is None else error.lower()}
     return (q, get_int(header, "limit", "", 1, MAX_LIST_LIMIT, default=100),
             get_str(header, "cursor", "", 1000, default=None))
+
+
+# The blob rule checks a request's fields before its blob (requests.check_blob): these are the
+# field checks of the insight requests (registered here: requests.py does not import this module).
+_FIELDS.update({MsgType.DLQ_GROUPS: parse_type_only, MsgType.DELETE: parse_delete, MsgType.BULK: parse_bulk,
+                MsgType.SEARCH: parse_search, MsgType.TYPE_STATS: parse_type_only})
