@@ -42,20 +42,28 @@ def bucket_upper(idx: int) -> float:
 
 
 class Windowed:
-    """A histogram over the current window and the previous one (rule 1), and the same since the
-    shard started (``total``, ``sum_ms``: what Prometheus histograms are made of, metrics.py)."""
+    """A histogram over the current window and the previous one (rule 1), and over every window
+    before them since the shard started (``rolled``: with ``cur`` and ``prev``, what Prometheus
+    histograms are made of, metrics.py). An observation touches ``cur`` alone (rule 3): the
+    windows are added into ``rolled`` when they roll."""
 
-    __slots__ = ("start", "cur", "prev", "total", "sum_ms")
+    __slots__ = ("start", "cur", "prev", "rolled")
 
     def __init__(self, now: int) -> None:
         self.start = now - now % WINDOW_MS
         self.cur = [0] * N_BUCKETS
         self.prev = [0] * N_BUCKETS
-        self.total = [0] * N_BUCKETS
-        self.sum_ms = 0
+        self.rolled = [0] * N_BUCKETS
 
-    def _roll(self, now: int) -> None:
+    def roll(self, now: int) -> None:
+        r = self.rolled
+        for i, n in enumerate(self.prev):
+            if n:
+                r[i] += n
         if now - self.start >= 2 * WINDOW_MS:
+            for i, n in enumerate(self.cur):
+                if n:
+                    r[i] += n
             self.prev = [0] * N_BUCKETS
         else:
             self.prev = self.cur
@@ -64,18 +72,16 @@ class Windowed:
 
     def observe(self, ms: int, now: int) -> None:
         if now - self.start >= WINDOW_MS:
-            self._roll(now)
-        if ms < 0:
-            ms = 0
-        idx = bucket(ms)
-        self.cur[idx] += 1
-        self.total[idx] += 1
-        self.sum_ms += ms
+            self.roll(now)
+        self.cur[bucket(ms if ms > 0 else 0)] += 1
+
+    def since_start(self) -> list[int]:
+        return [a + b + c for a, b, c in zip(self.rolled, self.prev, self.cur)]
 
     def sparse(self, now: int) -> dict[int, int]:
         """The recent counts by bucket, without the empty ones (what a shard sends)."""
         if now - self.start >= WINDOW_MS:
-            self._roll(now)
+            self.roll(now)
         return {i: a + b for i, (a, b) in enumerate(zip(self.cur, self.prev)) if a or b}
 
 
@@ -146,9 +152,13 @@ class TypeFigures:
 
 
 def _since_start(w: Windowed | None) -> dict[str, Any]:
+    """Counts by bucket since the start, and their sum estimated from the buckets (the middle of
+    each: an observation's own value is not kept, rule 3)."""
     if w is None:
         return {"buckets": {}, "sum_ms": 0}
-    return {"buckets": {str(i): n for i, n in enumerate(w.total) if n}, "sum_ms": w.sum_ms}
+    counts = w.since_start()
+    est = sum(n * (bucket_upper(i) + (bucket_upper(i - 1) if i else 0)) / 2 for i, n in enumerate(counts) if n)
+    return {"buckets": {str(i): n for i, n in enumerate(counts) if n}, "sum_ms": round(est)}
 
 
 # Prometheus bucket bounds (seconds) for the per-type histograms: a fine bucket is counted under a

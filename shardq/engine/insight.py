@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shardq.engine.figures import TypeFigures
+from shardq.engine.figures import N_BUCKETS, RING, WINDOW_MS, TypeFigures, Windowed
 from shardq.engine.reads import SCAN_SLICE
 from shardq.engine.storage import Store
 from shardq.engine.triage import DeadGroups, group_of
@@ -98,33 +98,77 @@ class EngineInsight:
 
     def _insight_moved(self, task: Task, old: int, new: int, event: str, changes: dict[str, Any],
                        now: int) -> None:
-        f = self._figures.get(task.type) or self._figs(task.type)
+        # The hot path (three calls per task's lifecycle): the figures' updates, figures.bucket
+        # and Windowed.observe included, are written out here rather than called (figures.py has
+        # them as methods, for everything else); docs/benchmarks.md has the cost.
+        f = self._figures.get(task.type)
+        if f is None:
+            f = self._figs(task.type)
         c = f.counts
         c[old] -= 1
         c[new] += 1
         if old == PENDING:
-            f.pending_out(task.scheduled_ms)
+            d = f.due_seconds
+            sec = task.scheduled_ms // 1000
+            n = d.get(sec, 0) - 1
+            if n > 0:
+                d[sec] = n
+            else:
+                d.pop(sec, None)
             if event == _CLAIM:
-                f.waited(now - task.scheduled_ms, now)
+                w = f.wait
+                if w is None:
+                    w = f.wait = Windowed(now)
+                if now - w.start >= WINDOW_MS:
+                    w.roll(now)
+                ms = now - task.scheduled_ms
+                if ms < 4:
+                    w.cur[ms if ms > 0 else 0] += 1
+                else:
+                    e = ms.bit_length()
+                    idx = (e - 2) * 4 + ((ms >> (e - 3)) & 3)
+                    w.cur[idx if idx < N_BUCKETS else N_BUCKETS - 1] += 1
         elif old == DEAD_LETTER:
             self._groups.remove(task.id, task.type, task.error, task.updated_ms)
         elif event == _COMPLETE:
-            f.completed(now - task.started_ms, now)
+            w = f.run
+            if w is None:
+                w = f.run = Windowed(now)
+            if now - w.start >= WINDOW_MS:
+                w.roll(now)
+            ms = now - task.started_ms
+            if ms < 4:
+                w.cur[ms if ms > 0 else 0] += 1
+            else:
+                e = ms.bit_length()
+                idx = (e - 2) * 4 + ((ms >> (e - 3)) & 3)
+                w.cur[idx if idx < N_BUCKETS else N_BUCKETS - 1] += 1
+            sec = now // 1000
+            slot = sec % RING
+            if f.ring_at[slot] != sec:
+                f.ring_at[slot] = sec
+                f.ring[slot] = 0
+            f.ring[slot] += 1
         if new == PENDING:
-            f.pending_in(changes.get("scheduled_ms", task.scheduled_ms))
+            d = f.due_seconds
+            sec = changes.get("scheduled_ms", task.scheduled_ms) // 1000
+            d[sec] = d.get(sec, 0) + 1
         elif new == DEAD_LETTER:
             self._groups.add(task.id, task.type, changes.get("error", task.error), now)
 
-    def _insight_inserted(self, task: Task) -> None:
-        self._insight_loaded(task)
-
     def _insight_loaded(self, task: Task) -> None:
-        f = self._figures.get(task.type) or self._figs(task.type)
+        f = self._figures.get(task.type)
+        if f is None:
+            f = self._figs(task.type)
         f.counts[task.status] += 1
         if task.status == PENDING:
-            f.pending_in(task.scheduled_ms)
+            d = f.due_seconds
+            sec = task.scheduled_ms // 1000
+            d[sec] = d.get(sec, 0) + 1
         elif task.status == DEAD_LETTER:
             self._groups.add(task.id, task.type, task.error, task.updated_ms)
+
+    _insight_inserted = _insight_loaded  # SUBMIT: a new task counts as a loaded one
 
     def _delete(self, task: Task) -> None:
         if task.status == DEAD_LETTER:
@@ -225,3 +269,4 @@ class EngineInsight:
                 removed += 1
         self._count("dead_retention_deleted", removed)
         return removed
+
