@@ -132,7 +132,8 @@ class TypeFigures:
 
     def idle(self, now: int) -> bool:
         """Nothing live and nothing recent: the type's figures can be dropped."""
-        return not any(self.counts) and self.last_minute(now) == 0 and \
+        c = self.counts  # completed and cancelled only ever grow: not a reason to keep a type
+        return not (c[0] or c[1] or c[3] or c[4]) and self.last_minute(now) == 0 and \
             (self.run is None or now - self.run.start >= 2 * WINDOW_MS) and \
             (self.wait is None or now - self.wait.start >= 2 * WINDOW_MS)
 
