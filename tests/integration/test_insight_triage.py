@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shardq.client.aio import AsyncClient
 from shardq.client.sync import Client
 from shardq.errors import BadRequest
 from shardq.testing import ServerProcess
@@ -227,6 +229,43 @@ def test_the_http_routes_answer_as_tcp_does(server: ServerProcess) -> None:
         types = {t["type"]: t for t in _http(server, "GET", "/api/v1/types")["types"]}
         assert types["httpins"]["dead_letter"] == 2
 
+
+
+def test_the_async_client_has_the_same_methods(server: ServerProcess) -> None:
+    async def main() -> tuple[tuple, str]:
+        async with AsyncClient(server.url) as ac:
+            tid = await ac.submit("asyncins", b"")
+            found = [t["id"] async for t in ac.search_all(type="asyncins", page=2)]
+            return (await ac.dlq_groups(), found, await ac.bulk("delete", type="asyncins", dry_run=True),
+                    await ac.type_stats("asyncins")), tid
+
+    (groups, found, dry, types), tid = asyncio.run(main())
+    with Client(server.url) as c:
+        assert groups["total"] == c.dlq_groups()["total"]
+    assert found == [tid]
+    assert dry == {"action": "delete", "dry_run": True, "matched": 0}
+    assert [t["type"] for t in types] == ["asyncins"] and types[0]["pending"] == 1
+
+
+def test_dead_letters_have_a_retention_of_their_own(tmp_path: Path) -> None:
+    srv = ServerProcess(str(tmp_path / "ret"), ["--shards", "2"],
+                        env={"SHARDQ_PERSISTENCE__DEAD_LETTER_RETENTION_S": "1"}).start()
+    try:
+        with Client(srv.url) as c:
+            dead = c.submit("ret", b"", max_retries=0)
+            kept = c.submit("ret", b"", delay=3600)
+            while not (got := c.claim("ret-worker", types=["ret"])):
+                pass
+            c.fail("ret-worker", got[0], "gone", retry=False)
+            assert c.status(dead).status == "dead_letter"
+            deadline = time.monotonic() + 15
+            while c.status(dead) is not None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert c.status(dead) is None, "the dead letter outlived dead_letter_retention_s"
+            assert c.status(kept).status == "pending"
+            assert c.stats()["totals"]["dead_letter"] == 0 and c.dlq_groups()["groups"] == []
+    finally:
+        srv.kill()
 
 
 def test_groups_and_figures_are_rebuilt_after_a_restart(server: ServerProcess) -> None:
