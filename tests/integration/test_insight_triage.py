@@ -102,6 +102,10 @@ def test_group_requeue_and_delete_with_dry_run_counts(server: ServerProcess) -> 
         groups = {g["error"]: g for g in c.dlq_groups()["groups"]}
         keyerr = groups["KeyError: <str>"]
         assert c.bulk("requeue", group=keyerr["group"], dry_run=True)["matched"] == 4
+        dry = cli(server.url, "dlq", "requeue", "--group", keyerr["group"], "--dry-run")
+        assert dry.returncode == 0 and dry.stdout.startswith("4 dead_letter task(s) would be requeued"), dry
+        groups_cli = cli(server.url, "dlq", "groups", "--type", "db")
+        assert groups_cli.returncode == 0 and keyerr["group"] in groups_cli.stdout
         assert c.dlq_groups(type="db")["total"] == 8  # a dry run changes nothing
         assert c.bulk("requeue", group=keyerr["group"])["requeued"] == 4
         assert "KeyError: <str>" not in {g["error"] for g in c.dlq_groups()["groups"]}
