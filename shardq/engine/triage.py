@@ -29,19 +29,30 @@ SAMPLES = 4
 
 _UUID = re.compile(r"\b[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\b")
 _IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?\b")
-_IPV6 = re.compile(r"\[?\b(?:[0-9a-fA-F]{1,4}:){2,7}(?::|[0-9a-fA-F]{1,4})\b\]?(?::\d{1,5})?")
+_IPV6 = re.compile(r"(?<![\w:])(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{1,4}(?![\w:])")
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|`[^`\n]*`")
 _HEX = re.compile(r"\b0[xX][0-9a-fA-F]+\b|\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\b")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _SPACE = re.compile(r"\s+")
 
 
-def normalise(error: str | None) -> str:
-    """The part of an error that names the failure, not its occurrence (rule 1)."""
+# Only this much of an error's first line is read: the memo below is keyed by it, so it stays small
+# (an error may be 64 KiB), and what is past it would be cut from the group's name anyway.
+MAX_HEAD = 1000
+
+
+def head(error: str | None) -> str:
+    """The first line of an error, at most MAX_HEAD characters: all that names its group."""
     if not error:
         return ""
-    text = error.strip()
-    first = text.split("\n", 1)[0].strip()
+    return error.strip().split("\n", 1)[0].strip()[:MAX_HEAD]
+
+
+def normalise(error: str | None) -> str:
+    """The part of an error that names the failure, not its occurrence (rule 1)."""
+    first = head(error)
+    if not first:
+        return ""
     first = _UUID.sub("<uuid>", first)
     first = _IPV4.sub("<ip>", first)
     first = _IPV6.sub("<ip>", first)
@@ -67,10 +78,15 @@ class Group:
     samples: list[bytes] = field(default_factory=list)  # most recent last
 
 
-@functools.lru_cache(maxsize=4096)
 def group_of(task_type: str, error: str | None) -> str:
-    """The group id of a dead letter (memoised: a burst of one failure is normalised once)."""
-    return group_id(task_type, normalise(error))
+    """The group id of a dead letter (memoised by its head: a burst of one failure is normalised
+    once, and the memo holds at most 4096 heads of at most MAX_HEAD characters)."""
+    return _group_of_head(task_type, head(error))
+
+
+@functools.lru_cache(maxsize=4096)
+def _group_of_head(task_type: str, first: str) -> str:
+    return group_id(task_type, normalise(first))
 
 
 class DeadGroups:
@@ -82,8 +98,7 @@ class DeadGroups:
     def key_of(self, task_type: str, error: str | None) -> str:
         gid = group_of(task_type, error)
         if gid not in self.by_id:
-            first = (error or "").strip().split("\n", 1)[0]
-            self.by_id[gid] = Group(task_type, normalise(error), first[:MAX_NORMALISED])
+            self.by_id[gid] = Group(task_type, normalise(error), head(error)[:MAX_NORMALISED])
         return gid
 
     def add(self, raw_id: bytes, task_type: str, error: str | None, when_ms: int) -> None:

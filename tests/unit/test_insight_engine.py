@@ -22,6 +22,7 @@ from shardq.task import COMPLETED, DEAD_LETTER, PENDING
     ("order 3f2a9c1e-1111-4a2b-8c3d-0123456789ab not found", "order 0b2b00b8-b2c4-4138-9f2f-a82ff2c3c3d0 not found"),
     ("bad checksum deadbeefcafe1234", "bad checksum 0123456789abcdef"),
     ("pointer 0x7ffd2a10 freed twice", "pointer 0x55aa freed twice"),
+    ("connection refused [::1]:5432", "connection refused [2001:db8::7]:5433"),
     ('could not connect to "db-7" (10.1.2.3), port 5432', 'could not connect to "db-2" (10.1.2.4), port 5433'),
 ])
 def test_one_failure_normalises_to_one_text(a: str, b: str) -> None:
