@@ -143,12 +143,11 @@ def bulk(ops: Operations, who: Identity, action: str, flt: dict[str, Any], limit
          dry_run: bool) -> Result[dict[str, Any]]:
     """Requeue or delete every task the filter matches (up to ``limit``), or count them
     (``dry_run``): ``{"action", "dry_run", "matched" | "requeued" | "deleted": n}``."""
-    who.require("bulk_dry_run" if dry_run else "bulk")
-    if action == "requeue":
-        who.require("requeue")
+    operation = "bulk_dry_run" if dry_run else "bulk"  # a dry run only reads
+    who.require(operation)
     if not dry_run:
         ops.shard.check_writable()
-    scope = who.scope("bulk")
+    scope = who.scope(operation)
     if not ops.forwarded:
         log.info("BULK %s%s status=%s %s by API key %r", action, " (dry run)" if dry_run else "",
                  STATUS_NAMES[flt["status"]], {k: v for k, v in flt.items() if v is not None and k != "status"},
