@@ -22,6 +22,8 @@ if __name__ == "__main__":  # run as a script from anywhere: import shardq from 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shardq.engine import states  # noqa: E402
+from shardq.engine.schedules import Schedule, schedule_owner, tick_id  # noqa: E402
+from shardq.engine.timing import Timing  # noqa: E402
 from shardq.errors import ProtocolViolation  # noqa: E402
 from shardq.protocol.frames import (  # noqa: E402
     MAX_FRAME,
@@ -32,6 +34,7 @@ from shardq.protocol.frames import (  # noqa: E402
     MsgType,
     encode,
 )
+from shardq.schedule_specs import ScheduleSpec  # noqa: E402
 
 DOC = Path(__file__).with_name("protocol.md")
 BLOCK = re.compile(r"<!-- example:(?P<name>\S+) -->\n(?P<body>.*?)<!-- /example -->\n", re.S)
@@ -50,6 +53,22 @@ UNKNOWN = "c0ffee00-1234-4abc-8def-0123456789ab"
 PAYLOAD_A = b'{"to":"a@b.test"}'
 PAYLOAD_B = b"{}"
 RESULT_A = b'{"ok":true}'
+
+
+SCHEDULE_PAYLOAD = b'{"format":"pdf"}'
+
+
+def schedule(paused: bool = False, fired: int = 0) -> dict[str, Any]:
+    """A schedule as the server shows it (engine/schedules.py ``to_wire``), made by the engine."""
+    spec = ScheduleSpec(name="nightly-report", type="report", payload=SCHEDULE_PAYLOAD,
+                        cron="30 2 * * *", timezone="Europe/Paris", misfire="once", paused=paused)
+    s = Schedule(spec, Timing(spec.cron, None, spec.timezone), NOW)
+    if fired:  # it fired its first tick, 2025-11-23T02:30 in Paris
+        s.last_tick_ms = s.timing.next_after(NOW)
+        s.last_fired_ms, s.fired = s.last_tick_ms + 2, fired
+        s.last_task_id = tick_id(spec.name, s.last_tick_ms, SHARDS)
+    s.due_ms = None if paused else s.timing.next_after(s.last_tick_ms)
+    return s.to_wire(schedule_owner(spec.name, SHARDS))
 
 
 def task(id: str, type: str, status: str, **changes: Any) -> dict[str, Any]:
@@ -226,6 +245,21 @@ EXAMPLES: list[tuple[str, MsgType, dict[str, Any], bytes]] = [
     # -- PING
     ("PING:request", MsgType.PING, {"rid": 14}, b""),
     ("PING:ack", MsgType.ACK, {"rid": 14}, b""),
+    # -- schedules (an extension: HELLO feature "schedules")
+    ("SCHEDULE_ADD:request", MsgType.SCHEDULE_ADD,
+     {"rid": 30, "name": "nightly-report", "type": "report", "payload_len": len(SCHEDULE_PAYLOAD),
+      "cron": "30 2 * * *", "timezone": "Europe/Paris", "misfire": "once"}, SCHEDULE_PAYLOAD),
+    ("SCHEDULE_ADD:ack", MsgType.ACK, {"rid": 30, "schedule": schedule()}, b""),
+    ("SCHEDULE_LIST:request", MsgType.SCHEDULE_LIST, {"rid": 31}, b""),
+    ("SCHEDULE_LIST:ack", MsgType.ACK, {"rid": 31, "schedules": [schedule(fired=1)]}, b""),
+    ("SCHEDULE_LIST:request-one", MsgType.SCHEDULE_LIST, {"rid": 32, "name": "nightly-report"}, b""),
+    ("SCHEDULE_LIST:ack-one", MsgType.ACK, {"rid": 32, "schedules": [schedule(fired=1)]},
+     SCHEDULE_PAYLOAD),
+    ("SCHEDULE_PAUSE:request", MsgType.SCHEDULE_PAUSE,
+     {"rid": 33, "name": "nightly-report", "paused": True}, b""),
+    ("SCHEDULE_PAUSE:ack", MsgType.ACK, {"rid": 33, "schedule": schedule(paused=True, fired=1)}, b""),
+    ("SCHEDULE_REMOVE:request", MsgType.SCHEDULE_REMOVE, {"rid": 34, "name": "nightly-report"}, b""),
+    ("SCHEDULE_REMOVE:ack", MsgType.ACK, {"rid": 34, "name": "nightly-report", "removed": True}, b""),
     # -- one NACK per error code
     ("NACK:BadRequest", MsgType.NACK,
      nack(20, "BadRequest", "tasks[2].priority: must be an integer 0..255, got 300"), b""),

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from shardq.cli_commands import add_client_commands
     dlq = add_client_commands(sub)
+    from shardq.schedules_cli import add_schedule_commands
+    add_schedule_commands(sub)
     from shardq.cli_insight import add_insight_commands  # as cli_commands: not for `serve`
     add_insight_commands(sub, dlq)
     add_keys_command(sub)

@@ -38,6 +38,7 @@ from shardq.client.connection import ConnectionClosed, check_tls_options, parse_
 from shardq.client.insight import AsyncInsightMethods
 from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
+from shardq.client.schedules import AsyncScheduleMethods
 from shardq.client.spread import Spread
 from shardq.errors import ShardqError, WireError
 from shardq.protocol.frames import Message, MsgType
@@ -59,7 +60,7 @@ class _Lane:
         self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
 
 
-class AsyncClient(LaneRouting[_Lane], AsyncInsightMethods):
+class AsyncClient(LaneRouting[_Lane], AsyncScheduleMethods, AsyncInsightMethods):
     """An asyncio connection to a shardq server, shared by any number of coroutines.
 
     Use it from one event loop. ``timeout`` (seconds, None for none) bounds every call;

@@ -32,6 +32,7 @@ from shardq.client.connection import Connection, ConnectionClosed, check_tls_opt
 from shardq.client.insight import InsightMethods
 from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
+from shardq.client.schedules import ScheduleMethods
 from shardq.client.spread import Spread
 from shardq.errors import Unavailable, error_from_wire
 from shardq.protocol.frames import Message, MsgType
@@ -53,7 +54,7 @@ class _Lane:
         self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
 
 
-class Client(LaneRouting[_Lane], InsightMethods):
+class Client(LaneRouting[_Lane], ScheduleMethods, InsightMethods):
     """A connection to a shardq server. Not shared between threads: make one per thread.
 
     On a multi-shard server it spreads its work over the shards (shardq/client/spread.py): one

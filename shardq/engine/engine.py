@@ -42,6 +42,7 @@ from shardq.engine.leases import Lease, LeaseTable, Worker
 from shardq.engine.maintenance import EngineMaintenance
 from shardq.engine.reads import EngineReads
 from shardq.engine.ready import ReadyQueue, _key_id, type_filter
+from shardq.engine.schedules import EngineSchedules, Schedule
 from shardq.engine.search import EngineSearch
 from shardq.engine.settings import EngineSettings
 from shardq.engine.storage import Store
@@ -70,8 +71,8 @@ _CLAIM_HEADER_RESERVE = 1024 * 1024
 _TASK_JSON_RESERVE = 1024
 
 
-class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, EngineInsight,
-             EngineSearch):
+class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, EngineSchedules,
+             EngineInsight, EngineSearch):
     """One shard's engine: the one object the shard calls (see rule 4 for its mixins)."""
 
     def __init__(self, store: Store, settings: EngineSettings, rng: random.Random | None = None) -> None:
@@ -83,6 +84,8 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
                                   settings.worker_liveness)  # leases, workers
         self._deps = Dependencies()  # pending tasks waiting on others
         self._waiters = WaitingClaims()  # long-poll CLAIMs
+        self._schedules: dict[str, Schedule] = {}  # periodic schedules (schedules.py)
+        self._schedule_heap: list[tuple[int, str]] = []
         self._seq = 0
         self.pending_by_tier = {"high": 0, "normal": 0, "low": 0}
         self.remote_depth = 0  # other shards' depth as last reported
@@ -464,6 +467,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
     def tick(self, now: int) -> int | None:
         """Do what is due at ``now``; return when the next thing falls due."""
         ready = self._ready
+        next_schedule = self.fire_schedules(now) if self._schedule_heap else None
         for due, raw in ready.pop_due(now):
             task = self.store.get(raw)
             if task is None or task.scheduled_ms != due:
@@ -479,7 +483,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         self._serve_waiters(now)
         self._waiters.expire(now)
         heads = self._leases.heads()
-        for head in (self._waiters.next_deadline(), ready.next_due()):
+        for head in (self._waiters.next_deadline(), ready.next_due(), next_schedule):
             if head is not None:
                 heads.append(head)
         return min(heads) if heads else None

@@ -56,6 +56,7 @@ class EngineMaintenance:
         def requeue(self, raw_id: bytes, now: int) -> Task: ...
         def _insight_reset(self) -> None: ...
         def _insight_loaded(self, task: Task) -> None: ...
+        def load_schedules(self, now: int) -> int: ...
 
     # -- REQUEUE (bulk) -----------------------------------------------------------
 
@@ -139,7 +140,8 @@ class EngineMaintenance:
         store.commit()
         self._ready.dirty = bool(self._ready.heaps)
         return {"leases_restored": restored, "pending": found[PENDING], "failed": found[FAILED],
-                "dead_letter": found[DEAD_LETTER], "counts_corrected": len(corrected)}
+                "dead_letter": found[DEAD_LETTER], "counts_corrected": len(corrected),
+                "schedules": self.load_schedules(now)}
 
     def _load_waiting(self, now: int) -> tuple[dict[int, list[bytes]], list[Task], list[Task]]:
         """Rebuild the ready heaps, the schedule heap and pending_by_tier from one scan of the
@@ -224,4 +226,5 @@ class EngineMaintenance:
             else:
                 self._ready.enqueue(task, now)
         self._ready.dirty = True  # waiting claims may be served from the rebuilt heaps
+        self.load_schedules(now)  # the schedules' last ticks as written (engine/schedules.py)
         return {"in_progress": n_leases, "pending": len(seen[PENDING]), "failed": len(seen[FAILED])}

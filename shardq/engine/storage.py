@@ -92,6 +92,16 @@ class Store(Protocol):
         dead_letter (the status is the record's byte 1): for recovery."""
         ...
 
+    # Small records beside the tasks (the ``metadata`` family; engine/schedules.py keeps its
+    # schedules there): staged and committed with the tasks' writes, in the same batch.
+    def meta_put(self, key: bytes, value: bytes) -> None: ...
+
+    def meta_delete(self, key: bytes) -> None: ...
+
+    def meta_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The committed (key, value) pairs of ``metadata`` whose key starts with ``prefix``."""
+        ...
+
     def recount(self, status: int, ids: list[bytes]) -> bool:
         """Recovery found exactly ``ids`` in ``status``: correct the kept count to that (staged);
         True if it was wrong."""

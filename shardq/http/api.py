@@ -34,6 +34,7 @@ from shardq.http.insight_api import InsightApi
 from shardq.http.openapi import build_document
 from shardq.http.problems import problem
 from shardq.http.routes import ROUTES, Route, Router
+from shardq.http.schedule_api import ScheduleApi
 from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.protocol.requests import parse_id
 from shardq.server.claims import Caller
@@ -146,8 +147,11 @@ def _split(tasks: list[dict[str, Any] | None], blob: bytes, key: str, name: str,
         at += n
 
 
-class Api(InsightApi):
+class Api(ScheduleApi, InsightApi):
     """One shard's HTTP API: ``handle`` is aiohttp's request handler (server.py)."""
+
+    _payload_of = staticmethod(_bytes)  # for the mixins (schedule_api.py)
+    _render = staticmethod(render)
 
     def __init__(self, shard: ShardServer, ops: Operations, callers: Callable[[Any], Caller | None]) -> None:
         self.shard = shard
@@ -212,6 +216,10 @@ class Api(InsightApi):
         if route.auth:
             await self._committed()
         return route.status, result if type(result) is bytes else _encode(result)
+
+    async def committed(self) -> None:
+        """Wait until what this request changed is written (the dashboard's actions use it too)."""
+        await self._committed()
 
     async def _committed(self) -> None:
         shard = self.shard
@@ -416,6 +424,10 @@ class Api(InsightApi):
     async def stats(self, who: Identity, params: dict[str, str], query: None, body: None,
                     request: web.BaseRequest) -> dict[str, Any]:
         return await _now_or_later(self.ops.stats(who, False))
+
+    async def stats_history(self, who: Identity, params: dict[str, str], query: Any, body: None,
+                            request: web.BaseRequest) -> dict[str, Any]:
+        return await _now_or_later(self.ops.history(who, query.resolution))
 
     async def list_workers(self, who: Identity, params: dict[str, str], query: None, body: None,
                            request: web.BaseRequest) -> dict[str, Any]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import unquote
 
 from msgspec import UNSET, Meta, UnsetType
 
+from shardq.http import schedule_schema as ss
 from shardq.http import schema as s
 from shardq.http.insight_routes import ROUTE_ROWS as INSIGHT_ROUTE_ROWS
 from shardq.protocol import requests as rq
@@ -46,6 +47,12 @@ class StatsQuery(s.Struct):
     pass
 
 
+class HistoryQuery(s.Struct):
+    """The broker's recent throughput and depth (server/history.py)."""
+
+    resolution: Literal["1s", "10s"] = "1s"
+
+
 # Descriptions of query parameters and path parameters (the document's ``description``).
 PARAM_DOCS = {
     "status": "Only tasks of this status.",
@@ -59,6 +66,9 @@ PARAM_DOCS = {
                 "UTF-8, else base64), `json`, `text` or `base64` (each falling back to base64).",
     "id": "The task's id.",
     "worker_id": "The worker's id (chosen by the worker; unique among live workers).",
+    "resolution": "`1s`: one point a second over the last 10 minutes; `10s`: one point per 10 s "
+                  "over the last hour.",
+    "name": "The schedule's name.",
 }
 
 # The statuses every authenticated route can answer, beyond its own.
@@ -105,6 +115,9 @@ ROUTES: tuple[Route, ...] = (
           s.Requeued, body=s.Requeue),
     Route("GET", API + "/stats", "stats", "operators", "Counts by status, tier and shard",
           s.Stats),
+    Route("GET", API + "/stats/history", "stats_history", "operators",
+          "Throughput (per second) and depth over the last 10 minutes or hour", s.History,
+          query=HistoryQuery),
     Route("GET", API + "/workers", "list_workers", "operators", "The workers the broker knows",
           s.Workers),
     # workers
@@ -121,6 +134,20 @@ ROUTES: tuple[Route, ...] = (
           body=s.Heartbeat, body_required=False),
     Route("DELETE", API + W, "deregister_worker", "workers",
           "The worker leaves: its leases go back to pending at once", s.Released),
+    # schedules (server/schedule_ops.py); 409: a schedule of that name exists (add it with replace)
+    Route("POST", API + "/schedules", "add_schedule", "schedules",
+          "Add a periodic schedule: each tick submits one task", ss.ScheduleOut, 201,
+          body=ss.NewSchedule, errors=(409, 413)),
+    Route("GET", API + "/schedules", "list_schedules", "schedules",
+          "Every schedule, with its next and last runs", ss.Schedules),
+    Route("GET", API + "/schedules/{name}", "get_schedule", "schedules",
+          "One schedule, with its payload", ss.Schedule, errors=(404,)),
+    Route("DELETE", API + "/schedules/{name}", "remove_schedule", "schedules",
+          "Remove a schedule (the tasks it submitted stay)", ss.ScheduleRemoved, errors=(404,)),
+    Route("POST", API + "/schedules/{name}/pause", "pause_schedule", "schedules",
+          "Pause a schedule: it fires nothing until resumed", ss.ScheduleOut, errors=(404,)),
+    Route("POST", API + "/schedules/{name}/resume", "resume_schedule", "schedules",
+          "Resume a schedule, from its next tick", ss.ScheduleOut, errors=(404,)),
     # operations (no auth)
     Route("GET", "/healthz", "healthz", "operations", "This process is up", s.Health, auth=False),
     Route("GET", "/readyz", "readyz", "operations",

@@ -289,6 +289,25 @@ class Health(Struct):
     shard: int
 
 
+class HistorySeries(Struct):
+    """Column-wise points, oldest first: ``t`` (epoch seconds), the rates per second of
+    submitted, completed and failed executions, and the counts at that time."""
+
+    t: list[float]
+    submitted: list[float]
+    completed: list[float]
+    failed: list[float]
+    pending: list[int]
+    in_progress: list[int]
+    scheduled: list[int]
+    dead_letter: list[int]
+
+
+class History(Struct):
+    resolution: Literal["1s", "10s"]
+    series: HistorySeries
+
+
 class Readiness(Struct):
     status: Literal["ready", "not ready"]
     shards: int

@@ -9,4 +9,6 @@ from __future__ import annotations
 
 FEATURES: tuple[str, ...] = (
     "dlq_groups", "delete", "bulk", "search", "type_stats",  # insight: triage, delete, search, types
+    "query_payload",  # QUERY_STATUS with_payload (the dashboard's payload preview)
+    "schedules",  # SCHEDULE_ADD / _LIST / _REMOVE / _PAUSE: periodic schedules in the broker
 )

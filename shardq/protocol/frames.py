@@ -55,6 +55,11 @@ class MsgType(IntEnum):
     BULK = 0x26
     SEARCH = 0x27
     TYPE_STATS = 0x28
+    # Periodic schedules (protocol/schedules.py, docs/protocol.md "Schedules").
+    SCHEDULE_ADD = 0x1A
+    SCHEDULE_LIST = 0x1B
+    SCHEDULE_REMOVE = 0x1C
+    SCHEDULE_PAUSE = 0x1D
     # Between shardq's own processes only (Unix sockets); never valid on the client port.
     REPORT = 0x40  # shard -> coordinator: depth, ready types, workers seen, stats
     STATE = 0x41  # coordinator -> shards: the others' depths and ready types

@@ -214,9 +214,10 @@ def parse_register(header: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return worker_id, info
 
 
-def parse_query(header: dict[str, Any]) -> tuple[list[bytes], bool]:
+def parse_query(header: dict[str, Any]) -> tuple[list[bytes], bool, bool]:
     ids = get_list(header, "ids", "", MAX_QUERY_IDS)
-    return parse_ids(ids, "ids"), get_bool(header, "with_result", "", False)
+    return (parse_ids(ids, "ids"), get_bool(header, "with_result", "", False),
+            get_bool(header, "with_payload", "", False))
 
 
 def parse_list(header: dict[str, Any]) -> tuple[int, str | None, int, int, int, str | None]:
@@ -265,7 +266,7 @@ def parse_stats(header: dict[str, Any]) -> bool:
 # -- the blob ------------------------------------------------------------------------
 
 # The requests whose header announces blob sections (their parsers check the blob's size).
-BLOB_REQUESTS = frozenset((MsgType.SUBMIT, MsgType.RESULT))
+BLOB_REQUESTS = frozenset((MsgType.SUBMIT, MsgType.RESULT, MsgType.SCHEDULE_ADD))
 
 # The field checks of the requests that announce no blob: run before the blob's size is judged,
 # because the contract checks every field of a message, then the blob's size (protocol.md).

@@ -32,6 +32,7 @@ from shardq.errors import ConfigError
 from shardq.metrics import BrokerCollector, on_loop, start_metrics_server, stop_metrics_server
 from shardq.process import EXIT_BIND, EXIT_CONFIG, start_child
 from shardq.protocol.frames import Message, MsgType
+from shardq.server.history import RESOLUTIONS, BrokerHistory
 from shardq.server.mesh import Link, coordinator_path
 from shardq.tls import ServerTLS
 
@@ -58,6 +59,7 @@ class Coordinator:
         self.started = time.monotonic()
         self.dead_declared = 0
         self._state_dirty = False
+        self.history = BrokerHistory()  # the dashboard's charts (history.py)
 
     # -- messages from shards ---------------------------------------------------
 
@@ -65,7 +67,11 @@ class Coordinator:
         if msg.type is MsgType.REPORT:
             self._on_report(link, msg.header)
         elif msg.type is MsgType.GET_STATS:
-            link.answer(msg.rid, self.stats_view())
+            resolution = msg.header.get("history")
+            if resolution in RESOLUTIONS:
+                link.answer(msg.rid, self.history.series(resolution))
+            else:
+                link.answer(msg.rid, self.stats_view())
         elif msg.rid is not None:
             link.answer(msg.rid, {})
 
@@ -184,10 +190,15 @@ class Coordinator:
             ready.send({"ready": True, "metrics_port": metrics_port})
         log.info("coordinating %d shard(s); workers are dead after %d ms unheard", self.shards,
                  self.liveness_ms)
+        next_sample = time.time()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), period)
             self.check_workers(now_ms())
+            t = time.time()
+            if t >= next_sample:
+                next_sample = max(next_sample + 1.0, t + 0.5)  # no burst of catch-up samples
+                self.history.sample(t, self.reports)
         server.close()
         if metrics is not None:
             stop_metrics_server(metrics)

@@ -37,10 +37,13 @@ from shardq.patterns import PatternError, TypePatterns
 from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.server import routing
 from shardq.server.claims import Caller, Claimed, Claims
+from shardq.server.history import RESOLUTIONS, SERIES
+from shardq.server.schedule_ops import ScheduleOperations
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_NAMES, id_to_str
 
 if TYPE_CHECKING:
+    from shardq.server.mesh import Link
     from shardq.server.shard import ShardServer
 
 log = logging.getLogger("shardq.operations")
@@ -58,7 +61,8 @@ ALL_PERMISSIONS = frozenset(PERMISSIONS)
 PERMISSION = {
     "submit": "submit", "claim": "claim", "result": "claim", "heartbeat": "claim",
     "register": "claim", "deregister": "claim", "query": "read", "list": "read", "stats": "read",
-    "cancel": "admin", "requeue": "admin",
+    "cancel": "admin", "requeue": "admin", "history": "read",
+    "schedule_list": "read",  # schedule_add, _remove, _pause: admin (schedule_ops.py)
     # insight (insight_ops.py): reads, and the changes an operator makes
     "dlq_groups": "read", "search": "read", "type_stats": "read", "bulk_dry_run": "read",
     "delete": "admin", "bulk": "admin",
@@ -135,7 +139,7 @@ def _hidden(raw: bytes) -> NotFound:
 @dataclass(slots=True)
 class Queried:
     tasks: list[dict[str, Any] | None]  # wire form, None for an unknown id
-    results: bytes  # the results of the tasks that have one, in order, when asked for
+    results: bytes  # the results of the tasks that have one, in order, when asked for; then their payloads
 
 
 @dataclass(slots=True)
@@ -144,7 +148,7 @@ class Page:
     cursor: str | None
 
 
-class Operations:
+class Operations(ScheduleOperations):
     def __init__(self, shard: ShardServer, forwarded: bool = False) -> None:
         self.shard = shard
         self.engine = shard.engine
@@ -227,17 +231,21 @@ class Operations:
                     return False
         return True
 
-    def query(self, who: Identity, ids: list[bytes], with_result: bool) -> Result[Queried]:
+    def query(self, who: Identity, ids: list[bytes], with_result: bool,
+              with_payload: bool = False) -> Result[Queried]:
+        """The tasks of ``ids``; their results and payloads (in the blob, results first) when asked."""
         who.require("query")
         scope = who.scope("query")
         if self.routed and not all(self.shard.owns(i) for i in ids):
-            return self._routed_query(ids, with_result, scope)
-        wire, results = self.query_local(ids, scope, with_result)
-        return Queried(wire, _fits(b"".join(results), len(ids)) if with_result else b"")
+            return self._routed_query(ids, with_result, scope, with_payload)
+        wire, results = self.query_local(ids, scope, with_result, with_payload)
+        return Queried(wire, _fits(b"".join(results), len(ids)) if with_result or with_payload else b"")
 
     def query_local(self, ids: list[bytes], scope: TypePatterns | None = None,
-                    with_result: bool = True) -> tuple[list[dict[str, Any] | None], list[bytes]]:
-        """This shard's tasks of ``ids`` (None where there is none, or none ``scope`` may see)."""
+                    with_result: bool = True, with_payload: bool = False
+                    ) -> tuple[list[dict[str, Any] | None], list[bytes]]:
+        """This shard's tasks of ``ids`` (None where there is none, or none ``scope`` may see),
+        and the blob's parts: each one's result (when asked), then each one's payload (when asked)."""
         tasks = self.engine.query(ids)
         if scope is not None:
             tasks = [t if t is not None and scope.matches(t.type) else None for t in tasks]
@@ -245,12 +253,17 @@ class Operations:
         wire = [None if t is None else t.to_wire(part(t.id)) for t in tasks]
         results = [self.engine.store.get_result(t.id) if with_result and t is not None and t.result_len
                    else b"" for t in tasks]
+        if with_payload:
+            results += [self.engine.store.get_payload(t.id) if t is not None and t.payload_len else b""
+                        for t in tasks]
         return wire, results
 
-    async def _routed_query(self, ids: list[bytes], with_result: bool, scope: TypePatterns | None) -> Queried:
+    async def _routed_query(self, ids: list[bytes], with_result: bool, scope: TypePatterns | None,
+                            with_payload: bool = False) -> Queried:
         tasks, blob = await routing.query(self.shard, ids, with_result,
-                                          functools.partial(self.query_local, scope=scope, with_result=with_result),
-                                          wire_scope(scope))
+                                          functools.partial(self.query_local, scope=scope, with_result=with_result,
+                                                            with_payload=with_payload),
+                                          wire_scope(scope), with_payload)
         return Queried(tasks, _fits(blob, len(ids)))
 
     def _visible(self, raw: bytes, scope: TypePatterns | None) -> bool:
@@ -393,6 +406,21 @@ class Operations:
             stats["worker_list"] = worker_list(others.get("worker_list"), rows, shard.stats_row(),
                                                self.engine.workers())
         return stats
+
+    def history(self, who: Identity, resolution: str) -> Result[dict[str, Any]]:
+        """The broker's throughput and depth over the last minutes ("1s") or hour ("10s"), kept by
+        the coordinator (server/history.py); empty when it cannot be reached."""
+        who.require("history")
+        if resolution not in RESOLUTIONS:
+            raise BadRequest(f"resolution: {resolution!r} is not one of {', '.join(RESOLUTIONS)}")
+        coordinator = self.shard.coordinator
+        if coordinator is None:
+            return {"resolution": resolution, "series": {name: [] for name in SERIES}}
+        return self._history(coordinator, resolution)
+
+    async def _history(self, coordinator: Link, resolution: str) -> dict[str, Any]:
+        answer, _ = await coordinator.request(MsgType.GET_STATS, {"history": resolution})
+        return {"resolution": resolution, "series": answer["series"]}
 
     # -- workers ---------------------------------------------------------------------------------
 

@@ -269,10 +269,12 @@ async def deregister(server: ShardServer, worker_id: str) -> int:
 # -- QUERY_STATUS / CANCEL / REQUEUE / LIST_TASKS ---------------------------------------------
 
 async def query(server: ShardServer, ids: list[bytes], with_result: bool,
-                local_query: Any, scope: dict[str, Any]) -> tuple[list[dict[str, Any] | None], bytes]:
-    """``local_query(ids)`` answers this shard's part as (wire tasks, results)."""
+                local_query: Any, scope: dict[str, Any],
+                with_payload: bool = False) -> tuple[list[dict[str, Any] | None], bytes]:
+    """``local_query(ids)`` answers this shard's part as (wire tasks, results[, payloads])."""
     tasks: list[dict[str, Any] | None] = [None] * len(ids)
     results: list[bytes] = [b""] * len(ids)
+    payloads: list[bytes] = [b""] * len(ids)
     by_owner: dict[int, list[int]] = {}
     for i, raw in enumerate(ids):
         by_owner.setdefault(_owner(server, raw), []).append(i)
@@ -281,20 +283,28 @@ async def query(server: ShardServer, ids: list[bytes], with_result: bool,
         wire, res = local_query([ids[i] for i in local])
         for i, t, r in zip(local, wire, res):
             tasks[i], results[i] = t, r
+        if with_payload:
+            for i, p in zip(local, res[len(local):]):
+                payloads[i] = p
 
     async def forward(shard: int, positions: list[int]) -> None:
         answer, blob = await _forward(server, shard, MsgType.QUERY_STATUS,
                                       {"ids": [id_to_str(ids[i]) for i in positions], "with_result": with_result,
-                                       **scope})
+                                       **({"with_payload": True} if with_payload else {}), **scope})
         pos = 0
         for i, t in zip(positions, answer["tasks"]):
             tasks[i] = t
             n = (t or {}).get("result_len") or 0 if with_result else 0
             results[i] = blob[pos:pos + n]
             pos += n
+        if with_payload:
+            for i, t in zip(positions, answer["tasks"]):
+                n = (t or {}).get("payload_len") or 0
+                payloads[i] = blob[pos:pos + n]
+                pos += n
 
     await asyncio.gather(*(forward(s, p) for s, p in by_owner.items()))
-    return tasks, b"".join(results) if with_result else b""
+    return tasks, b"".join((*(results if with_result else ()), *(payloads if with_payload else ())))
 
 
 async def cancel(server: ShardServer, raw: bytes, scope: dict[str, Any]) -> str:

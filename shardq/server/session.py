@@ -60,6 +60,7 @@ from shardq.server.operations import Identity, Operations
 from shardq.server.session_auth import SessionAuth
 from shardq.server.session_insight import SessionInsight
 from shardq.server.session_requests import SessionRequests
+from shardq.server.session_schedules import SessionSchedules
 from shardq.specs import ResultItem, TaskSpec
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ MAX_FRAME_BEFORE_HELLO = SMALL_FRAME
 # more than 20 ms without yielding a stall; PINGs of other clients wait for this much at most).
 SLICE_S = 0.002
 
-class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionInsight):
+class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSchedules, SessionInsight):
     def __init__(self, server: ShardServer, ops: Operations, peer: bool = False,
                  carried: bytes = b"") -> None:
         Caller.__init__(self)
@@ -114,6 +115,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionIns
             MsgType.PING: self.on_ping,
             **self.insight_handlers(),
         }
+        self._handlers.update(self.schedule_handlers())
         self._typed: dict[MsgType, Callable[[Any], None]] = {
             MsgType.SUBMIT: self._submit, MsgType.CLAIM: self._claim, MsgType.RESULT: self._result}
 

@@ -48,9 +48,9 @@ class SessionRequests:
         self._answer(msg.rid, self.ops.deregister(who, worker_id), answers.released)
 
     def on_query(self, msg: Message) -> None:
-        ids, with_result = rq.parse_query(msg.header)
+        ids, with_result, with_payload = rq.parse_query(msg.header)
         who = self._who(msg)
-        self._answer(msg.rid, self.ops.query(who, ids, with_result), answers.queried)
+        self._answer(msg.rid, self.ops.query(who, ids, with_result, with_payload), answers.queried)
 
     def on_cancel(self, msg: Message) -> None:
         raw = rq.parse_cancel(msg.header)

@@ -194,6 +194,20 @@ class MemoryStore:
         self.counts[task.status] -= 1
         self.staged += 1
 
+    def meta_put(self, key: bytes, value: bytes) -> None:
+        self._put("metadata", key, value)
+        self.staged += 1
+
+    def meta_delete(self, key: bytes) -> None:
+        self._delete("metadata", key)
+        self.staged += 1
+
+    def meta_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._snapshot("metadata", prefix, None, len(self._cf["metadata"])):
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
     def commit(self) -> int:
         n = self.staged
         if not n:

@@ -155,6 +155,12 @@ class PartitionedStore:
     def meta_put(self, key: bytes, value: bytes) -> None:
         self.parts[0].meta_put(key, value)
 
+    def meta_delete(self, key: bytes) -> None:
+        self.parts[0].meta_delete(key)
+
+    def meta_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self.parts[0].meta_items(prefix)
+
     def commit(self) -> int:
         """Commit every part with staged writes. When one fails, the parts not written yet
         drop theirs too (StoreWriteError is raised): the caller rebuilds memory from disk."""

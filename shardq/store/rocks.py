@@ -162,6 +162,18 @@ class Store:
         self._batch.put(key, value, self._cf["metadata"])
         self.staged += 1
 
+    def meta_delete(self, key: bytes) -> None:
+        self._batch.delete(key, self._cf["metadata"])
+        self.staged += 1
+
+    def meta_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Committed metadata keys starting with ``prefix`` (schedules: engine/schedules.py)."""
+        it = self._views["metadata"].iter()
+        it.seek(prefix)
+        while it.valid() and it.key().startswith(prefix):
+            yield it.key(), it.value()
+            it.next()
+
     def init_layout(self, shard: int, shards: int) -> None:
         """Record (new dir) or check (existing dir) the schema and shard identity; migrate a
         data dir of an older schema in place (store/migrate.py)."""

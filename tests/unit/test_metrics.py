@@ -238,7 +238,8 @@ def test_counter_keys_are_the_ones_the_report_carries() -> None:
                              "reclaimed_worker_lost", "reclaimed_timeout", "forwarded", "cross_shard_claims",
                              "store_write_errors", "disk_alarm_refused", "auth_failures_missing",
                              "auth_failures_unknown_key", "auth_failures_bad_secret", "auth_failures_disabled",
-                             "auth_failures_expired", "auth_failures_insecure_channel"}
+                             "auth_failures_expired", "auth_failures_insecure_channel",
+                             "schedule_fired", "schedule_misfired", "schedule_queue_full"}
 
 
 def test_a_stale_shard_keeps_its_values_with_up_0(make_snapshot) -> None:

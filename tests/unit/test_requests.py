@@ -6,6 +6,7 @@ import pytest
 
 from shardq.errors import BadRequest, ProtocolError
 from shardq.protocol import requests as rq
+from shardq.protocol import schedules as _schedules  # noqa: F401  (registers its field checks)
 from shardq.protocol.frames import REQUEST_TYPES, MsgType
 
 BLOBLESS = sorted(REQUEST_TYPES - rq.BLOB_REQUESTS)
@@ -18,11 +19,13 @@ VALID = {
     # insight (protocol/insight.py)
     MsgType.DLQ_GROUPS: {}, MsgType.DELETE: {"ids": ["0" * 8 + "-0000-4000-8000-" + "0" * 12]},
     MsgType.BULK: {"action": "requeue"}, MsgType.SEARCH: {}, MsgType.TYPE_STATS: {},
+    MsgType.SCHEDULE_LIST: {}, MsgType.SCHEDULE_REMOVE: {"name": "n"},
+    MsgType.SCHEDULE_PAUSE: {"name": "n", "paused": True},
 }
 
 
 def test_every_request_type_is_covered() -> None:
-    assert rq.BLOB_REQUESTS == {MsgType.SUBMIT, MsgType.RESULT}
+    assert rq.BLOB_REQUESTS == {MsgType.SUBMIT, MsgType.RESULT, MsgType.SCHEDULE_ADD}
     assert set(BLOBLESS) == set(VALID)
 
 
@@ -43,5 +46,7 @@ def test_a_bad_field_is_reported_before_the_blob() -> None:
         rq.check_blob(MsgType.CLAIM, {}, b"x")
     with pytest.raises(BadRequest, match=r"^status:"):
         rq.check_blob(MsgType.LIST_TASKS, {"status": "nope"}, b"x")
+    with pytest.raises(BadRequest, match=r"^paused:"):
+        rq.check_blob(MsgType.SCHEDULE_PAUSE, {"name": "n"}, b"x")
     with pytest.raises(ProtocolError):
         rq.check_blob(MsgType.HELLO, {"protocol": 2}, b"x")
