@@ -260,6 +260,19 @@ EXAMPLES: list[tuple[str, MsgType, dict[str, Any], bytes]] = [
     ("SCHEDULE_PAUSE:ack", MsgType.ACK, {"rid": 33, "schedule": schedule(paused=True, fired=1)}, b""),
     ("SCHEDULE_REMOVE:request", MsgType.SCHEDULE_REMOVE, {"rid": 34, "name": "nightly-report"}, b""),
     ("SCHEDULE_REMOVE:ack", MsgType.ACK, {"rid": 34, "name": "nightly-report", "removed": True}, b""),
+    # -- extension cancel_running: what the worker of a cancelled running task hears
+    ("CANCEL:ack-running", MsgType.ACK, {"rid": 15, "id": A, "status": "cancelled"}, b""),
+    ("HEARTBEAT:ack-cancelled", MsgType.ACK,
+     {"rid": 16, "lease_expires_ms": NOW + 4000 + LEASE_MS, "lost": [A], "cancelled": [A]}, b""),
+    ("RESULT:ack-cancelled", MsgType.ACK, {"rid": 17, "results": [{"id": A, "status": "cancelled"}]},
+     b""),
+    # -- extension worker_control
+    ("WORKER_CONTROL:request", MsgType.WORKER_CONTROL,
+     {"rid": 18, "worker_id": "w-1", "action": "quiet"}, b""),
+    ("WORKER_CONTROL:ack", MsgType.ACK,
+     {"rid": 18, "worker_id": "w-1", "command": "quiet", "state": "running"}, b""),
+    ("HEARTBEAT:ack-command", MsgType.ACK,
+     {"rid": 19, "lease_expires_ms": NOW + 6000 + LEASE_MS, "command": "quiet"}, b""),
     # -- one NACK per error code
     ("NACK:BadRequest", MsgType.NACK,
      nack(20, "BadRequest", "tasks[2].priority: must be an integer 0..255, got 300"), b""),
@@ -275,7 +288,7 @@ EXAMPLES: list[tuple[str, MsgType, dict[str, Any], bytes]] = [
           retry_after_ms=2500), b""),
     ("NACK:NotFound", MsgType.NACK, nack(23, "NotFound", f"no task {UNKNOWN}"), b""),
     ("NACK:InvalidState", MsgType.NACK,
-     nack(24, "InvalidState", "cannot cancel a task that is in_progress"), b""),
+     nack(24, "InvalidState", "cannot cancel a task that is completed"), b""),
     ("NACK:LeaseLost", MsgType.NACK,
      nack(25, "LeaseLost", f"w-1 does not hold attempt 1 of {D} (task is in_progress, attempt 2)"),
      b""),
@@ -290,6 +303,29 @@ EXAMPLES: list[tuple[str, MsgType, dict[str, Any], bytes]] = [
      nack(None, "Protocol", _framing_error(struct.pack(">IB", 5, 0x0E))), b""),
     ("NACK:Protocol:version", MsgType.NACK,
      nack(1, "Protocol", "protocol version 2 is not supported (this server speaks 1)"), b""),
+]
+
+# -- task options (expiry, unique tasks, dependency results): the "Task options" section
+PARENT_RESULT = b'{"rows":42}'
+EXAMPLES += [
+    ("taskopts:SUBMIT:request", MsgType.SUBMIT,
+     {"rid": 40, "tasks": [
+         {"type": "send_email", "payload_len": len(PAYLOAD_A), "ttl_ms": 600000},
+         {"type": "nightly_report", "payload_len": len(PAYLOAD_B), "unique_key": "2025-11-22",
+          "unique_window_ms": 3600000}]},
+     PAYLOAD_A + PAYLOAD_B),
+    ("taskopts:SUBMIT:ack", MsgType.ACK, {"rid": 40, "ids": [B, C], "duplicates": [1]}, b""),
+    ("taskopts:SUBMIT:nack", MsgType.NACK,
+     nack(41, "BadRequest", "tasks[0]: give expires_at_ms or ttl_ms, not both"), b""),
+    ("taskopts:CLAIM:request", MsgType.CLAIM,
+     {"rid": 42, "worker_id": "w-1", "max": 1, "types": ["report"], "dependency_results": True}, b""),
+    ("taskopts:CLAIM:ack", MsgType.ACK,
+     {"rid": 42, "tasks": [task(B, "report", "in_progress", attempt=1, worker_id="w-1",
+                                lease_expires_ms=NOW + LEASE_MS, depends_on=[A, D],
+                                payload_len=len(PAYLOAD_B), updated_ms=NOW + 1200)
+                           | {"dependency_results": [{"id": A, "result_len": len(PARENT_RESULT)}],
+                              "dependency_results_omitted": [D]}]},
+     PAYLOAD_B + PARENT_RESULT),
 ]
 
 

@@ -156,7 +156,7 @@ class LoopLagProbe:
 
 STATUSES = STATUS_NAMES  # task.py's, in status-code order; TIERS (low, normal, high) is task.py's too
 OUTCOMES = ("submitted", "claimed", "completed", "retried", "dead_lettered", "cancelled", "released",
-            "requeued")
+            "requeued", "expired", "unique_duplicates")
 RECLAIM_REASONS = ("lease_expired", "worker_lost", "timeout")  # REPORT counters reclaimed_<reason>
 SCHEDULE_OUTCOMES = ("fired", "misfired", "queue_full")  # REPORT counters schedule_<outcome>
 # Every key of REPORT["counters"] the collector reads (a shard may send more; a missing one is 0).

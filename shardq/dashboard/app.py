@@ -125,8 +125,9 @@ class Dashboard:
 
     # -- rendering ----------------------------------------------------------------------------------
 
-    def render(self, request: web.BaseRequest, name: str, http_status: int = 200, **ctx: Any) -> web.Response:
-        template = self.env.get_template(name)
+    def render(self, request: web.BaseRequest, template_name: str, http_status: int = 200,
+               **ctx: Any) -> web.Response:
+        template = self.env.get_template(template_name)
         ctx.setdefault("auth_on", self.shard.cfg.auth.enabled)
         ctx["path"] = request.rel_url.path
         if "HX-Request" in request.headers and "live" in template.blocks:

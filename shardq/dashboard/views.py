@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.parse
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -166,7 +167,7 @@ async def task(d: Dashboard, who: Identity, request: web.BaseRequest, params: di
     done = request.rel_url.query.get("done")
     return d.render(request, "task.html", who=who, page="tasks", task=t, payload=payload, result=result,
                     done=done if done in ("cancelled", "requeued") else None,
-                    can_cancel=can(who, "cancel") and t["status"] in ("pending", "failed"),
+                    can_cancel=can(who, "cancel") and t["status"] in ("pending", "failed", "in_progress"),
                     can_requeue=can(who, "requeue") and t["status"] in ("dead_letter", "failed"))
 
 
@@ -191,12 +192,46 @@ async def requeue(d: Dashboard, who: Identity, request: web.BaseRequest, params:
 async def workers(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     stats = await _now_or_later(d.ops.stats(who, True))
     rows = sorted(stats.get("worker_list") or [], key=lambda w: w.get("worker_id", ""))
-    return d.render(request, "workers.html", who=who, page="workers", workers=rows)
+    done = request.rel_url.query.get("done")
+    return d.render(request, "workers.html", who=who, page="workers", workers=rows,
+                    can_control=can(who, "worker_control"),
+                    done=done if done in ("quiet", "stop") else None, worker=request.rel_url.query.get("worker"))
+
+
+def _worker_action(action: str) -> Any:
+    async def act(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+        await _now_or_later(d.ops.worker_control(who, params["worker_id"], action))
+        where = urllib.parse.urlencode({"done": action, "worker": params["worker_id"]})
+        return web.Response(status=303, headers={"Location": f"/workers?{where}"})
+    return act
 
 
 async def shards(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     stats = await _now_or_later(d.ops.stats(who, False))
     return d.render(request, "shards.html", who=who, page="shards", stats=stats)
+
+
+async def schedules(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+    answer, _ = await _now_or_later(d.ops.schedule_list(who))
+    rows = sorted(answer.get("schedules") or [], key=lambda s: s["name"])
+    done = request.rel_url.query.get("done")
+    return d.render(request, "schedules.html", who=who, page="schedules", schedules=rows,
+                    down=answer.get("unavailable_shards") or [], can_change=can(who, "schedule_pause"),
+                    done=done if done in ("paused", "resumed", "removed") else None,
+                    name=request.rel_url.query.get("name"))
+
+
+def _schedule_action(done: str) -> Any:
+    async def act(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+        name = params["name"]  # (the path is decoded once, by aiohttp)
+        if done == "removed":
+            await _now_or_later(d.ops.schedule_remove(who, name))
+        else:
+            await _now_or_later(d.ops.schedule_pause(who, name, done == "paused"))
+        await d.committed()
+        where = urllib.parse.urlencode({"done": done, "name": name})
+        return web.Response(status=303, headers={"Location": f"/schedules?{where}"})
+    return act
 
 
 PAGES: tuple[tuple[str, str, Any], ...] = (
@@ -207,7 +242,13 @@ PAGES: tuple[tuple[str, str, Any], ...] = (
     ("POST", "/tasks/{id}/cancel", cancel),
     ("POST", "/tasks/{id}/requeue", requeue),
     ("GET", "/workers", workers),
+    ("POST", "/workers/{worker_id}/quiet", _worker_action("quiet")),
+    ("POST", "/workers/{worker_id}/stop", _worker_action("stop")),
     ("GET", "/shards", shards),
+    ("GET", "/schedules", schedules),
+    ("POST", "/schedules/{name}/pause", _schedule_action("paused")),
+    ("POST", "/schedules/{name}/resume", _schedule_action("resumed")),
+    ("POST", "/schedules/{name}/remove", _schedule_action("removed")),
 )
 _COMPILED = [(m, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", p) + "$"), view)
              for m, p, view in PAGES]

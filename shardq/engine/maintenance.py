@@ -57,6 +57,8 @@ class EngineMaintenance:
         def _insight_reset(self) -> None: ...
         def _insight_loaded(self, task: Task) -> None: ...
         def load_schedules(self, now: int) -> int: ...
+        def _recover_options(self, task: Task, schedule: list[int], key_of: Any) -> None: ...
+        def _load_unique(self) -> int: ...
 
     # -- REQUEUE (bulk) -----------------------------------------------------------
 
@@ -103,6 +105,7 @@ class EngineMaintenance:
         heartbeats completes its task, and one that is gone is reclaimed at expiry."""
         store = self.store
         seen, with_deps, in_progress = self._load_waiting(now)
+        unique_keys = self._load_unique()
         restored = 0
         for task in in_progress:
             states.check("recover", task.status)
@@ -141,7 +144,8 @@ class EngineMaintenance:
         self._ready.dirty = bool(self._ready.heaps)
         return {"leases_restored": restored, "pending": found[PENDING], "failed": found[FAILED],
                 "dead_letter": found[DEAD_LETTER], "counts_corrected": len(corrected),
-                "schedules": self.load_schedules(now)}
+                "schedules": self.load_schedules(now),
+                **({"unique_keys": unique_keys} if unique_keys else {})}
 
     def _load_waiting(self, now: int) -> tuple[dict[int, list[bytes]], list[Task], list[Task]]:
         """Rebuild the ready heaps, the schedule heap and pending_by_tier from one scan of the
@@ -169,6 +173,8 @@ class EngineMaintenance:
                 continue  # nothing in memory waits for it
             if task.seq > seq:
                 seq = task.seq
+            if task.extras is not None:
+                self._recover_options(task, schedule, _schedule_key)  # taskopts.py: expiry
             if status == IN_PROGRESS:
                 in_progress.append(task)
             elif status == FAILED:
@@ -206,6 +212,7 @@ class EngineMaintenance:
         n_leases = 0
         self._deps = Dependencies()
         seen, with_deps, in_progress = self._load_waiting(now)
+        self._load_unique()
         for task in in_progress:
             raw = task.id
             worker_id = task.worker_id or ""

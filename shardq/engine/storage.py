@@ -61,6 +61,11 @@ class Store(Protocol):
 
     def put_result(self, raw_id: bytes, result: bytes) -> None: ...
 
+    def index_put(self, key: bytes, present: bool = True) -> None:
+        """Stage (or, not ``present``, remove) a key of an index the engine keeps itself
+        (``idx_unique``: tag byte first, the task id last); scan_index sees it after commit."""
+        ...
+
     def delete(self, task: Task) -> None:
         """Remove a task and everything about it (retention)."""
         ...

@@ -34,6 +34,7 @@ from shardq.process import EXIT_BIND, EXIT_CONFIG, start_child
 from shardq.protocol.frames import Message, MsgType
 from shardq.server.history import RESOLUTIONS, BrokerHistory
 from shardq.server.mesh import Link, coordinator_path
+from shardq.server.worker_control import merge_reported, on_order, push_orders
 from shardq.tls import ServerTLS
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class Coordinator:
         self.depths: dict[int, int] = {}
         self.ready: dict[int, dict[str, int]] = {}  # shard -> {type: best ready tier rank}
         self.workers: dict[str, dict[str, Any]] = {}
+        self.orders: dict[str, str] = {}  # worker id -> quiet | stop (worker_control.py)
         self.liveness_ms = 2 * broker.heartbeat_interval_ms
         self.started = time.monotonic()
         self.dead_declared = 0
@@ -72,6 +74,11 @@ class Coordinator:
                 link.answer(msg.rid, self.history.series(resolution))
             else:
                 link.answer(msg.rid, self.stats_view())
+        elif msg.type is MsgType.WORKER_ORDER:
+            answer, changed = on_order(self.orders, self.workers, msg.header)
+            link.answer(msg.rid, answer)
+            if changed:
+                push_orders(self.orders, list(self.links.values()))
         elif msg.rid is not None:
             link.answer(msg.rid, {})
 
@@ -84,6 +91,8 @@ class Coordinator:
             self.links[shard] = link
             link.on_lost = lambda lk, i=shard: self._lost(i, lk)
             self._state_dirty = True  # a (re)connected shard needs the others' state
+            if self.orders:
+                push_orders(self.orders, [link])
         if "depth" in report and self.depths.get(shard) != report["depth"]:
             self.depths[shard] = report["depth"]
             self._state_dirty = True
@@ -94,8 +103,12 @@ class Coordinator:
             self.reports[shard] = report["stats"]
         for wid, info in (report.get("workers") or {}).items():
             self._seen(wid, shard, info)
+        orders_changed = merge_reported(self.orders, report.get("orders"), self.workers)
         for wid in report.get("gone") or ():
             self.workers.pop(wid, None)
+            orders_changed = self.orders.pop(wid, None) is not None or orders_changed
+        if orders_changed:
+            push_orders(self.orders, list(self.links.values()))
         if self._state_dirty:
             self._push_state()
 
@@ -137,6 +150,8 @@ class Coordinator:
             if now - w.get("last_seen_ms", now) > self.liveness_ms:
                 del self.workers[wid]
                 self.dead_declared += 1
+                if self.orders.pop(wid, None) is not None:
+                    push_orders(self.orders, list(self.links.values()))
                 log.warning("worker %s is dead: no message on any shard for %d ms; reclaiming its leases",
                             wid, now - w["last_seen_ms"])
                 for link in list(self.links.values()):
@@ -148,7 +163,8 @@ class Coordinator:
         """What a shard adds to its GET_STATS answer: the others' rows and the workers."""
         return {"shards": {str(i): r for i, r in self.reports.items()},
                 "workers": len(self.workers),
-                "worker_list": sorted(self.workers.values(), key=lambda w: w["worker_id"]),
+                "worker_list": sorted(({**w, "command": self.orders.get(wid)} for wid, w in self.workers.items()),
+                                      key=lambda w: w["worker_id"]),
                 "uptime_s": int(time.monotonic() - self.started)}
 
     def snapshot(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ is byte 1 of the record (task.py), so no family or index says it a second time:
     idx         b"t" | type utf-8 | 0x00 | id          -> b""   every task (LIST_TASKS by type)
                 b"f" | updated_ms u64 | id             -> b""   completed, cancelled (retention)
                 b"d" | updated_ms u64 | id             -> b""   dead_letter (its retention, triage)
+                b"u" | type | 0x00 | unique_key | 0x00 | id -> b""  the task holding a unique key
     metadata    b"schema_version", b"shards", b"shard", b"counts", b"created_ms"
 
 Why (docs/architecture.md, "Storage"; measured in docs/benchmarks.md, "Optimisation log"): a
@@ -42,8 +43,9 @@ FAMILY_OF = (LIVE, LIVE, DONE, LIVE, LIVE, DONE)
 LIVE_STATUSES = tuple(s for s, f in enumerate(FAMILY_OF) if f == LIVE)
 
 # One byte in front of every idx key says which index it belongs to.
-TYPE_TAG, FINISHED_TAG, DEAD_TAG = b"t", b"f", b"d"
-INDEX_TAGS = {"idx_type": TYPE_TAG, "idx_finished": FINISHED_TAG, "idx_dead": DEAD_TAG}  # scan_index's names
+TYPE_TAG, FINISHED_TAG, UNIQUE_TAG, DEAD_TAG = b"t", b"f", b"u", b"d"
+INDEX_TAGS = {"idx_type": TYPE_TAG, "idx_finished": FINISHED_TAG,
+              "idx_unique": UNIQUE_TAG, "idx_dead": DEAD_TAG}  # scan_index's names
 # metadata key: set once every dead letter of the data dir has its idx ``d`` key (store/dead_index.py)
 DEAD_INDEX_META = b"dead_index"
 

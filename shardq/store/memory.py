@@ -181,6 +181,10 @@ class MemoryStore:
         self._overlay_results[raw_id] = result
         self.staged += 1
 
+    def index_put(self, key: bytes, present: bool = True) -> None:
+        self._put(IDX, key, b"") if present else self._delete(IDX, key)
+        self.staged += 1
+
     def delete(self, task: Task) -> None:
         rid = task.id
         self._delete(FAMILY_OF[task.status], rid)

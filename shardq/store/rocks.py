@@ -301,6 +301,15 @@ class Store:
         self._overlay_results[raw_id] = result
         self.staged += 1
 
+    def index_put(self, key: bytes, present: bool = True) -> None:
+        """Stage an idx key of an index the store does not keep itself (idx_unique: its tag
+        first), or its removal."""
+        if present:
+            self._batch.put(key, b"", self._cf[IDX])
+        else:
+            self._batch.delete(key, self._cf[IDX])
+        self.staged += 1
+
     def delete(self, task: Task) -> None:
         """Remove a task and everything about it (retention)."""
         b, cf, rid = self._batch, self._cf, task.id

@@ -216,3 +216,38 @@ def test_with_auth_on_pages_need_a_key_and_a_read_key_changes_nothing(secured) -
     assert code == 303 and headers["location"] == "/login" and 'shardq_key=""' in headers["set-cookie"]
     joined = "".join(secured.stderr_lines + secured.stdout_lines)
     assert KEY_ADMIN not in joined and KEY_READ not in joined
+
+
+def test_schedules_page_shows_next_runs_and_pauses_resumes_removes(srv, client) -> None:
+    client.schedule_add("dash-nightly", "dash.report", {"f": "pdf"}, cron="30 2 * * *", timezone="Europe/Paris")
+    client.schedule_add("dash:odd@name", "dash.tick", every=3600)
+    code, _, html = fetch(srv, "GET", "/schedules")
+    assert code == 200 and "dash-nightly" in html and "30 2 * * * (Europe/Paris)" in html
+    assert "every 3600.0 s" in html and ("+01:00" in html or "+02:00" in html)
+    code, headers, _ = fetch(srv, "POST", "/schedules/dash-nightly/pause")
+    assert code == 303 and headers["location"] == "/schedules?done=paused&name=dash-nightly"
+    assert client.schedule("dash-nightly")["paused"] is True
+    code, _, html = fetch(srv, "GET", headers["location"])
+    assert "Schedule dash-nightly paused." in html and 'aria-label="Resume dash-nightly"' in html
+    assert fetch(srv, "POST", "/schedules/dash-nightly/resume")[0] == 303
+    assert client.schedule("dash-nightly")["paused"] is False
+    code, _, _ = fetch(srv, "POST", "/schedules/dash%3Aodd%40name/remove")
+    assert code == 303 and [s["name"] for s in client.schedules()] == ["dash-nightly"]
+    code, _, html = fetch(srv, "POST", "/schedules/no-such/pause")
+    assert code == 404
+
+
+def test_quiet_and_stop_a_worker_from_the_workers_page(srv, client) -> None:
+    client.register_worker("w-dash-q", hostname="box-1", types=["dash.q"], concurrency=2)
+    code, _, html = fetch(srv, "GET", "/workers")
+    assert code == 200 and "w-dash-q" in html and 'aria-label="Quiet w-dash-q"' in html
+    code, headers, _ = fetch(srv, "POST", "/workers/w-dash-q/quiet")
+    assert code == 303 and headers["location"] == "/workers?done=quiet&worker=w-dash-q"
+    assert client.beat("w-dash-q").command == "quiet"  # delivered in the heartbeat's answer
+    code, _, html = fetch(srv, "GET", "/workers?done=quiet&worker=w-dash-q")
+    assert "Worker w-dash-q told to quiet down" in html and 'aria-label="Quiet w-dash-q"' not in html
+    assert fetch(srv, "POST", "/workers/w-dash-q/stop")[0] == 303
+    assert client.beat("w-dash-q").command == "stop"
+    code, _, html = fetch(srv, "POST", "/workers/no-such-worker/quiet")
+    assert code == 404 and "no-such-worker" in html
+    client.deregister_worker("w-dash-q")

@@ -21,6 +21,7 @@ VALID = {
     MsgType.BULK: {"action": "requeue"}, MsgType.SEARCH: {}, MsgType.TYPE_STATS: {},
     MsgType.SCHEDULE_LIST: {}, MsgType.SCHEDULE_REMOVE: {"name": "n"},
     MsgType.SCHEDULE_PAUSE: {"name": "n", "paused": True},
+    MsgType.WORKER_CONTROL: {"worker_id": "w", "action": "quiet"},
 }
 
 
