@@ -229,7 +229,7 @@ def add_client_commands(sub: Any) -> Any:
     p.add_argument("--limit", type=_non_negative(int), metavar="N",
                    help="at most N tasks (server default 1000)")
     p.set_defaults(handler=cmd_dlq_requeue)
-    return dsub  # cli_insight.py adds dlq groups/delete/purge and the --group filters of requeue
+    return dsub  # cli_triage.py adds dlq groups/delete/purge and the --group filters of requeue
 
 
 def _add_list_filters(p: argparse.ArgumentParser, *, status: bool, default_limit: int) -> None:

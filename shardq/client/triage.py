@@ -50,7 +50,7 @@ def search_header(filters: dict[str, Any], limit: int, cursor: str | None) -> di
     return header
 
 
-class InsightMethods:
+class TriageMethods:
     """Mixed into ``Client`` (client/sync.py)."""
 
     if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class InsightMethods:
         return list(answer["types"])
 
 
-class AsyncInsightMethods:
+class AsyncTriageMethods:
     """Mixed into ``AsyncClient`` (client/aio.py): the same methods, awaited."""
 
     if TYPE_CHECKING:
