@@ -21,7 +21,7 @@ from typing import Any
 if __name__ == "__main__":  # run as a script from anywhere: import shardq from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shardq.engine import states  # noqa: E402
+from shardq.engine import explain, states  # noqa: E402
 from shardq.engine.schedules import Schedule, schedule_owner, tick_id  # noqa: E402
 from shardq.engine.timing import Timing  # noqa: E402
 from shardq.errors import ProtocolViolation  # noqa: E402
@@ -93,6 +93,37 @@ TASK_A_DONE = task(A, "send_email", "completed", priority=150, updated_ms=NOW + 
                    payload_len=len(PAYLOAD_A), result_len=len(RESULT_A))
 TASK_C_DEAD = task(C, "send_email", "dead_letter", priority=120, updated_ms=NOW + 9000,
                    max_retries=1, retry_count=1, attempt=2, error="SMTP timeout", payload_len=31)
+
+
+# The history of TASK_C_DEAD: two attempts, each failed (engine/history.py).
+HISTORY_C = {"events": [
+    {"event": "submitted", "t_ms": NOW},
+    {"event": "claimed", "t_ms": NOW + 1000, "attempt": 1, "worker_id": "w-1", "hostname": "box-7"},
+    {"event": "failed", "t_ms": NOW + 1400, "attempt": 1, "error": "SMTP timeout"},
+    {"event": "retry_scheduled", "t_ms": NOW + 1400, "due_ms": NOW + 2400},
+    {"event": "claimed", "t_ms": NOW + 2500, "attempt": 2, "worker_id": "w-2", "hostname": "box-9"},
+    {"event": "heartbeats", "t_ms": NOW + 4000, "last_ms": NOW + 8500, "count": 4},
+    {"event": "failed", "t_ms": NOW + 9000, "attempt": 2, "error": "SMTP timeout"},
+    {"event": "dead_lettered", "t_ms": NOW + 9000, "reason": "1 of 1 retries used"}],
+    "dropped": 0, "dropped_after": None}
+
+
+def _explained(facts: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """What EXPLAIN answers for these facts: the server's own checks (engine/explain.py)."""
+    base = {"now_ms": NOW + 4000, "priority": 100, "created_ms": NOW, "updated_ms": NOW,
+            "scheduled_ms": NOW, "started_ms": 0, "attempt": 0, "retry_count": 0, "max_retries": 3,
+            "error": None, "result_len": None, "live_workers": [{"worker_id": "w-1", "types": None}]}
+    return explain.explain({**base, **facts, **more})
+
+
+# B (report) waits for A (send_email, shard 0), which runs on w-1.
+EXPLAIN_B = _explained(
+    {"id": B, "type": "report", "status": "pending", "shard": 0, "waiting_on": [A],
+     "claims_last_minute": 0, "last_claim_ms": None},
+    dependency=_explained({"id": A, "type": "send_email", "status": "in_progress", "shard": 0,
+                           "started_ms": NOW + 1200, "attempt": 1, "worker_id": "w-1",
+                           "lease_expires_ms": NOW + 3500 + LEASE_MS, "last_heartbeat_ms": NOW + 3500,
+                           "heartbeats": 1}))
 
 
 def _framing_error(data: bytes) -> str:
@@ -273,6 +304,12 @@ EXAMPLES: list[tuple[str, MsgType, dict[str, Any], bytes]] = [
      {"rid": 18, "worker_id": "w-1", "command": "quiet", "state": "running"}, b""),
     ("HEARTBEAT:ack-command", MsgType.ACK,
      {"rid": 19, "lease_expires_ms": NOW + 6000 + LEASE_MS, "command": "quiet"}, b""),
+    # -- extensions: "history" (QUERY_STATUS with_history) and "explain" (EXPLAIN)
+    ("QUERY_STATUS:request-history", MsgType.QUERY_STATUS, {"rid": 15, "ids": [C], "with_history": True}, b""),
+    ("QUERY_STATUS:ack-history", MsgType.ACK,
+     {"rid": 15, "tasks": [{**TASK_C_DEAD, "history": HISTORY_C}]}, b""),
+    ("EXPLAIN:request", MsgType.EXPLAIN, {"rid": 16, "id": B}, b""),
+    ("EXPLAIN:ack", MsgType.ACK, {"rid": 16, **EXPLAIN_B}, b""),
     # -- one NACK per error code
     ("NACK:BadRequest", MsgType.NACK,
      nack(20, "BadRequest", "tasks[2].priority: must be an integer 0..255, got 300"), b""),

@@ -55,7 +55,7 @@ def uses_bulk(args: argparse.Namespace) -> bool:
         bool(getattr(args, "dry_run", False))
 
 
-def add_insight_commands(sub: Any, dsub: Any) -> None:
+def add_triage_commands(sub: Any, dsub: Any) -> None:
     """Register the commands above on ``sub`` and ``dsub`` (`shardq dlq`'s subcommands), and give
     `dlq requeue` the group and filter options (BULK)."""
     common = [common_options()]

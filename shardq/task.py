@@ -71,6 +71,7 @@ EXTRA_KEYS: dict[str, str] = {
     "expires_at_ms": "expiry: not started by then (epoch ms), it is not run (engine/taskopts.py)",
     "unique_key": "unique tasks: the key it holds for its type (engine/taskopts.py)",
     "unique_window_ms": "unique tasks: how long the key stays held after it finished",
+    "h": "history: the task's bounded timeline (engine/history.py)",
 }
 # The extras a task object shows (the task options a client set).
 WIRE_EXTRAS = frozenset(("expires_at_ms", "unique_key", "unique_window_ms"))

@@ -32,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from shardq.client import insight as ins
 from shardq.client import requests as rq
 from shardq.client.aio_connection import AsyncConnection, open_connection
 from shardq.client.connection import ConnectionClosed, check_tls_options, parse_target
@@ -285,6 +286,22 @@ class AsyncClient(LaneRouting[_Lane], AsyncScheduleMethods, AsyncTriageMethods):
 
     async def status(self, task_id: str, with_result: bool = False) -> TaskInfo | None:
         return (await self.status_many([task_id], with_result))[0]
+
+    async def history(self, task_id: str) -> dict[str, Any]:
+        """The task's timeline (Client.history)."""
+        await self._started()
+        lane = self._by_ids([task_id])
+        msg = await self.call(MsgType.QUERY_STATUS, ins.history_header(task_id), lane=lane)
+        ins.require(lane.info or self.server_info, "history")
+        return ins.parse_history(msg, task_id)
+
+    async def explain(self, task_id: str) -> dict[str, Any]:
+        """Why the task runs or does not (Client.explain)."""
+        await self._started()
+        if not self._home.info:
+            await self.call(MsgType.PING, {})
+        ins.require(self.server_info, "explain")
+        return ins.parse_explain(await self.call(MsgType.EXPLAIN, ins.explain_header(task_id)))
 
     async def wait(self, task_id: str, timeout: float | None = None, poll: float = 0.05) -> bytes:
         """Wait until the task completes; returns its result.

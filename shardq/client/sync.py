@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from shardq.client import insight as ins
 from shardq.client import requests as rq
 from shardq.client.connection import Connection, ConnectionClosed, check_tls_options, parse_target
 from shardq.client.control import (
@@ -273,6 +274,23 @@ class Client(LaneRouting[_Lane], ScheduleMethods, TriageMethods):
 
     def status(self, task_id: str, with_result: bool = False) -> TaskInfo | None:
         return self.status_many([task_id], with_result)[0]
+
+    def history(self, task_id: str) -> dict[str, Any]:
+        """The task's timeline: ``{"id", "type", "status", "history": {"events": [...],
+        "dropped": n, "dropped_after": k | None}}`` (docs/protocol.md, "history")."""
+        self._started()
+        lane = self._by_ids([task_id])
+        msg = self.call(MsgType.QUERY_STATUS, ins.history_header(task_id), lane=lane)
+        ins.require(lane.info or self.server_info, "history")
+        return ins.parse_history(msg, task_id)
+
+    def explain(self, task_id: str) -> dict[str, Any]:
+        """Why the task runs or does not: ``{"reason", "message", "details", ...}``."""
+        self._started()
+        if self._home.conn is None:
+            self.connect()
+        ins.require(self.server_info, "explain")
+        return ins.parse_explain(self.call(MsgType.EXPLAIN, ins.explain_header(task_id)))
 
     def wait(self, task_id: str, timeout: float | None = None, poll: float = 0.05) -> bytes:
         """Block until the task completes; returns its result.

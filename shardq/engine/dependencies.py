@@ -25,14 +25,17 @@ class EngineDependencies:
         def _count(self, name: str, n: int = 1) -> None: ...
         def _set_status(self, task: Task, event: str, now: int, **changes: Any) -> None: ...
         def _serve_waiters(self, now: int) -> None: ...
+        def _note_dependencies_met(self, task: Task, last: bytes | None, now: int) -> None: ...
 
     # -- dependencies --------------------------------------------------------
 
-    def _dependents_ready(self, children: Iterable[bytes], now: int) -> None:
-        """Dependents whose last dependency completed: ready (or scheduled) if still pending."""
+    def _dependents_ready(self, children: Iterable[bytes], now: int, parent: bytes | None = None) -> None:
+        """Dependents whose last dependency (``parent``) completed: ready (or scheduled) if
+        still pending."""
         for child in children:
             task = self.store.get(child)
             if task is not None and task.status == PENDING:
+                self._note_dependencies_met(task, parent, now)
                 self._ready.enqueue(task, now)
 
     def remote_waits(self) -> list[bytes]:
@@ -45,7 +48,7 @@ class EngineDependencies:
         if status == COMPLETED:
             children = self._deps.completed(dep)
             if children:
-                self._dependents_ready(children, now)
+                self._dependents_ready(children, now, dep)
                 self._serve_waiters(now)
         elif status in (DEAD_LETTER, CANCELLED):
             self._dependency_failed(dep, now)

@@ -48,6 +48,7 @@ from shardq.engine.search import EngineSearch
 from shardq.engine.settings import EngineSettings
 from shardq.engine.storage import Store
 from shardq.engine.taskopts import EngineTaskOptions
+from shardq.engine.timeline import EngineTimeline
 from shardq.engine.waiters import ClaimWaiter, Deliver, WaitingClaims
 from shardq.engine.workers import EngineWorkers
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
@@ -74,7 +75,7 @@ _TASK_JSON_RESERVE = 1024
 
 
 class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, EngineSchedules,
-             EngineTaskOptions, EngineCancelRunning, EngineInsight, EngineSearch):
+             EngineTaskOptions, EngineCancelRunning, EngineTimeline, EngineInsight, EngineSearch):
     """One shard's engine: the one object the shard calls (see rule 4 for its mixins)."""
 
     def __init__(self, store: Store, settings: EngineSettings, rng: random.Random | None = None) -> None:
@@ -90,6 +91,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         self._schedule_heap: list[tuple[int, str]] = []
         self._unique: dict[bytes, bytes] = {}  # unique keys held here (taskopts.py)
         self._seq = 0
+        self._init_timeline()  # history and the live facts beside it (timeline.py)
         self.pending_by_tier = {"high": 0, "normal": 0, "low": 0}
         self.remote_depth = 0  # other shards' depth as last reported
         self._completions = deque([0] * 10, maxlen=10)  # per second, for retry_after
@@ -143,8 +145,10 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
             self.pending_by_tier[tier_of(task.priority)] += 1
         task.status = new
         task.updated_ms = now
+        self._note(task, event, now)  # its history rides in this write (timeline.py)
         if new != IN_PROGRESS:
-            task.worker_id = None
+            if new != COMPLETED:  # a completed task's history names the worker (history.py)
+                task.worker_id = None
             task.lease_expires_ms = None
         if task.extras is not None:
             self._options_transition(task, old, new, event, now)  # expiry, unique key
@@ -193,12 +197,15 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
             if failed_dep is not None:
                 task.status = states.check("submit_dependency_failed", states.NEW)
                 task.error = f"dependency failed: {id_to_str(failed_dep)}"
+                self._note_submitted(task, now)
+                self._note(task, "submit_dependency_failed", now)
                 self.store.insert(task, spec.payload)
                 self._insight_inserted(task)
                 dep_status[raw_id] = DEAD_LETTER
                 self._count("dead_lettered")
                 continue
             states.check("submit", states.NEW)
+            self._note_submitted(task, now)
             self.store.insert(task, spec.payload)
             self._insight_inserted(task)
             self.pending_by_tier[tier_of(task.priority)] += 1
@@ -397,7 +404,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
                 self._note_completion(now)
                 children = completed(task.id)
                 if children:
-                    self._dependents_ready(children, now)
+                    self._dependents_ready(children, now, task.id)
             elif item.status == "failed":
                 self._fail(task, item.error or "", now, backoff=True, retry=item.retry,
                            reason="failed")
@@ -421,6 +428,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
     def _fail(self, task: Task, error: str, now: int, *, backoff: bool, retry: bool = True,
               reason: str) -> None:
         """A failed execution: retry (with backoff, or at once for a reclaim) or dead-letter."""
+        self._fail_reason = reason  # for its history event (timeline.py)
         if retry and task.retry_count < task.max_retries:
             if backoff:
                 self._set_status(task, "fail_retry", now, error=error,

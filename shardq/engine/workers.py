@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shardq.engine.leases import LeaseTable
+from shardq.engine.leases import LeaseTable, Worker
 from shardq.engine.ready import ReadyQueue
 from shardq.task import Task, id_to_str
 
@@ -22,6 +22,7 @@ class EngineWorkers:
         def _count(self, name: str, n: int = 1) -> None: ...
         def _set_status(self, task: Task, event: str, now: int, **changes: Any) -> None: ...
         def _serve_waiters(self, now: int) -> None: ...
+        def _note_beats(self, w: Worker, active: list[bytes] | None, now: int) -> None: ...
         def _fail(self, task: Task, error: str, now: int, *, backoff: bool, retry: bool = True,
                   reason: str) -> None: ...
 
@@ -45,6 +46,7 @@ class EngineWorkers:
         # the heartbeats of a worker that will never run it. A lease just granted and not yet
         # listed keeps its first expiry, a full lease away, which the next heartbeat renews.
         expires = self._leases.extend(w, now, None if active is None else set(active))
+        self._note_beats(w, active, now)  # summarised into the history (timeline.py)
         lost = [id_to_str(t) for t in (active or ()) if t not in w.leases]
         return expires, lost
 

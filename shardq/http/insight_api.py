@@ -29,7 +29,7 @@ def _fields(body: msgspec.Struct) -> dict[str, Any]:
     return {k: v for k, v in msgspec.structs.asdict(body).items() if v is not msgspec.UNSET}
 
 
-class InsightApi:
+class TriageApi:
     ops: Operations
 
     async def dlq_groups(self, who: Identity, params: dict[str, str], query: r.TypeQuery, body: None,

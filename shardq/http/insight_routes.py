@@ -1,6 +1,6 @@
 """The HTTP routes of the insight extensions: their bodies and answers (Structs, as schema.py's)
 and the rows routes.py turns into ``Route``s (this module does not import routes.py: it is
-imported by it). The handlers are ``InsightApi``'s (insight_api.py)."""
+imported by it). The handlers are ``TriageApi``'s (insight_api.py)."""
 
 from __future__ import annotations
 

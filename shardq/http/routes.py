@@ -17,6 +17,7 @@ from urllib.parse import unquote
 
 from msgspec import UNSET, Meta, UnsetType
 
+from shardq.http import insight as ins
 from shardq.http import schedule_schema as ss
 from shardq.http import schema as s
 from shardq.http.insight_routes import ROUTE_ROWS as INSIGHT_ROUTE_ROWS
@@ -111,6 +112,12 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", API + T + "/{id}/cancel", "cancel_task", "tasks",
           "Cancel a task that is not finished (a running one: its worker is told to stop)",
           s.Cancelled, errors=(404, 409)),
+    # insight (http/insight.py)
+    Route("GET", API + T + "/{id}/history", "task_history", "tasks",
+          "A task's history: submitted, claims, heartbeats, failures, retries, reclaims, outcome",
+          ins.TaskHistory, errors=(404,)),
+    Route("GET", API + T + "/{id}/explain", "explain_task", "tasks",
+          "Why a task is (not) running, from the broker's live state", ins.Explanation, errors=(404,)),
     Route("POST", API + T + "/requeue", "requeue", "tasks",
           "Send dead-letter (or failed) tasks back to pending: by ids, or by status and type",
           s.Requeued, body=s.Requeue),

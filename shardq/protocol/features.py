@@ -16,4 +16,6 @@ FEATURES: tuple[str, ...] = (
     "dependency_results",  # CLAIM dependency_results
     "cancel_running",  # CANCEL of an in_progress task; HEARTBEAT answers `cancelled`
     "worker_control",  # WORKER_CONTROL quiet/stop; HEARTBEAT answers `command`
+    "history",  # QUERY_STATUS with_history: each task's timeline
+    "explain",  # EXPLAIN (0x20): why a task runs or not
 )

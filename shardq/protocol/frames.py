@@ -61,6 +61,7 @@ class MsgType(IntEnum):
     SCHEDULE_REMOVE = 0x1C
     SCHEDULE_PAUSE = 0x1D
     WORKER_CONTROL = 0x14  # extension worker_control: quiet or stop a worker (worker_control.py)
+    EXPLAIN = 0x20  # why a task runs or not (server/insight.py)
     # Between shardq's own processes only (Unix sockets); never valid on the client port.
     REPORT = 0x40  # shard -> coordinator: depth, ready types, workers seen, stats
     STATE = 0x41  # coordinator -> shards: the others' depths and ready types

@@ -35,7 +35,7 @@ from shardq.config import PERMISSIONS
 from shardq.errors import BadRequest, Forbidden, InvalidState, NotFound, TooLarge, Unauthorized, WireError
 from shardq.patterns import PatternError, TypePatterns
 from shardq.protocol.frames import MAX_FRAME, MsgType
-from shardq.server import dep_results, routing, taskopts, worker_control
+from shardq.server import dep_results, insight, routing, taskopts, worker_control
 from shardq.server.claims import Caller, Claimed, Claims
 from shardq.server.history import RESOLUTIONS, SERIES
 from shardq.server.schedule_ops import ScheduleOperations
@@ -63,6 +63,7 @@ PERMISSION = {
     "register": "claim", "deregister": "claim", "query": "read", "list": "read", "stats": "read",
     "cancel": "admin", "requeue": "admin", "history": "read",
     "schedule_list": "read",  # schedule_add, _remove, _pause: admin (schedule_ops.py)
+    "explain": "read",  # insight.py
     # insight (insight_ops.py): reads, and the changes an operator makes
     "dlq_groups": "read", "search": "read", "type_stats": "read", "bulk_dry_run": "read",
     "delete": "admin", "bulk": "admin",
@@ -70,7 +71,7 @@ PERMISSION = {
 # The operations whose tasks a key's task-type patterns limit (docs/security.md). The others
 # (stats, heartbeat, register, deregister) need the permission on any pattern: they carry no
 # task's type, id or payload, only counts and a worker's own leases.
-TYPE_SCOPED = frozenset({"submit", "claim", "result", "query", "list", "cancel", "requeue",
+TYPE_SCOPED = frozenset({"submit", "claim", "result", "query", "list", "cancel", "requeue", "explain",
                          "dlq_groups", "search", "type_stats", "delete", "bulk", "bulk_dry_run"})
 # A REQUEUE without ids runs in slices of this many record moves, the group commit between them.
 REQUEUE_SLICE = 200
@@ -117,13 +118,15 @@ PEER = Identity("peer", ALL_PERMISSIONS)  # another shard, over the mesh
 def peer_identity(header: dict[str, Any]) -> Identity:
     """Who a mesh request acts for: any type, or the patterns the asking shard sent."""
     pats = header.get(SCOPE_FIELD)
+    actor = header.get(insight.ACTOR_FIELD)  # the key a forwarded request acts for (history)
+    actor = actor if type(actor) is str else None
     if pats is None:
-        return PEER
+        return PEER if actor is None else Identity("peer", ALL_PERMISSIONS, key_id=actor)
     try:
         scope = TypePatterns(pats)
     except PatternError as exc:
         raise BadRequest(f"{SCOPE_FIELD}: {exc}") from None
-    return Identity("peer", ALL_PERMISSIONS, tuple((p, scope) for p in PERMISSIONS))
+    return Identity("peer", ALL_PERMISSIONS, tuple((p, scope) for p in PERMISSIONS), actor)
 
 
 def wire_scope(scope: TypePatterns | None) -> dict[str, Any]:
@@ -214,17 +217,19 @@ class Operations(ScheduleOperations):
             here = taskopts.submit_here(self.shard, specs, self.routed)
             return here if here is not None else routing.submit(self.shard, specs)
         if self.routed and not self._all_local(specs):
-            return routing.submit(self.shard, specs)
-        return [id_to_str(i) for i in self.engine.submit(specs, now_ms())]
+            return routing.submit(self.shard, specs, insight.actor_of(who))
+        with insight.acting(self, who):
+            return [id_to_str(i) for i in self.engine.submit(specs, now_ms())]
 
     def store_part(self, specs: list[TaskSpec], remote_status: dict[bytes, int | None],
-                   check_depth: bool) -> list[str]:
+                   check_depth: bool, who: Identity = PEER) -> list[str]:
         """A forwarded SUBMIT: this shard's part of a batch another shard checked as a whole."""
         self.shard.check_submit_space()
-        if taskopts.any_options(specs):
-            return taskopts.store_part(self.shard, specs, remote_status, check_depth)
-        return [id_to_str(i) for i in self.engine.submit(specs, now_ms(), remote_status=remote_status,
-                                                         check_depth=check_depth)]
+        with insight.acting(self, who):
+            if taskopts.any_options(specs):
+                return taskopts.store_part(self.shard, specs, remote_status, check_depth)
+            return [id_to_str(i) for i in self.engine.submit(specs, now_ms(), remote_status=remote_status,
+                                                             check_depth=check_depth)]
 
     def _all_local(self, specs: list[TaskSpec]) -> bool:
         owns = self.shard.owns
@@ -237,17 +242,18 @@ class Operations(ScheduleOperations):
         return True
 
     def query(self, who: Identity, ids: list[bytes], with_result: bool,
-              with_payload: bool = False) -> Result[Queried]:
-        """The tasks of ``ids``; their results and payloads (in the blob, results first) when asked."""
+              with_payload: bool = False, with_history: bool = False) -> Result[Queried]:
+        """The tasks of ``ids`` (with their histories when asked); their results and payloads (in
+        the blob, results first) when asked."""
         who.require("query")
         scope = who.scope("query")
         if self.routed and not all(self.shard.owns(i) for i in ids):
-            return self._routed_query(ids, with_result, scope, with_payload)
-        wire, results = self.query_local(ids, scope, with_result, with_payload)
+            return self._routed_query(ids, with_result, scope, with_payload, with_history)
+        wire, results = self.query_local(ids, scope, with_result, with_payload, with_history)
         return Queried(wire, _fits(b"".join(results), len(ids)) if with_result or with_payload else b"")
 
     def query_local(self, ids: list[bytes], scope: TypePatterns | None = None,
-                    with_result: bool = True, with_payload: bool = False
+                    with_result: bool = True, with_payload: bool = False, with_history: bool = False
                     ) -> tuple[list[dict[str, Any] | None], list[bytes]]:
         """This shard's tasks of ``ids`` (None where there is none, or none ``scope`` may see),
         and the blob's parts: each one's result (when asked), then each one's payload (when asked)."""
@@ -256,6 +262,8 @@ class Operations(ScheduleOperations):
             tasks = [t if t is not None and scope.matches(t.type) else None for t in tasks]
         part = self.shard.store.part_index
         wire = [None if t is None else t.to_wire(part(t.id)) for t in tasks]
+        if with_history:
+            insight.add_history(self, wire, tasks)
         results = [self.engine.store.get_result(t.id) if with_result and t is not None and t.result_len
                    else b"" for t in tasks]
         if with_payload:
@@ -264,11 +272,12 @@ class Operations(ScheduleOperations):
         return wire, results
 
     async def _routed_query(self, ids: list[bytes], with_result: bool, scope: TypePatterns | None,
-                            with_payload: bool = False) -> Queried:
+                            with_payload: bool = False, with_history: bool = False) -> Queried:
+        extra = {**wire_scope(scope), "with_history": True} if with_history else wire_scope(scope)
         tasks, blob = await routing.query(self.shard, ids, with_result,
                                           functools.partial(self.query_local, scope=scope, with_result=with_result,
-                                                            with_payload=with_payload),
-                                          wire_scope(scope), with_payload)
+                                                            with_payload=with_payload, with_history=with_history),
+                                          extra, with_payload)
         return Queried(tasks, _fits(blob, len(ids)))
 
     def _visible(self, raw: bytes, scope: TypePatterns | None) -> bool:
@@ -286,11 +295,12 @@ class Operations(ScheduleOperations):
         if not self.forwarded:
             log.info("CANCEL %s by API key %r", id_to_str(raw), who.name)
         if self.routed and not self.shard.owns(raw):
-            return routing.cancel(self.shard, raw, wire_scope(scope))
+            return routing.cancel(self.shard, raw, {**wire_scope(scope), **insight.actor_header(who)})
         self.shard.check_writable()
         if not self._visible(raw, scope):
             raise _hidden(raw)
-        self.engine.cancel(raw, now_ms())
+        with insight.acting(self, who):
+            self.engine.cancel(raw, now_ms())
         return "cancelled"
 
     def list_tasks(self, who: Identity, status: int, task_type: str | None, min_priority: int,
@@ -330,14 +340,16 @@ class Operations(ScheduleOperations):
         if ids is None:
             if scope is not None and task_type is not None and not scope.matches(task_type):
                 return {"requeued": 0}
-            return self._requeue_scan(status, task_type, limit, scope)
+            return self._requeue_scan(status, task_type, limit, scope, who)
         if self.routed and not all(self.shard.owns(i) for i in ids):
-            return routing.requeue_ids(self.shard, ids, functools.partial(self.requeue_local, scope=scope),
-                                       wire_scope(scope))
-        results = self.requeue_local(ids, scope)
+            return routing.requeue_ids(self.shard, ids, functools.partial(self.requeue_local, scope=scope,
+                                                                          who=who),
+                                       {**wire_scope(scope), **insight.actor_header(who)})
+        results = self.requeue_local(ids, scope, who)
         return {"requeued": sum(1 for r in results if "error" not in r), "results": results}
 
-    def requeue_local(self, ids: list[bytes], scope: TypePatterns | None = None) -> list[dict[str, Any]]:
+    def requeue_local(self, ids: list[bytes], scope: TypePatterns | None = None,
+                      who: Identity = ANYONE) -> list[dict[str, Any]]:
         now = now_ms()
         results: list[dict[str, Any]] = []
         for raw in ids:
@@ -345,7 +357,8 @@ class Operations(ScheduleOperations):
             try:
                 if not self._visible(raw, scope):
                     raise _hidden(raw)
-                self.engine.requeue(raw, now)
+                with insight.acting(self, who):
+                    self.engine.requeue(raw, now)
             except (NotFound, InvalidState) as err:
                 results.append({"id": sid, "error": err.to_wire()})
             else:
@@ -353,15 +366,16 @@ class Operations(ScheduleOperations):
         return results
 
     async def _requeue_scan(self, status: int, task_type: str | None, limit: int,
-                            scope: TypePatterns | None) -> dict[str, Any]:
+                            scope: TypePatterns | None, who: Identity = ANYONE) -> dict[str, Any]:
         total = 0
         after: bytes | None = None
         while total < limit:
             # At most REQUEUE_SLICE per loop turn (each requeue is a record move); the group
             # commit runs between slices.
-            n, after = self.engine.requeue_slice(status, task_type, min(limit - total, REQUEUE_SLICE),
-                                                 after, now_ms(),
-                                                 type_ok=None if scope is None else scope.matches)
+            with insight.acting(self, who):
+                n, after = self.engine.requeue_slice(status, task_type, min(limit - total, REQUEUE_SLICE),
+                                                     after, now_ms(),
+                                                     type_ok=None if scope is None else scope.matches)
             total += n
             self.shard.mutated()
             if after is None:
@@ -369,7 +383,7 @@ class Operations(ScheduleOperations):
             await asyncio.sleep(0)
         if self.routed and total < limit:
             total += await routing.requeue_elsewhere(self.shard, status, task_type, limit - total,
-                                                     wire_scope(scope))
+                                                     {**wire_scope(scope), **insight.actor_header(who)})
         return {"requeued": total}
 
     def stats(self, who: Identity, workers_detail: bool) -> Result[dict[str, Any]]:

@@ -26,6 +26,7 @@ from shardq.errors import Unavailable, WireError
 from shardq.patterns import TypePatterns
 from shardq.protocol.frames import MsgType
 from shardq.protocol.requests import MAX_QUERY_IDS
+from shardq.server.insight import ACTOR_FIELD
 from shardq.server.taskopts import SubmittedIds, any_options, spec_owner
 from shardq.server.worker_control import Beat, local_beat
 from shardq.specs import ResultItem, TaskSpec
@@ -120,7 +121,7 @@ def result_header(item: ResultItem) -> dict[str, Any]:
 
 # -- SUBMIT ------------------------------------------------------------------------------
 
-async def submit(server: ShardServer, specs: list[TaskSpec]) -> SubmittedIds:
+async def submit(server: ShardServer, specs: list[TaskSpec], actor: str | None = None) -> SubmittedIds:
     """A batch with client ids or dependencies that other shards own.
 
     A refused batch changes nothing, so every rule that can refuse it is checked
@@ -129,7 +130,7 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> SubmittedIds:
     client id and each dependency outside the batch asked of its owner; only then
     does each owner store its part, the other shards' parts first and this shard's
     part (with the tasks that have no client id) last. See docs/architecture.md for
-    what a crash between parts leaves."""
+    what a crash between parts leaves. ``actor``: the API key id the tasks' histories name."""
     engine = server.engine
     index = server.index
     owners = [spec_owner(s, server.shards, index) for s in specs]  # unique keys: their owner
@@ -162,6 +163,8 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> SubmittedIds:
     async def store_part(shard: int, positions: list[int]) -> None:
         header = {"tasks": [spec_header(specs[i]) for i in positions], "_skip_depth": True,
                   "_remote_status": {d.hex(): st for d, st in remote_status(positions).items()}}
+        if actor is not None:
+            header[ACTOR_FIELD] = actor
         answer, _ = await _forward(server, shard, MsgType.SUBMIT, header,
                                    b"".join(specs[i].payload for i in positions))
         for i, sid in zip(positions, answer["ids"]):
@@ -176,12 +179,16 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> SubmittedIds:
     local = parts.get(index)
     if local:
         part = [specs[i] for i in local]
-        if any_options(part):
-            got, dups = engine.submit_with_options(part, now_ms(), remote_status=remote_status(local),
-                                                   check_depth=False)
-            duplicates.extend(local[j] for j in dups)
-        else:
-            got = engine.submit(part, now_ms(), remote_status=remote_status(local), check_depth=False)
+        engine.actor = actor
+        try:
+            if any_options(part):
+                got, dups = engine.submit_with_options(part, now_ms(), remote_status=remote_status(local),
+                                                       check_depth=False)
+                duplicates.extend(local[j] for j in dups)
+            else:
+                got = engine.submit(part, now_ms(), remote_status=remote_status(local), check_depth=False)
+        finally:
+            engine.actor = None
         server.mutated()
         for i, raw in zip(local, got):
             ids[i] = id_to_str(raw)

@@ -114,6 +114,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSch
             MsgType.GET_STATS: self.on_stats, MsgType.REGISTER_WORKER: self.on_register,
             MsgType.DEREGISTER_WORKER: self.on_deregister, MsgType.REQUEUE: self.on_requeue,
             MsgType.PING: self.on_ping, MsgType.WORKER_CONTROL: self.on_worker_control,
+            MsgType.EXPLAIN: self.on_explain,  # session_requests.py
             **self.insight_handlers(),
         }
         self._handlers.update(self.schedule_handlers())
@@ -519,7 +520,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSch
         if self.peer:
             remote = msg.header.get("_remote_status") or {}
             ids = self.ops.store_part(specs, {bytes.fromhex(k): v for k, v in remote.items()},
-                                      check_depth=not msg.header.get("_skip_depth", False))
+                                      check_depth=not msg.header.get("_skip_depth", False), who=who)
             self._ack(msg.rid, answers.ids(ids)[0])
             return
         self._submit((msg.rid, specs), who)

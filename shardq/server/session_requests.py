@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardq.protocol import requests as rq
 from shardq.protocol.frames import Message
-from shardq.server import answers, dep_results
+from shardq.server import answers, dep_results, insight
 from shardq.server.answers import Body
 from shardq.task import id_to_str
 
@@ -58,8 +58,15 @@ class SessionRequests:
             self._ack(msg.rid, *dep_results.serve(self.ops, msg.header))
             return
         ids, with_result, with_payload = rq.parse_query(msg.header)
+        with_history = insight.parse_with_history(msg.header)  # the "history" extension
         who = self._who(msg)
-        self._answer(msg.rid, self.ops.query(who, ids, with_result, with_payload), answers.queried)
+        self._answer(msg.rid, self.ops.query(who, ids, with_result, with_payload, with_history),
+                     answers.queried)
+
+    def on_explain(self, msg: Message) -> None:
+        raw = insight.parse_explain(msg.header)
+        who = self._who(msg)
+        self._answer(msg.rid, insight.explain(self.ops, who, raw), answers.as_is)
 
     def on_cancel(self, msg: Message) -> None:
         raw = rq.parse_cancel(msg.header)

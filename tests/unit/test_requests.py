@@ -22,6 +22,7 @@ VALID = {
     MsgType.SCHEDULE_LIST: {}, MsgType.SCHEDULE_REMOVE: {"name": "n"},
     MsgType.SCHEDULE_PAUSE: {"name": "n", "paused": True},
     MsgType.WORKER_CONTROL: {"worker_id": "w", "action": "quiet"},
+    MsgType.EXPLAIN: {"id": "0" * 8 + "-0000-4000-8000-" + "0" * 12},  # insight
 }
 
 

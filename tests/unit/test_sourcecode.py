@@ -187,6 +187,7 @@ LAZY_IMPORTS = {
     ("shardq.cli", "shardq.cli_triage"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.schedules_cli"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.cli_workers"): "`shardq serve` does not load the client commands",
+    ("shardq.cli", "shardq.cli_insight"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.server.supervisor"): "only `shardq serve` loads the server (uvloop, rocksdict)",
     ("shardq.cli_commands", "shardq.client.sync"): "`--offline` commands need no client",
 }
