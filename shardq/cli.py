@@ -64,13 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(bench)
 
     from shardq.cli_commands import add_client_commands, common_options
-    add_client_commands(sub)
+    dlq = add_client_commands(sub)
     from shardq.schedules_cli import add_schedule_commands
     add_schedule_commands(sub)
     from shardq.cli_workers import add_worker_control  # `shardq workers quiet|stop ID`
     add_worker_control(sub.choices["workers"], [common_options()])
     from shardq.cli_insight import add_insight_commands
     add_insight_commands(sub)
+    from shardq.cli_triage import add_triage_commands  # as cli_commands: not for `serve`
+    add_triage_commands(sub, dlq)
     add_keys_command(sub)
 
     # The worker owns its arguments; main() hands them to _run_worker.

@@ -173,7 +173,7 @@ def common_options() -> argparse.ArgumentParser:
     return p
 
 
-def add_client_commands(sub: Any) -> None:
+def add_client_commands(sub: Any) -> Any:
     """Register submit, status, cancel, list, stats, workers and dlq on ``sub``."""
     common = [common_options()]
 
@@ -218,7 +218,8 @@ def add_client_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_ping, raw=True)
 
     dlq = sub.add_parser("dlq", help="the dead-letter queue: list, requeue, purge")
-    dsub = dlq.add_subparsers(dest="dlq_action", required=True, metavar="{list,requeue,purge}")
+    dsub = dlq.add_subparsers(dest="dlq_action", required=True,
+                              metavar="{list,groups,requeue,delete,purge}")
     p = dsub.add_parser("list", parents=common, help="tasks in dead_letter")
     _add_list_filters(p, status=False, default_limit=20)
     p.set_defaults(handler=cmd_dlq_list)
@@ -228,10 +229,7 @@ def add_client_commands(sub: Any) -> None:
     p.add_argument("--limit", type=_non_negative(int), metavar="N",
                    help="at most N tasks (server default 1000)")
     p.set_defaults(handler=cmd_dlq_requeue)
-    p = dsub.add_parser("purge", parents=common, help="not supported by protocol v1 (see docs/cli.md)")
-    p.add_argument("--type", help="only tasks of this type")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(handler=cmd_dlq_purge, offline=True)
+    return dsub  # cli_triage.py adds dlq groups/delete/purge and the --group filters of requeue
 
 
 def _add_list_filters(p: argparse.ArgumentParser, *, status: bool, default_limit: int) -> None:
@@ -491,7 +489,3 @@ def cmd_dlq_requeue(args: argparse.Namespace, client: Any) -> int:
         raise CliError(f"{len(failed)} of {len(results)} tasks not requeued")
     return 0
 
-
-def cmd_dlq_purge(args: argparse.Namespace, client: Any) -> int:
-    raise CliError("dlq purge is not supported by protocol v1: dead letters are kept until requeued",
-                   code=2)

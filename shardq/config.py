@@ -138,6 +138,7 @@ class PersistenceConfig:
     periodic_compaction_seconds: int = _opt(86400, Int(0))
     block_cache_size: int = _opt(134217728, Int(1048576))
     completed_retention_s: int = _opt(604800, Int(0))
+    dead_letter_retention_s: int = _opt(2592000, Int(0))  # insight: dead letters' own retention; 0 keeps them
     compaction_interval_s: int = _opt(3600, Int(1))
     min_free_disk_bytes: int = _opt(64 * 1024 * 1024, Int(0))
 

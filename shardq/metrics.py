@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from shardq.engine import figures
 from shardq.keys import FAILURE_REASONS as AUTH_FAILURE_REASONS
 from shardq.task import STATUS_NAMES, TIERS
 
@@ -245,6 +246,18 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("tq_worker_memory_ratio", "gauge", _W,
                "A worker's resident memory as a share of its host's memory."),
     MetricSpec("tq_worker_active_tasks", "gauge", _W, "Tasks a worker holds leases on."),
+    # Per task type (engine/figures.py; GET TYPE_STATS shows the same figures).
+    MetricSpec("tq_type_tasks", "gauge", ("shard", "type", "status"),
+               "Tasks of a type by live status (pending, in_progress, failed, dead_letter)."),
+    MetricSpec("tq_type_oldest_pending_age_seconds", "gauge", ("shard", "type"),
+               "Age of the type's oldest pending task, since it became due (0 when none is)."),
+    MetricSpec("tq_type_completed_last_minute", "gauge", ("shard", "type"),
+               "Tasks of the type completed in the last 60 seconds."),
+    MetricSpec("tq_type_run_seconds", "histogram", ("shard", "type"),
+               "Run time (claim to completion) of the type's tasks since the shard started; "
+               "histogram_quantile over sum by (le, type) merges the shards."),
+    MetricSpec("tq_type_queue_wait_seconds", "histogram", ("shard", "type"),
+               "Queue wait (due to claimed) of the type's tasks since the shard started."),
 )
 
 # Report fields that map one to one onto a series: metric name -> where it is in a REPORT.
@@ -317,6 +330,7 @@ class BrokerCollector(Collector):
             f["tq_workers_connected"].add_metric([shard], on_shard.get(shard, 0))
         for wid in sorted(workers):
             _add_worker(f, str(wid), workers[wid])
+        _add_types(f, shards)
         return iter(f.values())
 
 
@@ -368,6 +382,28 @@ def _add_shard(f: dict[str, Any], shard: str, r: Mapping[str, Any]) -> None:
         f["tq_process_cpu_seconds_total"].add_metric(labels, r["cpu_seconds"])
     if r.get("rss") is not None:
         f["tq_process_resident_memory_bytes"].add_metric(labels, r["rss"])
+
+
+def _add_types(f: dict[str, Any], shards: Mapping[str, Any]) -> None:
+    """Per type and shard: counts, oldest pending, completions in the last minute, and run time and
+    queue wait as Prometheus histograms (cumulative since the shard started, so that rate() and
+    histogram_quantile over ``sum by (le, type)`` merge the shards: engine/figures.py)."""
+    now = int(time.time() * 1000)
+    for key in sorted(shards, key=_shard_order):
+        rows = shards[key].get("types") or {}
+        for task_type in sorted(rows):
+            r = rows[task_type]
+            labels = [str(key), task_type]
+            for status in figures.COUNT_KEYS:
+                f["tq_type_tasks"].add_metric([*labels, status], r.get(status, 0))
+            due = r.get("oldest_due_ms")
+            f["tq_type_oldest_pending_age_seconds"].add_metric(
+                labels, 0.0 if due is None else max(0.0, (now - due) / 1000))
+            f["tq_type_completed_last_minute"].add_metric(labels, r.get("completed_last_minute", 0))
+            for name, field in (("tq_type_run_seconds", "run_total"), ("tq_type_queue_wait_seconds", "wait_total")):
+                total = r.get(field) or {"buckets": {}, "sum_ms": 0}
+                buckets = [(floatToGoString(le), n) for le, n in figures.prometheus_buckets(total["buckets"])]
+                f[name].add_metric(labels, buckets, total["sum_ms"] / 1000)
 
 
 def _add_worker(f: dict[str, Any], wid: str, w: Mapping[str, Any]) -> None:

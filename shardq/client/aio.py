@@ -47,6 +47,7 @@ from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
 from shardq.client.schedules import AsyncScheduleMethods
 from shardq.client.spread import Spread
+from shardq.client.triage import AsyncTriageMethods
 from shardq.errors import ShardqError, WireError
 from shardq.protocol.frames import Message, MsgType
 from shardq.tls import client_context
@@ -67,7 +68,7 @@ class _Lane:
         self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
 
 
-class AsyncClient(LaneRouting[_Lane], AsyncScheduleMethods):
+class AsyncClient(LaneRouting[_Lane], AsyncScheduleMethods, AsyncTriageMethods):
     """An asyncio connection to a shardq server, shared by any number of coroutines.
 
     Use it from one event loop. ``timeout`` (seconds, None for none) bounds every call;

@@ -41,6 +41,7 @@ from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
 from shardq.client.schedules import ScheduleMethods
 from shardq.client.spread import Spread
+from shardq.client.triage import TriageMethods
 from shardq.errors import Unavailable, error_from_wire
 from shardq.protocol.frames import Message, MsgType
 from shardq.tls import client_context
@@ -61,7 +62,7 @@ class _Lane:
         self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
 
 
-class Client(LaneRouting[_Lane], ScheduleMethods):
+class Client(LaneRouting[_Lane], ScheduleMethods, TriageMethods):
     """A connection to a shardq server. Not shared between threads: make one per thread.
 
     On a multi-shard server it spreads its work over the shards (shardq/client/spread.py): one

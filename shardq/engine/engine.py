@@ -38,11 +38,13 @@ from shardq.engine import states
 from shardq.engine.cancelling import EngineCancelRunning
 from shardq.engine.dependencies import EngineDependencies
 from shardq.engine.deps import Dependencies
+from shardq.engine.insight import EngineInsight
 from shardq.engine.leases import Lease, LeaseTable, Worker
 from shardq.engine.maintenance import EngineMaintenance
 from shardq.engine.reads import EngineReads
 from shardq.engine.ready import ReadyQueue, _key_id, type_filter
 from shardq.engine.schedules import EngineSchedules, Schedule
+from shardq.engine.search import EngineSearch
 from shardq.engine.settings import EngineSettings
 from shardq.engine.storage import Store
 from shardq.engine.taskopts import EngineTaskOptions
@@ -73,7 +75,7 @@ _TASK_JSON_RESERVE = 1024
 
 
 class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, EngineSchedules,
-             EngineTaskOptions, EngineCancelRunning, EngineTimeline):
+             EngineTaskOptions, EngineCancelRunning, EngineTimeline, EngineInsight, EngineSearch):
     """One shard's engine: the one object the shard calls (see rule 4 for its mixins)."""
 
     def __init__(self, store: Store, settings: EngineSettings, rng: random.Random | None = None) -> None:
@@ -96,6 +98,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         self._completion_second = 0
         self.counters: dict[str, int] = {}
         self.processing_ms: list[int] = []  # drained by metrics; bounded below
+        self._insight_reset()  # dead-letter groups and per-type figures (insight.py)
 
     # -- helpers -----------------------------------------------------------
 
@@ -128,6 +131,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         old = task.status
         new = states.check(event, old)
         old_key = self.store.index_key(task)
+        self._insight_moved(task, old, new, event, changes, now)  # before the changes (insight.py)
         for name, value in changes.items():
             setattr(task, name, value)
         if old == PENDING:
@@ -196,12 +200,14 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
                 self._note_submitted(task, now)
                 self._note(task, "submit_dependency_failed", now)
                 self.store.insert(task, spec.payload)
+                self._insight_inserted(task)
                 dep_status[raw_id] = DEAD_LETTER
                 self._count("dead_lettered")
                 continue
             states.check("submit", states.NEW)
             self._note_submitted(task, now)
             self.store.insert(task, spec.payload)
+            self._insight_inserted(task)
             self.pending_by_tier[tier_of(task.priority)] += 1
             dep_status[raw_id] = PENDING
             if spec.depends_on and (unmet := [d for d in spec.depends_on if dep_status.get(d) != COMPLETED]):

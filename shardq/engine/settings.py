@@ -20,6 +20,7 @@ class EngineSettings:
     default_max_retries: int = 3
     default_timeout_seconds: int = 300
     retention_ms: int = 7 * 24 * 3600 * 1000
+    dead_retention_ms: int = 30 * 24 * 3600 * 1000  # dead letters (engine/insight.py); 0: kept
     # False in the multi-process broker: a shard hears only some of a worker's
     # messages, so the coordinator declares workers dead (``worker_liveness``).
     worker_liveness: bool = True

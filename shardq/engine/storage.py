@@ -10,7 +10,8 @@ Rules:
 3. A task read by id is the store's to keep until the next commit: the engine changes it only
    through ``update`` (after reading ``index_key`` of the unchanged task).
 4. Index keys are ``scan_index``'s currency: ``idx_type`` keys are ``type utf-8 | 0x00 | id``,
-   ``idx_finished`` keys are ``updated_ms u64 BE | id`` (store/layout.py has the whole layout).
+   ``idx_finished`` (completed, cancelled) and ``idx_dead`` (dead letters) keys are
+   ``updated_ms u64 BE | id`` (store/layout.py has the whole layout).
 5. Tasks are kept in two families: live (pending, in_progress, failed, dead_letter) and done
    (completed, cancelled). A scan by status walks the family and says which ids had it.
 """
@@ -77,6 +78,12 @@ class Store(Protocol):
                     max_keys: int) -> Iterator[tuple[bytes, Task | None]]:
         """The committed ids of the family that holds ``status`` in id order, strictly after
         ``after``, at most ``max_keys`` of them: each with its task when it has ``status``."""
+        ...
+
+    def scan_family(self, live: bool, start: bytes | None, after: bytes | None,
+                    max_keys: int) -> Iterator[tuple[bytes, Task]]:
+        """The committed tasks of the ``live`` family (or ``done``) in id order, from ``start``
+        (or the first), strictly after ``after``, at most ``max_keys`` of them."""
         ...
 
     def scan_index(self, index: str, prefix: bytes, after: bytes | None, max_keys: int,

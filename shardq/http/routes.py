@@ -20,6 +20,7 @@ from msgspec import UNSET, Meta, UnsetType
 from shardq.http import insight as ins
 from shardq.http import schedule_schema as ss
 from shardq.http import schema as s
+from shardq.http.insight_routes import ROUTE_ROWS as INSIGHT_ROUTE_ROWS
 from shardq.protocol import requests as rq
 
 API = "/api/v1"
@@ -168,6 +169,7 @@ ROUTES: tuple[Route, ...] = (
           auth=False),
     Route("GET", API + "/openapi.json", "openapi", "operations", "This document", dict, auth=False),
 )
+ROUTES += tuple(Route(**row) for row in INSIGHT_ROUTE_ROWS)  # dlq groups, delete, bulk, search, types
 BY_OPERATION = {r.operation: r for r in ROUTES}
 
 

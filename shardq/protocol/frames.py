@@ -49,6 +49,12 @@ class MsgType(IntEnum):
     DEREGISTER_WORKER = 0x0B
     REQUEUE = 0x0C
     PING = 0x0D
+    # insight: dead-letter triage, delete, search, per-type figures (docs/protocol.md)
+    DLQ_GROUPS = 0x24
+    DELETE = 0x25
+    BULK = 0x26
+    SEARCH = 0x27
+    TYPE_STATS = 0x28
     # Periodic schedules (protocol/schedules.py, docs/protocol.md "Schedules").
     SCHEDULE_ADD = 0x1A
     SCHEDULE_LIST = 0x1B

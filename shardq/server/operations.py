@@ -64,11 +64,15 @@ PERMISSION = {
     "cancel": "admin", "requeue": "admin", "history": "read",
     "schedule_list": "read",  # schedule_add, _remove, _pause: admin (schedule_ops.py)
     "explain": "read",  # insight.py
+    # insight (insight_ops.py): reads, and the changes an operator makes
+    "dlq_groups": "read", "search": "read", "type_stats": "read", "bulk_dry_run": "read",
+    "delete": "admin", "bulk": "admin",
 }
 # The operations whose tasks a key's task-type patterns limit (docs/security.md). The others
 # (stats, heartbeat, register, deregister) need the permission on any pattern: they carry no
 # task's type, id or payload, only counts and a worker's own leases.
-TYPE_SCOPED = frozenset({"submit", "claim", "result", "query", "list", "cancel", "requeue", "explain"})
+TYPE_SCOPED = frozenset({"submit", "claim", "result", "query", "list", "cancel", "requeue", "explain",
+                         "dlq_groups", "search", "type_stats", "delete", "bulk", "bulk_dry_run"})
 # A REQUEUE without ids runs in slices of this many record moves, the group commit between them.
 REQUEUE_SLICE = 200
 WORKER_KEYS = ("worker_id", "hostname", "pid", "types", "concurrency", "first_seen_ms", "last_seen_ms",

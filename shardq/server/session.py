@@ -59,6 +59,7 @@ from shardq.server.budget import SMALL_ANSWER_ESTIMATE, SMALL_FRAME, answer_esti
 from shardq.server.claims import Caller
 from shardq.server.operations import Identity, Operations
 from shardq.server.session_auth import SessionAuth
+from shardq.server.session_insight import SessionInsight
 from shardq.server.session_requests import SessionRequests
 from shardq.server.session_schedules import SessionSchedules
 from shardq.specs import ResultItem, TaskSpec
@@ -79,7 +80,7 @@ MAX_FRAME_BEFORE_HELLO = SMALL_FRAME
 # more than 20 ms without yielding a stall; PINGs of other clients wait for this much at most).
 SLICE_S = 0.002
 
-class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSchedules):
+class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSchedules, SessionInsight):
     def __init__(self, server: ShardServer, ops: Operations, peer: bool = False,
                  carried: bytes = b"") -> None:
         Caller.__init__(self)
@@ -114,6 +115,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSch
             MsgType.DEREGISTER_WORKER: self.on_deregister, MsgType.REQUEUE: self.on_requeue,
             MsgType.PING: self.on_ping, MsgType.WORKER_CONTROL: self.on_worker_control,
             MsgType.EXPLAIN: self.on_explain,  # session_requests.py
+            **self.insight_handlers(),
         }
         self._handlers.update(self.schedule_handlers())
         self._typed: dict[MsgType, Callable[[Any], None]] = {

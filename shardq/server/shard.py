@@ -84,7 +84,7 @@ def engine_settings(cfg: Config, shards: int, index: int = 0) -> EngineSettings:
         default_max_retries=b.default_max_retries,
         default_timeout_seconds=b.default_timeout_seconds, max_payload=b.max_payload_bytes,
         max_frame=MAX_FRAME,
-        retention_ms=p.completed_retention_s * 1000)
+        retention_ms=p.completed_retention_s * 1000, dead_retention_ms=p.dead_letter_retention_s * 1000)
 
 
 def store_settings(cfg: Config) -> StoreSettings:
@@ -190,7 +190,8 @@ class ShardServer(ShardConnections, ShardDisk, ShardStats):
         if p.sync == "interval" and p.enable_wal:
             self._every(p.wal_sync_interval_ms / 1000, self._sync_wal)
         # Sweep every minute, or more often for short retentions (down to 1 s).
-        self._every(min(RETENTION_PERIOD_S, max(1.0, p.completed_retention_s / 4)), self._retention)
+        shortest = min(p.completed_retention_s, p.dead_letter_retention_s or p.completed_retention_s)
+        self._every(min(RETENTION_PERIOD_S, max(1.0, shortest / 4)), self._retention)
         self._every(float(p.compaction_interval_s), self._compact)
         self._every(IDLE_SWEEP_PERIOD_S, self._sweep_idle)
         if self.cfg.auth.enabled:
@@ -368,6 +369,8 @@ class ShardServer(ShardConnections, ShardDisk, ShardStats):
         if self.closing or self.loop is None or not self.writable:
             return
         n = self.engine.retention_slice(now_ms(), RETENTION_SLICE)
+        if n < RETENTION_SLICE:  # dead letters have a retention of their own (engine/insight.py)
+            n += self.engine.dead_retention_slice(now_ms(), RETENTION_SLICE - n)
         removed += n
         if n:
             self.mutated()

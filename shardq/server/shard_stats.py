@@ -37,6 +37,7 @@ class ShardStats:
         row["disk_free_bytes"] = self.disk_free_bytes
         row["disk_alarm"] = self.disk_alarm
         row.update(self._metrics_fields())
+        row["types"] = self.engine.type_figures(now_ms())  # per-type series (metrics.py)
         row["counters"] = dict(self.engine.counters)
         if self.peers is not None:
             row["counters"]["forwarded"] = self.peers.forwarded

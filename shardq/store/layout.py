@@ -11,6 +11,7 @@ is byte 1 of the record (task.py), so no family or index says it a second time:
     results     id -> result bytes
     idx         b"t" | type utf-8 | 0x00 | id          -> b""   every task (LIST_TASKS by type)
                 b"f" | updated_ms u64 | id             -> b""   completed, cancelled (retention)
+                b"d" | updated_ms u64 | id             -> b""   dead_letter (its retention, triage)
                 b"u" | type | 0x00 | unique_key | 0x00 | id -> b""  the task holding a unique key
     metadata    b"schema_version", b"shards", b"shard", b"counts", b"created_ms"
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import struct
 
-from shardq.task import CANCELLED, COMPLETED, Task
+from shardq.task import CANCELLED, COMPLETED, DEAD_LETTER, Task
 
 SCHEMA_VERSION = 2
 LIVE, DONE, IDX = "live", "done", "idx"
@@ -42,9 +43,11 @@ FAMILY_OF = (LIVE, LIVE, DONE, LIVE, LIVE, DONE)
 LIVE_STATUSES = tuple(s for s, f in enumerate(FAMILY_OF) if f == LIVE)
 
 # One byte in front of every idx key says which index it belongs to.
-TYPE_TAG, FINISHED_TAG, UNIQUE_TAG = b"t", b"f", b"u"
+TYPE_TAG, FINISHED_TAG, UNIQUE_TAG, DEAD_TAG = b"t", b"f", b"u", b"d"
 INDEX_TAGS = {"idx_type": TYPE_TAG, "idx_finished": FINISHED_TAG,
-              "idx_unique": UNIQUE_TAG}  # scan_index's names
+              "idx_unique": UNIQUE_TAG, "idx_dead": DEAD_TAG}  # scan_index's names
+# metadata key: set once every dead letter of the data dir has its idx ``d`` key (store/dead_index.py)
+DEAD_INDEX_META = b"dead_index"
 
 U64 = struct.Struct(">Q")
 COUNTS = struct.Struct(">6Q")  # metadata b"counts": tasks per status code
@@ -52,9 +55,13 @@ _FINISHED = (COMPLETED, CANCELLED)
 
 
 def finished_key(task: Task) -> bytes | None:
-    """idx ``f`` holds completed and cancelled tasks, by when they finished (retention)."""
+    """idx ``f`` holds completed and cancelled tasks, by when they finished (retention); idx ``d``
+    dead letters, by when they were dead-lettered (their own retention, and dead-letter triage
+    by time without walking the pending tasks that share the ``live`` family)."""
     if task.status in _FINISHED:
         return FINISHED_TAG + U64.pack(task.updated_ms) + task.id
+    if task.status == DEAD_LETTER:
+        return DEAD_TAG + U64.pack(task.updated_ms) + task.id
     return None
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from shardq.store.layout import (
     ALL_CFS,
     COUNTS,
+    DONE,
     FAMILY_OF,
     IDX,
     INDEX_TAGS,
@@ -242,6 +243,11 @@ class MemoryStore:
                     max_keys: int) -> Iterator[tuple[bytes, Task | None]]:
         for key, data in self._snapshot(FAMILY_OF[status], None, after, max_keys):
             yield key, (Task.decode(key, data) if data[1] == status else None)
+
+    def scan_family(self, live: bool, start: bytes | None, after: bytes | None,
+                    max_keys: int) -> Iterator[tuple[bytes, Task]]:
+        for key, data in self._snapshot(LIVE if live else DONE, start, after, max_keys):
+            yield key, Task.decode(key, data)
 
     def scan_index(self, index: str, prefix: bytes, after: bytes | None, max_keys: int,
                    upper: bytes | None = None) -> Iterator[bytes]:

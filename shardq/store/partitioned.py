@@ -202,6 +202,14 @@ class PartitionedStore:
                              key=lambda kt: kt[0])
         return (kt for _, kt in zip(range(max_keys), merged))
 
+    def scan_family(self, live: bool, start: bytes | None, after: bytes | None,
+                    max_keys: int) -> Iterator[tuple[bytes, Task]]:
+        if len(self.parts) == 1:
+            return self.parts[0].scan_family(live, start, after, max_keys)
+        merged = heapq.merge(*(p.scan_family(live, start, after, max_keys) for p in self.parts),
+                             key=lambda kt: kt[0])
+        return (kt for _, kt in zip(range(max_keys), merged))
+
     def scan_index(self, index: str, prefix: bytes, after: bytes | None, max_keys: int,
                    upper: bytes | None = None) -> Iterator[bytes]:
         if len(self.parts) == 1:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import rocksdict as rd
 
+from shardq.store.dead_index import ensure_dead_index, mark_built
 from shardq.store.layout import (
     ALL_CFS,
     COUNTS,
@@ -182,6 +183,7 @@ class Store:
             self.meta_put(b"shard", str(shard).encode())
             self.meta_put(b"shards", str(shards).encode())
             self.meta_put(b"created_ms", str(int(time.time() * 1000)).encode())
+            mark_built(self)  # idx d from the start (store/dead_index.py)
             self.commit()
             return
         if int(version) > SCHEMA_VERSION:
@@ -197,6 +199,7 @@ class Store:
                      int(version), SCHEMA_VERSION, self.migrated["tasks"], self.migrated["seconds"])
         elif len(self.family_names) > len(ALL_CFS):  # a migration stopped after its version
             drop_old_families(self)
+        ensure_dead_index(self)
 
     def _load_counts(self) -> list[int]:
         raw = self._views["metadata"].get(b"counts")
@@ -396,6 +399,27 @@ class Store:
         while it.valid() and n < max_keys:
             key, data = it.key(), it.value()
             yield key, (decode(key, data) if data[1] == status else None)
+            it.next()
+            n += 1
+
+    def scan_family(self, live: bool, start: bytes | None, after: bytes | None,
+                    max_keys: int) -> Iterator[tuple[bytes, Task]]:
+        """Every task of ``live`` (or ``done``) in id order from ``start``, strictly after
+        ``after``, at most ``max_keys`` (search: engine/search.py)."""
+        it = (self._live if live else self._done).iter()
+        if after is not None:
+            it.seek(after)
+            if it.valid() and it.key() == after:
+                it.next()
+        elif start is not None:
+            it.seek(start)
+        else:
+            it.seek_to_first()
+        n = 0
+        decode = Task.decode
+        while it.valid() and n < max_keys:
+            key = it.key()
+            yield key, decode(key, it.value())
             it.next()
             n += 1
 

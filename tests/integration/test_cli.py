@@ -294,8 +294,8 @@ def test_dlq_list_requeue_purge(server_factory) -> None:
     assert ok("dlq", "requeue", url=url).strip() == "requeued 1"
     assert as_json("dlq", "list", url=url) == []
 
-    line = fails("dlq", "purge", "--yes", url=url, code=2)
-    assert line == "shardq: dlq purge is not supported by protocol v1: dead letters are kept until requeued"
+    line = fails("dlq", "purge", url=url, code=2)  # works since insight (issue 17), with --yes
+    assert line == "shardq: this would delete 0 dead_letter task(s); add --yes to delete them (or --dry-run to only count)"
     assert cli("dlq", url=url).returncode == 2  # an action is required
     client.close()
 

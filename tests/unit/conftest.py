@@ -48,6 +48,12 @@ def shard_report(shard: int) -> dict[str, Any]:
         "histograms": snapshot_histograms(hs),
         "rocksdb": {"live_data_size": 1_000_000 * k, "pending_compaction_bytes": 1000 * k},
         "writable": shard != 1, "disk_free_bytes": 10_000_000 * k, "disk_alarm": shard == 1,
+        # per task type (engine/figures.py): histogram buckets by index
+        "types": {"email": {"pending": 4 * k, "in_progress": k, "failed": 0, "dead_letter": k,
+                            "oldest_due_ms": 1_700_000_000_000, "completed_last_minute": 60 * k,
+                            "run": {"40": 10 * k}, "wait": {"20": 5 * k},
+                            "run_total": {"buckets": {"40": 20 * k}, "sum_ms": 2000 * k},
+                            "wait_total": {"buckets": {"20": 9 * k}, "sum_ms": 90 * k}}},
     }
 
 

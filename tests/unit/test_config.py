@@ -211,6 +211,7 @@ BAD = [
     ("persistence.periodic_compaction_seconds", -1),
     ("persistence.block_cache_size", 1024),
     ("persistence.completed_retention_s", -1),
+    ("persistence.dead_letter_retention_s", -1),
     ("persistence.compaction_interval_s", 0),
     ("persistence.min_free_disk_bytes", -1),
     ("raft.enabled", "true"),

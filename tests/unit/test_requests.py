@@ -16,6 +16,9 @@ VALID = {
     MsgType.LIST_TASKS: {"status": "pending"}, MsgType.CLAIM: {"worker_id": "w"},
     MsgType.HEARTBEAT: {"worker_id": "w"}, MsgType.REGISTER_WORKER: {"worker_id": "w"},
     MsgType.DEREGISTER_WORKER: {"worker_id": "w"}, MsgType.REQUEUE: {},
+    # insight (protocol/insight.py)
+    MsgType.DLQ_GROUPS: {}, MsgType.DELETE: {"ids": ["0" * 8 + "-0000-4000-8000-" + "0" * 12]},
+    MsgType.BULK: {"action": "requeue"}, MsgType.SEARCH: {}, MsgType.TYPE_STATS: {},
     MsgType.SCHEDULE_LIST: {}, MsgType.SCHEDULE_REMOVE: {"name": "n"},
     MsgType.SCHEDULE_PAUSE: {"name": "n", "paused": True},
     MsgType.WORKER_CONTROL: {"worker_id": "w", "action": "quiet"},

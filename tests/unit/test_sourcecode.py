@@ -177,13 +177,14 @@ def test_pure_core_imports_no_io_module_and_only_the_pure_core() -> None:
 FUNCTION_IMPORT_SCOPE = ["shardq.protocol", "shardq.engine", "shardq.store", "shardq.task",
                          "shardq.errors", "shardq.config", "shardq.metrics", "shardq.specs",
                          "shardq.clock", "shardq.server", "shardq.process", "shardq.cli",
-                         "shardq.cli_commands", "shardq.testing", "shardq.logs", "shardq.worker",
+                         "shardq.cli_commands", "shardq.cli_triage", "shardq.testing", "shardq.logs", "shardq.worker",
                          "shardq.client"]
 
 # (importer, imported) -> why it is imported inside a function.
 LAZY_IMPORTS = {
     ("shardq.cli", "shardq.bench"): "`shardq --help` and the client commands do not load the benchmarks",
     ("shardq.cli", "shardq.cli_commands"): "`shardq serve` does not load the client commands",
+    ("shardq.cli", "shardq.cli_triage"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.schedules_cli"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.cli_workers"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.cli_insight"): "`shardq serve` does not load the client commands",

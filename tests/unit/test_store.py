@@ -588,7 +588,8 @@ def test_retention_slice(make_node) -> None:
     assert n.store.counts[COMPLETED] == 1 and n.store.counts[CANCELLED] == 0
     p = n.store.parts[0]
     assert p.count_keys("live") == 2 and p.count_keys("done") == 1
-    assert p.count_keys("idx") == 3 + 1  # a type entry each, a finished entry for done_new
+    # a type entry each, a finished entry for done_new, a dead-letter time entry for dead_old
+    assert p.count_keys("idx") == 3 + 1 + 1
     # small payloads live inside the record (task.INLINE_PAYLOAD_MAX): none stored beside it
     assert p.count_keys("payloads") == 0 and p.count_keys("results") == 0
     n.now = T0 + 10_000
