@@ -18,7 +18,8 @@ from aiohttp import web
 
 from shardq.engine.history import timeline
 from shardq.errors import BadRequest, InvalidState, NotFound
-from shardq.server import insight
+from shardq.protocol.insight import parse_bulk, parse_search
+from shardq.server import insight, insight_ops
 from shardq.server.operations import PERMISSION, Identity
 from shardq.task import STATUS_CODES, STATUS_NAMES, id_to_bytes, is_canonical_id
 
@@ -129,12 +130,11 @@ def _int_arg(q: Any, name: str, lo: int, hi: int, default: int) -> int:
 async def tasks(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     q = request.rel_url.query
     wanted = q.get("id", "").strip().lower()
-    if wanted:
-        if not is_canonical_id(wanted):
-            raise BadRequest(f"id: {wanted!r} is not a task id (36 characters, like "
-                             "0b6e1a9c-3f2d-4c8e-9a7b-5d4c3b2a1f00)")
-        raise_to = f"/tasks/{wanted}"
-        return web.Response(status=303, headers={"Location": raise_to})
+    if wanted and is_canonical_id(wanted):
+        return web.Response(status=303, headers={"Location": f"/tasks/{wanted}"})
+    error = q.get("error", "").strip()
+    if wanted or error:
+        return await _search(d, who, request, wanted, error)
     status = q.get("status", "pending")
     if status not in STATUS_CODES:
         raise BadRequest(f"status: {status!r} is not one of {', '.join(STATUS_NAMES)}")
@@ -145,9 +145,34 @@ async def tasks(d: Dashboard, who: Identity, request: web.BaseRequest, params: d
         raise BadRequest(f"min_priority {lo} is above max_priority {hi}")
     cursor = q.get("cursor") or None
     page = await _now_or_later(d.ops.list_tasks(who, STATUS_CODES[status], task_type, lo, hi, PAGE_SIZE, cursor))
+    deleted = q.get("deleted")
     return d.render(request, "tasks.html", who=who, page="tasks", tasks=page.tasks, cursor=page.cursor,
+                    deleted=deleted if deleted and is_canonical_id(deleted) else None,
                     status=status, statuses=STATUSES, type=task_type or "", min_priority=lo, max_priority=hi,
                     first=cursor is None, can_cancel=can(who, "cancel"), can_requeue=can(who, "requeue"))
+
+
+async def _search(d: Dashboard, who: Identity, request: web.BaseRequest, prefix: str,
+                  error: str) -> web.Response:
+    """Tasks by id prefix and/or error text (SEARCH: a bounded scan per page, resumable)."""
+    q = request.rel_url.query
+    header: dict[str, Any] = {}
+    if prefix:
+        header["id_prefix"] = prefix
+    if error:
+        header["error"] = error
+    status = q.get("status", "")
+    if status:
+        header["status"] = status
+    if q.get("type", "").strip():
+        header["type"] = q["type"].strip()
+    header["cursor"] = q.get("cursor") or None
+    header["limit"] = PAGE_SIZE
+    query, limit, cursor = parse_search(header)
+    page = await _now_or_later(insight_ops.search(d.ops, who, query, limit, cursor))
+    return d.render(request, "search.html", who=who, page="tasks", tasks=page["tasks"], cursor=page["cursor"],
+                    prefix=prefix, error=error, status=status, type=q.get("type", "").strip(),
+                    statuses=STATUSES)
 
 
 def _raw_id(params: dict[str, str]) -> bytes:
@@ -173,7 +198,8 @@ async def task(d: Dashboard, who: Identity, request: web.BaseRequest, params: di
                     why=why, events=events,
                     done=done if done in ("cancelled", "requeued") else None,
                     can_cancel=can(who, "cancel") and t["status"] in ("pending", "failed", "in_progress"),
-                    can_requeue=can(who, "requeue") and t["status"] in ("dead_letter", "failed"))
+                    can_requeue=can(who, "requeue") and t["status"] in ("dead_letter", "failed"),
+                    can_delete=can(who, "delete") and t["status"] in ("completed", "cancelled", "dead_letter"))
 
 
 async def cancel(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
@@ -239,6 +265,74 @@ def _schedule_action(done: str) -> Any:
     return act
 
 
+async def delete(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+    raw = _raw_id(params)
+    out = await _now_or_later(insight_ops.delete(d.ops, who, [raw]))
+    item = (out.get("results") or [{}])[0]
+    if item.get("error"):
+        err = item["error"]
+        raise InvalidState(f"not deleted: {err.get('message', err) if isinstance(err, dict) else err}")
+    await d.committed()
+    return web.Response(status=303, headers={"Location": "/tasks?" + urllib.parse.urlencode(
+        {"deleted": params["id"].lower()})})
+
+
+async def types(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+    answer = await _now_or_later(insight_ops.type_stats(d.ops, who, None))
+    rows = sorted(answer.get("types") or [], key=lambda r: r["type"])
+    return d.render(request, "types.html", who=who, page="types", types=rows, window_s=answer.get("window_s"),
+                    missing=answer.get("shards_missing") or [])
+
+
+async def dead_letters(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+    task_type = request.rel_url.query.get("type", "").strip() or None
+    answer = await _now_or_later(insight_ops.dlq_groups(d.ops, who, task_type))
+    done = request.rel_url.query
+    return d.render(request, "dlq.html", who=who, page="dlq", groups=answer.get("groups") or [],
+                    total=answer.get("total", 0), type=task_type or "",
+                    can_requeue=can(who, "bulk"), done=done.get("done"), n=done.get("n"))
+
+
+def _group_filter(action: str, group: str, limit: int | None = None, dry_run: bool = False) -> Any:
+    header: dict[str, Any] = {"action": action, "status": "dead_letter", "group": group, "dry_run": dry_run}
+    if limit is not None:
+        header["limit"] = limit
+    return parse_bulk(header)
+
+
+async def group_confirm(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+    """Step 1 of a bulk action on a group: count what it would touch (a dry run) and ask."""
+    action = params["action"]
+    if action not in ("requeue", "delete"):
+        raise NotFound(f"no action {action}")
+    act, flt, limit, _ = _group_filter(action, params["group"], dry_run=True)
+    counted = await _now_or_later(insight_ops.bulk(d.ops, who, act, flt, limit, True))
+    groups = await _now_or_later(insight_ops.dlq_groups(d.ops, who, None))
+    group = next((g for g in groups.get("groups") or [] if g["group"] == params["group"]), None)
+    return d.render(request, "dlq_confirm.html", who=who, page="dlq", action=action, group=group,
+                    group_id=params["group"], matched=counted.get("matched", 0))
+
+
+async def group_act(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+    """Step 2: do it, for at most the count the operator confirmed."""
+    action = params["action"]
+    if action not in ("requeue", "delete"):
+        raise NotFound(f"no action {action}")
+    form = await request.post()
+    try:
+        confirmed = int(str(form.get("confirmed", "")))
+    except ValueError:
+        raise BadRequest("confirmed: the count shown on the confirmation page is required") from None
+    if confirmed < 1:
+        raise BadRequest("confirmed: nothing to do")
+    act, flt, limit, _ = _group_filter(action, params["group"], limit=confirmed)
+    out = await _now_or_later(insight_ops.bulk(d.ops, who, act, flt, limit, False))
+    await d.committed()
+    n = out.get("requeued", out.get("deleted", 0))
+    where = urllib.parse.urlencode({"done": "requeued" if action == "requeue" else "deleted", "n": n})
+    return web.Response(status=303, headers={"Location": f"/dlq?{where}"})
+
+
 PAGES: tuple[tuple[str, str, Any], ...] = (
     ("GET", "/", overview),
     ("GET", "/ui/history.json", history),
@@ -246,6 +340,11 @@ PAGES: tuple[tuple[str, str, Any], ...] = (
     ("GET", "/tasks/{id}", task),
     ("POST", "/tasks/{id}/cancel", cancel),
     ("POST", "/tasks/{id}/requeue", requeue),
+    ("POST", "/tasks/{id}/delete", delete),
+    ("GET", "/types", types),
+    ("GET", "/dlq", dead_letters),
+    ("GET", "/dlq/{group}/{action}", group_confirm),
+    ("POST", "/dlq/{group}/{action}", group_act),
     ("GET", "/workers", workers),
     ("POST", "/workers/{worker_id}/quiet", _worker_action("quiet")),
     ("POST", "/workers/{worker_id}/stop", _worker_action("stop")),

@@ -278,3 +278,64 @@ def test_a_task_page_says_why_and_shows_the_history(srv, client) -> None:
     code, _, html = fetch(srv, "GET", f"/tasks/{tid}")
     history = html.split('id="history-h"')[1]
     assert "How it ended" in html and "claimed by w-why" in history and "Timeout after 30.2 s on 10.0.0.7" in history
+
+
+def _dead_letters(srv: ServerProcess, client: Client, task_type: str, errors: list[str]) -> list[str]:
+    ids = [client.submit(task_type, max_retries=0) for _ in errors]
+    worker = Client(srv.url, timeout=30)
+    try:
+        got: list = []
+        deadline = time.monotonic() + 10
+        while len(got) < len(ids):
+            assert time.monotonic() < deadline
+            got += worker.claim("w-dlq", max=len(ids), types=[task_type], wait=1)
+        by_id = {t.id: t for t in got}
+        for tid, err in zip(ids, errors):
+            worker.fail("w-dlq", by_id[tid], err, retry=False)
+    finally:
+        worker.close()
+    return ids
+
+
+def test_dead_letter_groups_requeued_after_their_count_is_confirmed(srv, client) -> None:
+    ids = _dead_letters(srv, client, "dash.fetch", ["TimeoutError: timeout after 30.2 s on 10.0.0.7",
+                                                     "TimeoutError: timeout after 29.8 s on 10.0.0.9",
+                                                     "TimeoutError: timeout after 31 s on 10.0.0.12",
+                                                     "KeyError: 'user_id'"])
+    code, _, html = fetch(srv, "GET", "/dlq?type=dash.fetch")
+    assert code == 200 and "TimeoutError: timeout after &lt;n&gt; s on &lt;ip&gt;" in html
+    row = html.split("TimeoutError: timeout after &lt;n&gt;")[1].split("</tr>")[0]
+    assert '<td class="num">3</td>' in row
+    group = row.split('href="/dlq/')[1].split("/")[0]
+    code, _, html = fetch(srv, "GET", f"/dlq/{group}/requeue")
+    assert code == 200 and "Requeue 3 dead letters?" in html and 'name="confirmed" value="3"' in html
+    code, _, html = fetch(srv, "POST", f"/dlq/{group}/requeue", {})
+    assert code == 400 and "confirmed" in html  # no count confirmed: nothing done
+    code, headers, _ = fetch(srv, "POST", f"/dlq/{group}/requeue", {"confirmed": "3"})
+    assert code == 303 and headers["location"] == "/dlq?done=requeued&n=3"
+    assert sorted(client.status(i).status for i in ids) == ["dead_letter", "pending", "pending", "pending"]
+
+
+def test_search_by_id_prefix_and_error_text_and_delete_a_finished_task(srv, client) -> None:
+    [dead] = _dead_letters(srv, client, "dash.search", ["ValueError: bad zebra 42"])
+    code, _, html = fetch(srv, "GET", f"/tasks?id={dead[:6]}")
+    assert code == 200 and dead in html
+    code, _, html = fetch(srv, "GET", "/tasks?error=zebra")
+    assert code == 200 and dead in html and "bad zebra 42" in html
+    code, _, html = fetch(srv, "GET", f"/tasks/{dead}")
+    assert f'action="/tasks/{dead}/delete"' in html
+    code, headers, _ = fetch(srv, "POST", f"/tasks/{dead}/delete")
+    assert code == 303 and client.status(dead) is None
+    code, _, html = fetch(srv, "GET", headers["location"])
+    assert f"Task {dead} was deleted." in html
+    pending = client.submit("dash.search")
+    code, _, html = fetch(srv, "POST", f"/tasks/{pending}/delete")
+    assert code == 409 and "cancel" in html  # a task that has not finished: cancel it first
+
+
+def test_the_types_page_shows_each_types_figures(srv, client) -> None:
+    client.submit_many([Job("dash.types") for _ in range(4)])
+    code, _, html = fetch(srv, "GET", "/types")
+    assert code == 200 and "dash.types" in html
+    row = html.split(">dash.types</a>")[1].split("</tr>")[0]
+    assert '<td class="num">4</td>' in row
