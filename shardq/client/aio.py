@@ -35,6 +35,7 @@ from typing import Any
 from shardq.client import requests as rq
 from shardq.client.aio_connection import AsyncConnection, open_connection
 from shardq.client.connection import ConnectionClosed, check_tls_options, parse_target
+from shardq.client.controls import AsyncClientControls
 from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
 from shardq.client.spread import Spread
@@ -58,7 +59,7 @@ class _Lane:
         self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
 
 
-class AsyncClient(LaneRouting[_Lane]):
+class AsyncClient(LaneRouting[_Lane], AsyncClientControls):
     """An asyncio connection to a shardq server, shared by any number of coroutines.
 
     Use it from one event loop. ``timeout`` (seconds, None for none) bounds every call;

@@ -29,6 +29,7 @@ from typing import Any
 
 from shardq.client import requests as rq
 from shardq.client.connection import Connection, ConnectionClosed, check_tls_options, parse_target
+from shardq.client.controls import ClientControls
 from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
 from shardq.client.spread import Spread
@@ -52,7 +53,7 @@ class _Lane:
         self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
 
 
-class Client(LaneRouting[_Lane]):
+class Client(LaneRouting[_Lane], ClientControls):
     """A connection to a shardq server. Not shared between threads: make one per thread.
 
     On a multi-shard server it spreads its work over the shards (shardq/client/spread.py): one

@@ -8,4 +8,5 @@ documented in docs/protocol.md ("Extensions"). Names are added, never renamed or
 from __future__ import annotations
 
 FEATURES: tuple[str, ...] = (
+    "type-controls",  # PAUSE_TYPE, RESUME_TYPE, SET_LIMITS, GET_CONTROLS (pause, caps, rates)
 )

@@ -49,6 +49,11 @@ class MsgType(IntEnum):
     DEREGISTER_WORKER = 0x0B
     REQUEUE = 0x0C
     PING = 0x0D
+    # Per-type controls (feature "type-controls", protocol/controls.py): pause, resume, limits.
+    PAUSE_TYPE = 0x10
+    RESUME_TYPE = 0x11
+    SET_LIMITS = 0x12
+    GET_CONTROLS = 0x13
     # Between shardq's own processes only (Unix sockets); never valid on the client port.
     REPORT = 0x40  # shard -> coordinator: depth, ready types, workers seen, stats
     STATE = 0x41  # coordinator -> shards: the others' depths and ready types

@@ -32,6 +32,7 @@ from shardq.errors import ConfigError
 from shardq.metrics import BrokerCollector, on_loop, start_metrics_server, stop_metrics_server
 from shardq.process import EXIT_BIND, EXIT_CONFIG, start_child
 from shardq.protocol.frames import Message, MsgType
+from shardq.server.coordinator_controls import CoordinatorControls
 from shardq.server.mesh import Link, coordinator_path
 from shardq.tls import ServerTLS
 
@@ -44,7 +45,7 @@ WORKER_FIELDS = ("hostname", "pid", "types", "concurrency", "cpu_percent", "memo
                  "memory_percent", "state")
 
 
-class Coordinator:
+class Coordinator(CoordinatorControls):
     def __init__(self, broker: BrokerConfig, shards: int) -> None:
         self.host = broker.host  # /metrics listens beside the client port
         self.connection_timeout_s = broker.connection_timeout_ms / 1000
@@ -58,6 +59,7 @@ class Coordinator:
         self.started = time.monotonic()
         self.dead_declared = 0
         self._state_dirty = False
+        self._init_controls()  # per-type controls: records, slots, rate shares
 
     # -- messages from shards ---------------------------------------------------
 
@@ -78,6 +80,7 @@ class Coordinator:
             self.links[shard] = link
             link.on_lost = lambda lk, i=shard: self._lost(i, lk)
             self._state_dirty = True  # a (re)connected shard needs the others' state
+            self.controls_link_new(shard)
         if "depth" in report and self.depths.get(shard) != report["depth"]:
             self.depths[shard] = report["depth"]
             self._state_dirty = True
@@ -90,6 +93,8 @@ class Coordinator:
             self._seen(wid, shard, info)
         for wid in report.get("gone") or ():
             self.workers.pop(wid, None)
+        if ("controls" in report or "usage" in report) and self.on_controls_report(shard, report):
+            self._state_dirty = True
         if self._state_dirty:
             self._push_state()
 
@@ -114,6 +119,7 @@ class Coordinator:
             if shard in self.reports:
                 self.reports[shard]["up"] = False
             log.warning("shard %d disconnected", shard)
+            self.controls_shard_lost()
             self._push_state()
 
     # -- pushing to shards --------------------------------------------------------
@@ -122,6 +128,7 @@ class Coordinator:
         self._state_dirty = False
         state = {"depths": {str(i): d for i, d in self.depths.items()},
                  "ready": {str(i): r for i, r in self.ready.items() if r}}
+        state.update(self.controls_state())
         for link in list(self.links.values()):
             link.send(MsgType.STATE, state)
 

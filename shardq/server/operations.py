@@ -37,6 +37,7 @@ from shardq.patterns import PatternError, TypePatterns
 from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.server import routing
 from shardq.server.claims import Caller, Claimed, Claims
+from shardq.server.control_ops import ControlOperations
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_NAMES, id_to_str
 
@@ -60,6 +61,8 @@ PERMISSION = {
     "register": "claim", "deregister": "claim", "query": "read", "list": "read", "stats": "read",
     "cancel": "admin", "requeue": "admin",
 }
+PERMISSION["get_controls"] = "read"  # type controls; pause, resume and limits need admin
+
 # The operations whose tasks a key's task-type patterns limit (docs/security.md). The others
 # (stats, heartbeat, register, deregister) need the permission on any pattern: they carry no
 # task's type, id or payload, only counts and a worker's own leases.
@@ -140,7 +143,7 @@ class Page:
     cursor: str | None
 
 
-class Operations:
+class Operations(ControlOperations):
     def __init__(self, shard: ShardServer, forwarded: bool = False) -> None:
         self.shard = shard
         self.engine = shard.engine

@@ -58,6 +58,7 @@ from shardq.server.budget import SMALL_ANSWER_ESTIMATE, SMALL_FRAME, answer_esti
 from shardq.server.claims import Caller
 from shardq.server.operations import Identity, Operations
 from shardq.server.session_auth import SessionAuth
+from shardq.server.session_controls import SessionControls
 from shardq.server.session_requests import SessionRequests
 from shardq.specs import ResultItem, TaskSpec
 
@@ -77,7 +78,7 @@ MAX_FRAME_BEFORE_HELLO = SMALL_FRAME
 # more than 20 ms without yielding a stall; PINGs of other clients wait for this much at most).
 SLICE_S = 0.002
 
-class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests):
+class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionControls):
     def __init__(self, server: ShardServer, ops: Operations, peer: bool = False,
                  carried: bytes = b"") -> None:
         Caller.__init__(self)
@@ -112,6 +113,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests):
             MsgType.DEREGISTER_WORKER: self.on_deregister, MsgType.REQUEUE: self.on_requeue,
             MsgType.PING: self.on_ping,
         }
+        self._handlers.update(self.control_handlers())  # session_controls.py
         self._typed: dict[MsgType, Callable[[Any], None]] = {
             MsgType.SUBMIT: self._submit, MsgType.CLAIM: self._claim, MsgType.RESULT: self._result}
 

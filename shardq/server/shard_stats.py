@@ -91,9 +91,11 @@ class ShardStats:
                               "cross_shard_claims": (r.get("counters") or {}).get("cross_shard_claims", 0),
                               "writable": r.get("writable", True), "disk_free_bytes": r.get("disk_free_bytes"),
                               "disk_alarm": r.get("disk_alarm", False)})
-        return {"totals": totals, "workers": workers,
-                "connections": sum(r.get("connections", 0) for r in rows.values()),
-                "shards": per_shard, "uptime_s": uptime}
+        out = {"totals": totals, "workers": workers,
+               "connections": sum(r.get("connections", 0) for r in rows.values()),
+               "shards": per_shard, "uptime_s": uptime}
+        out.update(self.controls_summary())  # type: ignore[attr-defined]  # server/controls.py
+        return out
 
 
 
