@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from shardq.cli_commands import add_client_commands
     add_client_commands(sub)
+    from shardq.cli_controls import add_control_commands
+    add_control_commands(sub)
     add_keys_command(sub)
 
     # The worker owns its arguments; main() hands them to _run_worker.

@@ -200,9 +200,9 @@ class EngineControls:
         for gate in self._metered.values():
             gate.running = 0
         for lease in self._leases.by_id.values():
-            gate = self._metered.get(lease.task.type)
-            if gate is not None:
-                gate.running += 1
+            counted = self._metered.get(lease.task.type)
+            if counted is not None:
+                counted.running += 1
         for t, gate in self._metered.items():
             self._reblock(t, gate, gate.refilled_ms)
 

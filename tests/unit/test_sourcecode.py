@@ -23,7 +23,8 @@ PACKAGE = ROOT / "shardq"
 PURE_MODULES = ["shardq.protocol.frames", "shardq.protocol.requests", "shardq.engine.engine",
                 "shardq.engine.ready", "shardq.engine.leases", "shardq.engine.deps", "shardq.engine.waiters",
                 "shardq.engine.states", "shardq.engine.storage", "shardq.engine.reads",
-                "shardq.engine.maintenance", "shardq.engine.settings", "shardq.task", "shardq.errors",
+                "shardq.engine.maintenance", "shardq.engine.settings", "shardq.engine.controls",
+                "shardq.protocol.controls", "shardq.task", "shardq.errors",
                 "shardq.specs", "shardq.store.layout", "shardq.store.memory", "shardq.config",
                 "shardq.client.core"]
 IO_MODULES = {"asyncio", "socket", "rocksdict", "multiprocessing", "uvloop", "selectors",
@@ -183,6 +184,7 @@ FUNCTION_IMPORT_SCOPE = ["shardq.protocol", "shardq.engine", "shardq.store", "sh
 LAZY_IMPORTS = {
     ("shardq.cli", "shardq.bench"): "`shardq --help` and the client commands do not load the benchmarks",
     ("shardq.cli", "shardq.cli_commands"): "`shardq serve` does not load the client commands",
+    ("shardq.cli", "shardq.cli_controls"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.server.supervisor"): "only `shardq serve` loads the server (uvloop, rocksdict)",
     ("shardq.cli_commands", "shardq.client.sync"): "`--offline` commands need no client",
 }
