@@ -30,6 +30,7 @@ from aiohttp import web
 
 from shardq.errors import BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, WireError
 from shardq.http import schema as s
+from shardq.http.control_api import ApiControls
 from shardq.http.openapi import build_document
 from shardq.http.problems import problem
 from shardq.http.routes import ROUTES, Route, Router
@@ -145,7 +146,7 @@ def _split(tasks: list[dict[str, Any] | None], blob: bytes, key: str, name: str,
         at += n
 
 
-class Api:
+class Api(ApiControls):
     """One shard's HTTP API: ``handle`` is aiohttp's request handler (server.py)."""
 
     def __init__(self, shard: ShardServer, ops: Operations, callers: Callable[[Any], Caller | None]) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import unquote
 
 from msgspec import UNSET, Meta, UnsetType
 
+from shardq.http import control_schema as cs
 from shardq.http import schema as s
 from shardq.protocol import requests as rq
 
@@ -58,6 +59,7 @@ PARAM_DOCS = {
                 "UTF-8, else base64), `json`, `text` or `base64` (each falling back to base64).",
     "id": "The task's id.",
     "worker_id": "The worker's id (chosen by the worker; unique among live workers).",
+    "task_type": "The task type (a paused or limited type, or one to pause or limit).",
 }
 
 # The statuses every authenticated route can answer, beyond its own.
@@ -120,6 +122,16 @@ ROUTES: tuple[Route, ...] = (
           body=s.Heartbeat, body_required=False),
     Route("DELETE", API + W, "deregister_worker", "workers",
           "The worker leaves: its leases go back to pending at once", s.Released),
+    # per-type controls (feature "type-controls": http/control_api.py)
+    Route("POST", API + "/controls/{task_type}/pause", "pause_type", "operators",
+          "Stop handing out tasks of a type, on every shard (submits go on)", cs.ControlChanged),
+    Route("POST", API + "/controls/{task_type}/resume", "resume_type", "operators",
+          "Hand out tasks of a paused type again", cs.ControlChanged, errors=(409,)),
+    Route("PATCH", API + "/controls/{task_type}/limits", "set_limits", "operators",
+          "Set or clear a type's broker-wide concurrency cap and rate", cs.ControlChanged, body=cs.Limits),
+    Route("GET", API + "/controls", "get_controls", "operators",
+          "Paused and limited types, with each shard's live numbers", cs.Controls,
+          query=cs.ControlsQuery, errors=(404,)),
     # operations (no auth)
     Route("GET", "/healthz", "healthz", "operations", "This process is up", s.Health, auth=False),
     Route("GET", "/readyz", "readyz", "operations",

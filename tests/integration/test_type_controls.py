@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -300,3 +302,33 @@ def test_cap_is_never_exceeded_under_load_and_across_kill9(server_factory) -> No
         workers.join()
     assert workers.peak <= cap
     assert workers.peak == cap  # the cap was reached: slots moved to where the work was
+
+
+def http(server: ServerProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    req = urllib.request.Request(server.http_url + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_http_routes(three) -> None:
+    t = uid("http")
+    status, body = http(three, "POST", f"/api/v1/controls/{t}/pause")
+    assert status == 200 and body["control"]["paused"] is True
+    status, body = http(three, "PATCH", f"/api/v1/controls/{t}/limits", {"max_concurrency": 2, "rate": 5})
+    assert status == 200 and (body["control"]["max_concurrency"], body["control"]["burst"]) == (2, 1)
+    status, body = http(three, "PATCH", f"/api/v1/controls/{t}/limits", {"rate": -1})
+    assert status == 400 and "rate" in body["detail"]
+    status, body = http(three, "PATCH", f"/api/v1/controls/{t}/limits", {"max_concurency": 1})
+    assert status == 400 and "max_concurency" in body["detail"]
+    status, body = http(three, "GET", f"/api/v1/controls?type={t}")
+    assert status == 200 and len(body["controls"][0]["shards"]) == SHARDS
+    assert http(three, "POST", f"/api/v1/controls/{t}/resume")[0] == 200
+    status, body = http(three, "POST", f"/api/v1/controls/{t}/resume")
+    assert status == 409 and body["code"] == "InvalidState"
+    with Client(three.url) as c:
+        assert c.controls(t)[0]["paused"] is False  # the TCP clients see what HTTP set

@@ -313,7 +313,8 @@ def test_the_frames_before_a_violation_are_delivered() -> None:
 
 
 def test_request_and_response_type_sets() -> None:
-    assert REQUEST_TYPES == {MsgType(c) for c in range(0x01, 0x0E)}
+    assert {MsgType(c) for c in range(0x01, 0x0E)} <= REQUEST_TYPES  # the core, and the extensions:
+    assert {MsgType(c) for c in range(0x10, 0x14)} <= REQUEST_TYPES  # type-controls
     assert RESPONSE_TYPES == {MsgType.ACK, MsgType.NACK}
     assert MAX_PAYLOAD == 10_485_760
 

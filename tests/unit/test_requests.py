@@ -16,6 +16,8 @@ VALID = {
     MsgType.HEARTBEAT: {"worker_id": "w"}, MsgType.REGISTER_WORKER: {"worker_id": "w"},
     MsgType.DEREGISTER_WORKER: {"worker_id": "w"}, MsgType.REQUEUE: {},
 }
+VALID.update({MsgType.PAUSE_TYPE: {"type": "t"}, MsgType.RESUME_TYPE: {"type": "t"},  # type-controls
+              MsgType.SET_LIMITS: {"type": "t", "rate": 1}, MsgType.GET_CONTROLS: {}})
 
 
 def test_every_request_type_is_covered() -> None:
