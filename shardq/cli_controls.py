@@ -136,5 +136,7 @@ def cmd_limits_show(args: argparse.Namespace, client: Any) -> int:
 
 
 def _blocked(row: dict[str, Any]) -> str:
-    why = sorted((int(i), s["blocked_by"]) for i, s in row["shards"].items() if s.get("blocked_by"))
+    # Only where tasks wait: a shard with none ready and no slot is blocked for nobody.
+    why = sorted((int(i), s["blocked_by"]) for i, s in row["shards"].items()
+                 if s.get("blocked_by") and (s.get("ready") or s["blocked_by"] == "paused"))
     return ", ".join(f"{i}:{b}" for i, b in why) or "-"

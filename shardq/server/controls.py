@@ -151,7 +151,7 @@ class ShardControls:
     # -- the coordinator (rules 3, 4) -------------------------------------------------------
 
     def on_state_controls(self, state: dict[str, Any]) -> None:
-        if "controls" not in state and "grants" not in state:
+        if "controls" not in state and "grants" not in state and self.engine.claims_open:
             return
         self.mutated()  # an unblocked type serves the waiting claims at the next tick
         for wire in state.get("controls") or ():

@@ -217,7 +217,13 @@ def test_pause_survives_kill9_of_its_owner_and_of_the_whole_server(two) -> None:
         assert row["paused"] is True and row["max_concurrency"] == 2
         for k in range(2):
             with Client(two.url, shard=k) as pinned:
-                assert pinned.claim("w", max=10) == []
+                assert pinned.claim("w", max=10, types=[t]) == []
+        # The restarted shard opened its claims once it knew every shard's controls.
+        other = uid("free")
+        with Client(two.url, shard=owner) as pinned:
+            pinned.submit(other, b"y")
+            assert [x.type for x in wait_for(lambda: pinned.claim("w", max=10, types=[other]),
+                                              what="a claim on the restarted shard")] == [other]
     two.kill()  # kill -9 of every process
     two.restart()
     with Client(two.url) as c:
