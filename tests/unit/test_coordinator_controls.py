@@ -55,7 +55,7 @@ def started(cap: int = 4, shards: int = 2) -> Coord:
 
 def test_split_is_even_and_exact() -> None:
     assert split(5, [0, 1, 2]) == {0: 2, 1: 2, 2: 1}
-    sum(split(7, [3, 1]).values()) == 7
+    assert sum(split(7, [3, 1]).values()) == 7
 
 
 def test_slots_go_where_tasks_are_ready() -> None:
