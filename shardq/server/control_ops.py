@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardq.clock import now_ms
 from shardq.engine.controls import TypeControl, default_burst
-from shardq.errors import BadRequest, InvalidState, NotFound
+from shardq.errors import BadRequest, Forbidden, InvalidState, NotFound
 from shardq.protocol.controls import APPLY_FIELD, UNSET
 from shardq.protocol.frames import MsgType
 
@@ -84,6 +84,7 @@ class ControlOperations:
                 mutate: Any) -> Result[dict[str, Any]]:
         shard = self.shard
         task_type = header["type"]
+        _check_scope(who, "pause" if msg_type is not MsgType.SET_LIMITS else "limits", task_type)
         owner = shard.control_owner(task_type)
         if owner != shard.index:
             if self.forwarded:
@@ -119,7 +120,10 @@ class ControlOperations:
     def get_controls(self, who: Identity, task_type: str | None) -> Result[dict[str, Any]]:
         """Every controlled type (or one), with each shard's live numbers."""
         who.require("get_controls")
-        local = self._local_controls(task_type)
+        scope = who.scope("get_controls")
+        if task_type is not None:
+            _check_scope(who, "get_controls", task_type)
+        local = [v for v in self._local_controls(task_type) if scope is None or scope.matches(v["type"])]
         shard = self.shard
         if self.forwarded:
             return {"controls": local}  # the asking shard merges
@@ -151,6 +155,13 @@ class ControlOperations:
         if down:
             out["shards_down"] = down
         return out
+
+
+def _check_scope(who: Identity, operation: str, task_type: str) -> None:
+    """A key scoped to some task types (docs/security.md) controls only those."""
+    scope = who.scope(operation)
+    if scope is not None and not scope.matches(task_type):
+        raise Forbidden(f"this API key may not {operation} task type {task_type!r}")
 
 
 def _with(c: TypeControl, **changes: Any) -> TypeControl:

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from wire import uid
 
+from shardq import keys as K
 from shardq.client.sync import Client, Job
-from shardq.errors import BadRequest, InvalidState, NotFound, ShardqError, WireError
+from shardq.errors import BadRequest, Forbidden, InvalidState, NotFound, ShardqError, WireError
 from shardq.protocol.frames import MsgType
 from shardq.server.controls import control_owner
 from shardq.testing import ServerProcess
@@ -181,6 +182,8 @@ def test_cli_pause_resume_limits(three) -> None:
     assert any(r["type"] == t and r["max_concurrency"] == 5 for r in json.loads(out.stdout))
     out = run_cli(three, "limits", "show")
     assert out.returncode == 0 and t in out.stdout and "0:paused" in out.stdout
+    out = run_cli(three, "stats")
+    assert out.returncode == 0 and re.search(rf"paused types: .*{t}.*limited types: .*{t}", out.stdout)
     out = run_cli(three, "resume", t, "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["control"]["paused"] is False
     out = run_cli(three, "resume", t)
@@ -338,3 +341,29 @@ def test_http_routes(three) -> None:
     assert status == 409 and body["code"] == "InvalidState"
     with Client(three.url) as c:
         assert c.controls(t)[0]["paused"] is False  # the TCP clients see what HTTP set
+
+
+def test_permissions_and_type_scopes(server_factory, tmp_path) -> None:
+    records, secrets = [], {}
+    for name, perms, patterns in (("ops", ["admin"], ["billing.>"]), ("reader", ["read"], None),
+                                  ("root", ["admin"], None)):
+        kid, secret = K.new_secret()
+        records.append(K.KeyRecord(kid, name, K.hash_secret(secret), K.make_scopes(perms, patterns)))
+        secrets[name] = secret
+    K.write_keys(str(tmp_path / "keys.yaml"), records)
+    srv = server_factory("--shards", "2", env={"SHARDQ_AUTH__ENABLED": "true",
+                                               "SHARDQ_AUTH__KEYS_FILE": str(tmp_path / "keys.yaml")})
+    with Client(srv.url, api_key=secrets["ops"]) as ops:
+        assert ops.pause_type("billing.invoice")["control"]["paused"] is True
+        with pytest.raises(Forbidden, match="may not pause task type 'email'"):
+            ops.pause_type("email")
+        with pytest.raises(Forbidden):
+            ops.set_limits("email", max_concurrency=1)
+    with Client(srv.url, api_key=secrets["root"]) as root:
+        root.pause_type("email")
+    with Client(srv.url, api_key=secrets["reader"]) as reader:
+        assert {r["type"] for r in reader.controls()} == {"billing.invoice", "email"}
+        with pytest.raises(Forbidden, match="'admin' permission"):
+            reader.resume_type("email")
+    with Client(srv.url, api_key=secrets["ops"]) as ops:  # admin on billing.> reads only those
+        assert [r["type"] for r in ops.controls()] == ["billing.invoice"]
