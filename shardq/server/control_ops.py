@@ -24,6 +24,7 @@ from shardq.protocol.controls import APPLY_FIELD, UNSET
 from shardq.protocol.frames import MsgType
 
 if TYPE_CHECKING:
+    from shardq.patterns import TypePatterns
     from shardq.server.operations import Identity, Result
     from shardq.server.shard import ShardServer
 
@@ -129,7 +130,7 @@ class ControlOperations:
             return {"controls": local}  # the asking shard merges
         if not self.routed or shard.peers is None:
             return {"controls": _merge([(shard.index, local)], task_type)}
-        return self._controls_everywhere(task_type, local)
+        return self._controls_everywhere(task_type, local, scope)
 
     def _local_controls(self, task_type: str | None) -> list[dict[str, Any]]:
         engine = self.shard.engine
@@ -137,8 +138,8 @@ class ControlOperations:
         types = [task_type] if task_type is not None else [c.type for c in engine.controls()]
         return [v for v in (engine.control_view(t, now) for t in types) if v is not None]
 
-    async def _controls_everywhere(self, task_type: str | None,
-                                   local: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _controls_everywhere(self, task_type: str | None, local: list[dict[str, Any]],
+                                   scope: TypePatterns | None) -> dict[str, Any]:
         shard = self.shard
         assert shard.peers is not None
         peers = shard.peers
@@ -149,7 +150,8 @@ class ControlOperations:
         views: list[tuple[int, list[dict[str, Any]]]] = [(shard.index, local)]
         for i, a in zip(others, answers):
             if not isinstance(a, BaseException):
-                views.append((i, a[0].get("controls") or []))
+                views.append((i, [v for v in a[0].get("controls") or ()
+                                  if scope is None or scope.matches(v["type"])]))
         out = {"controls": _merge(views, task_type)}
         down = [i for i, a in zip(others, answers) if isinstance(a, BaseException)]
         if down:
