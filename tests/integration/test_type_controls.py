@@ -4,6 +4,7 @@ coordinator and of the whole server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import pytest
 from wire import uid
 
 from shardq import keys as K
+from shardq.client.aio import AsyncClient
 from shardq.client.sync import Client, Job
 from shardq.errors import BadRequest, Forbidden, InvalidState, NotFound, ShardqError, WireError
 from shardq.protocol.frames import MsgType
@@ -367,3 +369,27 @@ def test_permissions_and_type_scopes(server_factory, tmp_path) -> None:
             reader.resume_type("email")
     with Client(srv.url, api_key=secrets["ops"]) as ops:  # admin on billing.> reads only those
         assert [r["type"] for r in ops.controls()] == ["billing.invoice"]
+
+
+def test_async_client(three) -> None:
+    t = uid("aio")
+
+    async def main() -> None:
+        async with AsyncClient(three.url) as c:
+            assert (await c.pause_type(t))["control"]["paused"] is True
+            await c.submit_many([Job(t, b"a") for _ in range(3)])
+            assert await c.claim("aw", max=5, types=[t]) == []
+            rec = (await c.set_limits(t, max_concurrency=2, rate=100))["control"]
+            assert (rec["max_concurrency"], rec["rate"]) == (2, 100.0)
+            await c.resume_type(t)
+            got = []
+            deadline = time.monotonic() + 10
+            while len(got) < 2 and time.monotonic() < deadline:
+                got += await c.claim("aw", max=5, types=[t], wait=0.2)
+            assert len(got) == 2  # the cap
+            assert (await c.controls(t))[0]["running"] == 2
+            await c.clear_limits(t)
+            with pytest.raises(NotFound):
+                await c.controls(t)
+
+    asyncio.run(main())
