@@ -22,6 +22,8 @@ if __name__ == "__main__":  # run as a script from anywhere: import shardq from 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shardq.engine import states  # noqa: E402
+from shardq.engine.schedules import Schedule, schedule_owner, tick_id  # noqa: E402
+from shardq.engine.timing import Timing  # noqa: E402
 from shardq.errors import ProtocolViolation  # noqa: E402
 from shardq.protocol.frames import (  # noqa: E402
     MAX_FRAME,
@@ -32,6 +34,7 @@ from shardq.protocol.frames import (  # noqa: E402
     MsgType,
     encode,
 )
+from shardq.schedule_specs import ScheduleSpec  # noqa: E402
 
 DOC = Path(__file__).with_name("protocol.md")
 BLOCK = re.compile(r"<!-- example:(?P<name>\S+) -->\n(?P<body>.*?)<!-- /example -->\n", re.S)
@@ -50,6 +53,22 @@ UNKNOWN = "c0ffee00-1234-4abc-8def-0123456789ab"
 PAYLOAD_A = b'{"to":"a@b.test"}'
 PAYLOAD_B = b"{}"
 RESULT_A = b'{"ok":true}'
+
+
+SCHEDULE_PAYLOAD = b'{"format":"pdf"}'
+
+
+def schedule(paused: bool = False, fired: int = 0) -> dict[str, Any]:
+    """A schedule as the server shows it (engine/schedules.py ``to_wire``), made by the engine."""
+    spec = ScheduleSpec(name="nightly-report", type="report", payload=SCHEDULE_PAYLOAD,
+                        cron="30 2 * * *", timezone="Europe/Paris", misfire="once", paused=paused)
+    s = Schedule(spec, Timing(spec.cron, None, spec.timezone), NOW)
+    if fired:  # it fired its first tick, 2025-11-23T02:30 in Paris
+        s.last_tick_ms = s.timing.next_after(NOW)
+        s.last_fired_ms, s.fired = s.last_tick_ms + 2, fired
+        s.last_task_id = tick_id(spec.name, s.last_tick_ms, SHARDS)
+    s.due_ms = None if paused else s.timing.next_after(s.last_tick_ms)
+    return s.to_wire(schedule_owner(spec.name, SHARDS))
 
 
 def task(id: str, type: str, status: str, **changes: Any) -> dict[str, Any]:
@@ -221,6 +240,34 @@ EXAMPLES: list[tuple[str, MsgType, dict[str, Any], bytes]] = [
                                                 "limit": 3, "rate_share": 0.5, "tokens": 1.7, "ready": 60,
                                                 "blocked_by": "concurrency", "refused_cap": 4,
                                                 "refused_rate": 1}}}]}, b""),
+    # -- schedules (an extension: HELLO feature "schedules")
+    ("SCHEDULE_ADD:request", MsgType.SCHEDULE_ADD,
+     {"rid": 30, "name": "nightly-report", "type": "report", "payload_len": len(SCHEDULE_PAYLOAD),
+      "cron": "30 2 * * *", "timezone": "Europe/Paris", "misfire": "once"}, SCHEDULE_PAYLOAD),
+    ("SCHEDULE_ADD:ack", MsgType.ACK, {"rid": 30, "schedule": schedule()}, b""),
+    ("SCHEDULE_LIST:request", MsgType.SCHEDULE_LIST, {"rid": 31}, b""),
+    ("SCHEDULE_LIST:ack", MsgType.ACK, {"rid": 31, "schedules": [schedule(fired=1)]}, b""),
+    ("SCHEDULE_LIST:request-one", MsgType.SCHEDULE_LIST, {"rid": 32, "name": "nightly-report"}, b""),
+    ("SCHEDULE_LIST:ack-one", MsgType.ACK, {"rid": 32, "schedules": [schedule(fired=1)]},
+     SCHEDULE_PAYLOAD),
+    ("SCHEDULE_PAUSE:request", MsgType.SCHEDULE_PAUSE,
+     {"rid": 33, "name": "nightly-report", "paused": True}, b""),
+    ("SCHEDULE_PAUSE:ack", MsgType.ACK, {"rid": 33, "schedule": schedule(paused=True, fired=1)}, b""),
+    ("SCHEDULE_REMOVE:request", MsgType.SCHEDULE_REMOVE, {"rid": 34, "name": "nightly-report"}, b""),
+    ("SCHEDULE_REMOVE:ack", MsgType.ACK, {"rid": 34, "name": "nightly-report", "removed": True}, b""),
+    # -- extension cancel_running: what the worker of a cancelled running task hears
+    ("CANCEL:ack-running", MsgType.ACK, {"rid": 15, "id": A, "status": "cancelled"}, b""),
+    ("HEARTBEAT:ack-cancelled", MsgType.ACK,
+     {"rid": 16, "lease_expires_ms": NOW + 4000 + LEASE_MS, "lost": [A], "cancelled": [A]}, b""),
+    ("RESULT:ack-cancelled", MsgType.ACK, {"rid": 17, "results": [{"id": A, "status": "cancelled"}]},
+     b""),
+    # -- extension worker_control
+    ("WORKER_CONTROL:request", MsgType.WORKER_CONTROL,
+     {"rid": 18, "worker_id": "w-1", "action": "quiet"}, b""),
+    ("WORKER_CONTROL:ack", MsgType.ACK,
+     {"rid": 18, "worker_id": "w-1", "command": "quiet", "state": "running"}, b""),
+    ("HEARTBEAT:ack-command", MsgType.ACK,
+     {"rid": 19, "lease_expires_ms": NOW + 6000 + LEASE_MS, "command": "quiet"}, b""),
     # -- one NACK per error code
     ("NACK:BadRequest", MsgType.NACK,
      nack(20, "BadRequest", "tasks[2].priority: must be an integer 0..255, got 300"), b""),
@@ -236,7 +283,7 @@ EXAMPLES: list[tuple[str, MsgType, dict[str, Any], bytes]] = [
           retry_after_ms=2500), b""),
     ("NACK:NotFound", MsgType.NACK, nack(23, "NotFound", f"no task {UNKNOWN}"), b""),
     ("NACK:InvalidState", MsgType.NACK,
-     nack(24, "InvalidState", "cannot cancel a task that is in_progress"), b""),
+     nack(24, "InvalidState", "cannot cancel a task that is completed"), b""),
     ("NACK:LeaseLost", MsgType.NACK,
      nack(25, "LeaseLost", f"w-1 does not hold attempt 1 of {D} (task is in_progress, attempt 2)"),
      b""),
@@ -251,6 +298,29 @@ EXAMPLES: list[tuple[str, MsgType, dict[str, Any], bytes]] = [
      nack(None, "Protocol", _framing_error(struct.pack(">IB", 5, 0x0E))), b""),
     ("NACK:Protocol:version", MsgType.NACK,
      nack(1, "Protocol", "protocol version 2 is not supported (this server speaks 1)"), b""),
+]
+
+# -- task options (expiry, unique tasks, dependency results): the "Task options" section
+PARENT_RESULT = b'{"rows":42}'
+EXAMPLES += [
+    ("taskopts:SUBMIT:request", MsgType.SUBMIT,
+     {"rid": 40, "tasks": [
+         {"type": "send_email", "payload_len": len(PAYLOAD_A), "ttl_ms": 600000},
+         {"type": "nightly_report", "payload_len": len(PAYLOAD_B), "unique_key": "2025-11-22",
+          "unique_window_ms": 3600000}]},
+     PAYLOAD_A + PAYLOAD_B),
+    ("taskopts:SUBMIT:ack", MsgType.ACK, {"rid": 40, "ids": [B, C], "duplicates": [1]}, b""),
+    ("taskopts:SUBMIT:nack", MsgType.NACK,
+     nack(41, "BadRequest", "tasks[0]: give expires_at_ms or ttl_ms, not both"), b""),
+    ("taskopts:CLAIM:request", MsgType.CLAIM,
+     {"rid": 42, "worker_id": "w-1", "max": 1, "types": ["report"], "dependency_results": True}, b""),
+    ("taskopts:CLAIM:ack", MsgType.ACK,
+     {"rid": 42, "tasks": [task(B, "report", "in_progress", attempt=1, worker_id="w-1",
+                                lease_expires_ms=NOW + LEASE_MS, depends_on=[A, D],
+                                payload_len=len(PAYLOAD_B), updated_ms=NOW + 1200)
+                           | {"dependency_results": [{"id": A, "result_len": len(PARENT_RESULT)}],
+                              "dependency_results_omitted": [D]}]},
+     PAYLOAD_B + PARENT_RESULT),
 ]
 
 

@@ -19,13 +19,17 @@ Workloads (each system gets a fresh server with a temp data dir, stopped afterwa
 beanstalkd runs with its binlog (`-b`): default fsync (`-f 50`: at most every 50 ms) or `-f 0`.
 Redis runs with AOF on, `appendfsync everysec`. The load generator shares the machine's cores.
 Each row also gives the server's CPU (user + system, its children included: shardq's shards)
-per acknowledged task, from psutil before and after the workload.
+per acknowledged task, from psutil before and after the workload, and the load generator's
+(``client_cpu_us_per_ack``, the client processes' own ``os.times``): on a machine whose cores the
+load generator shares, a client that costs more lowers the throughput of its row too. Every client
+uses a blocking socket without a timeout, and its library is imported before the processes fork.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import multiprocessing
 import os
@@ -112,7 +116,9 @@ class Shardq:
         from shardq.protocol.frames import MsgType
 
         self.T = MsgType
-        self.conn = Connection("127.0.0.1", port, timeout=30)
+        # A blocking socket without a timeout, as greenstalk's and redis-py's: with one, CPython
+        # polls before every send and every recv (two more syscalls a request, client side).
+        self.conn = Connection("127.0.0.1", port, timeout=None)
 
     def put_batch(self, payload: bytes, n: int) -> None:
         self.conn.call(self.T.SUBMIT, {"tasks": [{"type": QUEUE, "payload_len": len(payload)}] * n}, payload * n)
@@ -173,6 +179,14 @@ class Redis:
 
 
 CLIENTS: dict[str, Callable[[int], Any]] = {"shardq": Shardq, "beanstalkd": Beanstalk, "redis": Redis}
+# Each client's library, imported once here before the load processes fork, so that none spends
+# its measured seconds importing (redis-py took ~85 ms of CPU, ~360 ms of wall time on a loaded
+# machine, in each of 8 processes; shardq's client came in with shardq.testing already).
+CLIENT_MODULES = {"shardq": "shardq.client.connection", "beanstalkd": "greenstalk", "redis": "redis"}
+
+
+def preload(kind: str) -> None:
+    importlib.import_module(CLIENT_MODULES[kind])
 
 
 # -- workloads ----------------------------------------------------------------------------------
@@ -183,7 +197,7 @@ def _producer(kind: str, port: int, payload: bytes, batch: int, deadline: float,
     while time.time() < deadline:
         client.put_batch(payload, batch)
         sent += batch
-    out.put(("sent", sent))
+    out.put(("sent", sent, _cpu_seconds()))
 
 
 def _consumer(kind: str, port: int, batch: int, deadline: float, out: Any) -> None:
@@ -191,12 +205,19 @@ def _consumer(kind: str, port: int, batch: int, deadline: float, out: Any) -> No
     done = 0
     while time.time() < deadline:
         done += client.take_ack(batch)
-    out.put(("done", done))
+    out.put(("done", done, _cpu_seconds()))
+
+
+def _cpu_seconds() -> float:
+    """This load-generator process's CPU (user + system): whether the client side is the limit."""
+    t = os.times()
+    return t.user + t.system
 
 
 def lifecycle(server: dict[str, Any], payload: int, batch: int, seconds: float,
               clients: int = 1) -> dict[str, Any]:
     """``clients`` producer processes and as many consumers; batch 1 is the unpipelined case."""
+    preload(server["kind"])
     out: Any = multiprocessing.Queue()
     deadline = time.time() + seconds
     procs = []
@@ -209,14 +230,17 @@ def lifecycle(server: dict[str, Any], payload: int, batch: int, seconds: float,
     for p in procs:
         p.start()
     got = {"done": 0, "sent": 0}
+    client_cpu = 0.0
     for _ in procs:
-        key, n = out.get(timeout=seconds + 60)
+        key, n, cpu = out.get(timeout=seconds + 60)
         got[key] += n
+        client_cpu += cpu
     for p in procs:
         p.join(10)
     elapsed = time.time() - t0
     return {"acked": got["done"], "acked_per_s": round(got["done"] / elapsed),
-            "submitted_per_s": round(got["sent"] / elapsed)}
+            "submitted_per_s": round(got["sent"] / elapsed),
+            "client_cpu_us_per_ack": round(client_cpu / got["done"] * 1e6, 1) if got["done"] else None}
 
 
 def _producer_threads(kind: str, port: int, payload: bytes, threads: int, deadline: float, out: Any) -> None:
@@ -238,6 +262,7 @@ def _producer_threads(kind: str, port: int, payload: bytes, threads: int, deadli
 
 def producers(server: dict[str, Any], payload: int, seconds: float, total: int = 64,
               processes: int = 4) -> dict[str, Any]:
+    preload(server["kind"])
     out: Any = multiprocessing.Queue()
     deadline = time.time() + seconds
     procs = [multiprocessing.Process(target=_producer_threads, args=(

@@ -22,7 +22,7 @@ _FLAG_TYPES: dict[str, Any] = {
     "--host": str, "--port": int, "--data-dir": str, "--shards": str,
     "--sync": str, "--lease-timeout-ms": int, "--heartbeat-interval-ms": int,
     "--queue-depth-threshold": int, "--max-connections": int, "--connection-timeout-ms": int,
-    "--metrics-port": int, "--http-port": int,
+    "--metrics-port": int, "--http-port": int, "--grpc-port": int,
 }
 
 
@@ -42,6 +42,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         if value is not None:
             out[key] = value
+    if "api.grpc_port" in out:
+        out["api.grpc_enabled"] = True  # --grpc-port N: serve the gRPC API there (docs/grpc.md)
     return out
 
 
@@ -61,10 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     from shardq.bench import add_arguments  # the benchmark owns its arguments
     add_arguments(bench)
 
-    from shardq.cli_commands import add_client_commands
+    from shardq.cli_commands import add_client_commands, common_options
     add_client_commands(sub)
     from shardq.cli_controls import add_control_commands
     add_control_commands(sub)
+    from shardq.schedules_cli import add_schedule_commands
+    add_schedule_commands(sub)
+    from shardq.cli_workers import add_worker_control  # `shardq workers quiet|stop ID`
+    add_worker_control(sub.choices["workers"], [common_options()])
     add_keys_command(sub)
 
     # The worker owns its arguments; main() hands them to _run_worker.

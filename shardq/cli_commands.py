@@ -19,7 +19,9 @@ from typing import Any
 
 import orjson
 
+from shardq.cli_taskopts import add_submit_options, submit_options
 from shardq.client.connection import Connection, check_tls_options, parse_target
+from shardq.client.models import Job
 from shardq.errors import QueueFull, ShardqError, Unauthorized, WireError, error_from_wire
 from shardq.protocol.frames import MsgType
 from shardq.tls import client_context
@@ -98,6 +100,9 @@ def task_dict(task: Any) -> dict[str, Any]:
     d = dataclasses.asdict(task)
     d.pop("payload", None)
     d.pop("result", None)
+    for key in ("dependency_results", "dependency_results_omitted", "expires_at_ms", "unique_key"):
+        if not d.get(key):  # task options: shown, as on the wire, only when the task has them
+            d.pop(key, None)
     return d
 
 
@@ -186,13 +191,15 @@ def add_client_commands(sub: Any) -> None:
     p.add_argument("--max-retries", type=_non_negative(int), metavar="N", help="server default 3")
     p.add_argument("--timeout-seconds", type=_non_negative(int), metavar="S", help="server default 300")
     p.add_argument("--id", metavar="UUID", help="client-chosen id: submitting it again is a no-op")
+    add_submit_options(p, _iso_time, _non_negative(float))  # --ttl, --unique-key, ...
     p.set_defaults(handler=cmd_submit)
 
     p = sub.add_parser("status", parents=common, help="show one or many tasks")
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(handler=cmd_status)
 
-    p = sub.add_parser("cancel", parents=common, help="cancel a task that has not started")
+    p = sub.add_parser("cancel", parents=common,
+                       help="cancel a task that is not finished (a running one: its worker stops it)")
     p.add_argument("id", metavar="ID")
     p.set_defaults(handler=cmd_cancel)
 
@@ -300,13 +307,20 @@ def cmd_submit(args: argparse.Namespace, client: Any) -> int:
                     payload = f.read()
         except OSError as exc:
             raise CliError(f"cannot read --payload-file {args.payload_file}: {exc.strerror}") from None
-    task_id = client.submit(args.type, payload, priority=args.priority, delay=args.delay, at=args.at,
-                            depends_on=args.depends_on, max_retries=args.max_retries,
-                            timeout=args.timeout_seconds, id=args.id)
+    try:
+        options = submit_options(args)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    ids, duplicates = client.submit_many_detailed([Job(
+        args.type, payload, args.priority, args.delay, args.at, args.depends_on, args.max_retries,
+        args.timeout_seconds, args.id, **options)])
     if args.json:
-        print_json({"id": task_id})
+        print_json({"id": ids[0], **({"duplicate": bool(duplicates)} if args.unique_key else {})})
     else:
-        print(task_id)
+        print(ids[0])
+        if duplicates:
+            print(f"shardq: a task of type {args.type} already holds unique key {args.unique_key!r}: "
+                  "this is its id", file=sys.stderr)
     return 0
 
 
@@ -412,7 +426,9 @@ def cmd_workers(args: argparse.Namespace, client: Any) -> int:
     rows = [[w.get("worker_id"), w.get("hostname"), w.get("pid"), ",".join(w.get("types") or ()) or "*",
              w.get("concurrency"), w.get("active", 0),
              None if w.get("cpu_percent") is None else f"{w['cpu_percent']:.1f}",
-             mib(w.get("memory_rss")), w.get("state"), relative(w.get("last_seen_ms"), now)]
+             mib(w.get("memory_rss")), w.get("state") if w.get("state") not in (None, "running") or
+             not w.get("command") else f"running ({w['command']} ordered)",
+             relative(w.get("last_seen_ms"), now)]
             for w in workers]
     print_table(("id", "host", "pid", "types", "concurrency", "active", "cpu %", "rss", "state", "last seen"),
                 rows, empty="no live workers")

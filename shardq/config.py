@@ -79,6 +79,7 @@ FLAG_TO_KEY: dict[str, str] = {
     "--connection-timeout-ms": "broker.connection_timeout_ms",
     "--metrics-port": "monitoring.prometheus_port",
     "--http-port": "api.rest_port",
+    "--grpc-port": "api.grpc_port",  # also turns api.grpc_enabled on (cli.py)
 }
 
 
@@ -159,7 +160,9 @@ class ApiConfig:
     rest_host: str = _opt("127.0.0.1", Text())
     rest_port: int = _opt(8080, PORT)
     cors_origins: tuple[str, ...] = _opt((), ListOf(Origin()))  # () = CORS off
-    grpc_port: int = _opt(9090, PORT)                          # gRPC is a later feature
+    grpc_enabled: bool = _opt(False, Bool())                   # the gRPC API (shardq[grpc]; docs/grpc.md)
+    grpc_host: str = _opt("127.0.0.1", Text())
+    grpc_port: int = _opt(9090, PORT)                          # 0 = any free port
     tls_enabled: bool = _opt(False, Bool())
     tls_cert_file: str | None = _opt(None, Path(optional=True))  # required when tls_enabled
     tls_key_file: str | None = _opt(None, Path(optional=True))   # required when tls_enabled
@@ -234,6 +237,10 @@ _CROSS_RULES: tuple[tuple[str, Callable[[Config], bool], Callable[[Config], str]
      lambda c: "is missing (allowed: a private key file path, required when api.tls_enabled)"),
     ("auth.keys_file", lambda c: not c.auth.enabled or bool(c.auth.api_keys or c.auth.keys_file),
      lambda c: "is missing (allowed: a keys file path, required when auth.enabled: `shardq keys create`)"),
+    ("api.grpc_port", lambda c: c.api.grpc_enabled or c.api.grpc_port == 9090,
+     lambda c: "does nothing while api.grpc_enabled is false (allowed: 9090 unless api.grpc_enabled)"),
+    ("api.grpc_host", lambda c: c.api.grpc_enabled or c.api.grpc_host == "127.0.0.1",
+     lambda c: "does nothing while api.grpc_enabled is false (allowed: '127.0.0.1' unless api.grpc_enabled)"),
     ("auth.keys_file", lambda c: c.auth.enabled or not c.auth.keys_file,
      lambda c: "is set but auth.enabled is false (allowed: null unless auth.enabled)"),
     ("auth.allow_insecure", lambda c: c.auth.enabled or not c.auth.allow_insecure,
@@ -371,7 +378,6 @@ def load_config(path: str | os.PathLike[str] | None = None,
 # config.yaml lists them), but a value set to anything else would be silently ignored: refused.
 NOT_BUILT = {
     "raft": "replication is not built yet",
-    "api.grpc_port": "there is no gRPC listener yet",
     "broker.claim_batch": "nothing reads it: workers claim their free slots plus a prefetch "
                           "(shardq worker --prefetch)",
 }

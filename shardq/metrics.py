@@ -155,12 +155,14 @@ class LoopLagProbe:
 
 STATUSES = STATUS_NAMES  # task.py's, in status-code order; TIERS (low, normal, high) is task.py's too
 OUTCOMES = ("submitted", "claimed", "completed", "retried", "dead_lettered", "cancelled", "released",
-            "requeued")
+            "requeued", "expired", "unique_duplicates")
 RECLAIM_REASONS = ("lease_expired", "worker_lost", "timeout")  # REPORT counters reclaimed_<reason>
+SCHEDULE_OUTCOMES = ("fired", "misfired", "queue_full")  # REPORT counters schedule_<outcome>
 # Every key of REPORT["counters"] the collector reads (a shard may send more; a missing one is 0).
 COUNTERS = (*OUTCOMES, "queue_full", *(f"reclaimed_{r}" for r in RECLAIM_REASONS), "forwarded",
             "cross_shard_claims", "store_write_errors", "disk_alarm_refused",
-            *(f"auth_failures_{r}" for r in AUTH_FAILURE_REASONS))
+            *(f"auth_failures_{r}" for r in AUTH_FAILURE_REASONS),
+            *(f"schedule_{o}" for o in SCHEDULE_OUTCOMES))
 
 # --- the metrics -----------------------------------------------------------------------------------
 
@@ -206,6 +208,9 @@ METRICS: tuple[MetricSpec, ...] = (
                "Requests this shard forwarded to the shard that owns the task."),
     MetricSpec("tq_cross_shard_claims_total", "counter", _S,
                "Tasks this shard claimed from another shard's ready queue for its workers."),
+    MetricSpec("tq_schedule_ticks_total", "counter", ("shard", "outcome"),
+               "Ticks of the schedules the shard owns, by outcome: fired (its task submitted), misfired "
+               "(dropped by the misfire policy), queue_full (refused by QueueFull; tried again)."),
     MetricSpec("tq_connections", "gauge", _S, "Client and worker connections held by the shard."),
     MetricSpec("tq_workers_connected", "gauge", _S, "Live workers whose connection is on the shard."),
     MetricSpec("tq_commit_batch_size", "histogram", _S, "Mutations per group commit (one RocksDB write)."),
@@ -343,6 +348,8 @@ def _add_shard(f: dict[str, Any], shard: str, r: Mapping[str, Any]) -> None:
         f["tq_reclaims_total"].add_metric([shard, reason], counters.get(f"reclaimed_{reason}", 0))
     for reason in AUTH_FAILURE_REASONS:
         f["tq_auth_failures_total"].add_metric([shard, reason], counters.get(f"auth_failures_{reason}", 0))
+    for outcome in SCHEDULE_OUTCOMES:
+        f["tq_schedule_ticks_total"].add_metric([shard, outcome], counters.get(f"schedule_{outcome}", 0))
     f["tq_connections"].add_metric(labels, r.get("connections", 0))
     histograms = r.get("histograms") or {}
     for name, key in _HISTOGRAMS.items():

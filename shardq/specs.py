@@ -8,6 +8,7 @@ checked by the protocol layer before one of these exists.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -23,6 +24,29 @@ class TaskSpec:
     timeout_seconds: int | None = None
     depends_on: tuple[bytes, ...] = ()
     id: bytes | None = None
+    options: TaskOptions | None = None  # expiry, unique key (taskopts); None for most tasks
+
+
+@dataclass(slots=True)
+class TaskOptions:
+    """The optional SUBMIT fields of expiry and unique tasks (docs/protocol.md, "Task options"),
+    validated by protocol/task_options.py. ``expires_at_ms`` is absolute (a ``ttl_ms`` was made
+    absolute when the SUBMIT arrived)."""
+
+    expires_at_ms: int | None = None
+    unique_key: str | None = None
+    unique_window_ms: int = 0
+
+    def extras(self) -> dict[str, Any]:
+        """What the task record keeps of them (task.py EXTRA_KEYS)."""
+        out: dict[str, Any] = {}
+        if self.expires_at_ms is not None:
+            out["expires_at_ms"] = self.expires_at_ms
+        if self.unique_key is not None:
+            out["unique_key"] = self.unique_key
+            if self.unique_window_ms:
+                out["unique_window_ms"] = self.unique_window_ms
+        return out
 
 
 @dataclass(slots=True)

@@ -68,7 +68,12 @@ _F_WORKER, _F_LEASE, _F_RESULT, _F_ERROR, _F_INLINE, _F_EXTRAS = 1, 2, 4, 8, 16,
 _EXTRAS_LEN = struct.Struct(">I")
 # Every key a record's ``extras`` may hold, with the feature that owns it (one line each).
 EXTRA_KEYS: dict[str, str] = {
+    "expires_at_ms": "expiry: not started by then (epoch ms), it is not run (engine/taskopts.py)",
+    "unique_key": "unique tasks: the key it holds for its type (engine/taskopts.py)",
+    "unique_window_ms": "unique tasks: how long the key stays held after it finished",
 }
+# The extras a task object shows (the task options a client set).
+WIRE_EXTRAS = frozenset(("expires_at_ms", "unique_key", "unique_window_ms"))
 INLINE_PAYLOAD_MAX = 4096
 
 _CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -226,7 +231,13 @@ class Task:
                    inline, extras)
 
     def to_wire(self, shard: int) -> dict[str, Any]:
-        """The task object of the protocol (PROTOCOL.md, "The task, as the wire shows it")."""
+        """The task object of the protocol (PROTOCOL.md, "The task, as the wire shows it"), with
+        its task options when it has any (protocol.md, "Task options")."""
+        if self.extras:
+            return {**self._wire(shard), **{k: v for k, v in self.extras.items() if k in WIRE_EXTRAS}}
+        return self._wire(shard)
+
+    def _wire(self, shard: int) -> dict[str, Any]:
         return {
             "id": id_to_str(self.id), "type": self.type, "priority": self.priority,
             "status": STATUS_NAMES[self.status], "created_ms": self.created_ms,

@@ -35,9 +35,17 @@ from typing import Any
 from shardq.client import requests as rq
 from shardq.client.aio_connection import AsyncConnection, open_connection
 from shardq.client.connection import ConnectionClosed, check_tls_options, parse_target
+from shardq.client.control import (
+    HeartbeatAnswer,
+    parse_beat,
+    parse_commanded,
+    require_feature,
+    worker_control_header,
+)
 from shardq.client.controls import AsyncClientControls
 from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
+from shardq.client.schedules import AsyncScheduleMethods
 from shardq.client.spread import Spread
 from shardq.errors import ShardqError, WireError
 from shardq.protocol.frames import Message, MsgType
@@ -59,7 +67,7 @@ class _Lane:
         self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
 
 
-class AsyncClient(LaneRouting[_Lane], AsyncClientControls):
+class AsyncClient(LaneRouting[_Lane], AsyncScheduleMethods, AsyncClientControls):
     """An asyncio connection to a shardq server, shared by any number of coroutines.
 
     Use it from one event loop. ``timeout`` (seconds, None for none) bounds every call;
@@ -245,20 +253,27 @@ class AsyncClient(LaneRouting[_Lane], AsyncClientControls):
     async def submit(self, type: str, payload: Any = b"", *, priority: int | None = None,
                      delay: float | None = None, at: Any = None, depends_on: list[str] | None = None,
                      max_retries: int | None = None, timeout: int | None = None,
-                     id: str | None = None) -> str:
-        """Submit one task; returns its id. ``payload``: bytes, str, or anything JSON-able."""
+                     id: str | None = None, ttl: float | None = None, expires_at: Any = None,
+                     unique_key: str | None = None, unique_window: float | None = None) -> str:
+        """Submit one task; returns its id (``Client.submit`` says what the options do)."""
         return (await self.submit_many([Job(type, payload, priority, delay, at, depends_on,
-                                            max_retries, timeout, id)]))[0]
+                                            max_retries, timeout, id, ttl, expires_at, unique_key,
+                                            unique_window)]))[0]
 
     async def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit a batch, all or nothing; returns the ids in order."""
+        return (await self.submit_many_detailed(jobs))[0]
+
+    async def submit_many_detailed(self, jobs: Iterable[Job]) -> tuple[list[str], list[int]]:
+        """``submit_many``, and the positions that were duplicates of a held unique key."""
         jobs = list(jobs)
         spread = await self._started()
         lane = self._home if spread is None else self._lane(spread.submit_shard(jobs))
         if not lane.info:
             await self.call(MsgType.PING, {}, lane=lane)  # HELLO first: whose partition to use
         header, blob = rq.submit_request(jobs, lane.info)
-        return rq.parse_ids(await self.call(MsgType.SUBMIT, header, blob, lane=lane))
+        msg = await self.call(MsgType.SUBMIT, header, blob, lane=lane)
+        return rq.parse_ids(msg), rq.parse_duplicates(msg)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -323,13 +338,14 @@ class AsyncClient(LaneRouting[_Lane], AsyncClientControls):
         return int(msg.header["released"])
 
     async def claim(self, worker_id: str, max: int = 1, wait: float = 0.0,
-                    types: list[str] | None = None) -> list[TaskInfo]:
+                    types: list[str] | None = None, dependency_results: bool = False) -> list[TaskInfo]:
         """Lease up to ``max`` tasks, waiting up to ``wait`` seconds for the first (other calls
         on the same client go on meanwhile)."""
         timeout = None if self.timeout is None else self.timeout + wait
         spread = await self._started()
         lane = self._home if spread is None else self._lane(spread.claim_shard())
-        msg = await self.call(MsgType.CLAIM, rq.claim_header(worker_id, max, wait, types), timeout=timeout,
+        msg = await self.call(MsgType.CLAIM, rq.claim_header(worker_id, max, wait, types, dependency_results),
+                              timeout=timeout,
                               lane=lane)
         return rq.parse_claim(msg)
 
@@ -367,6 +383,26 @@ class AsyncClient(LaneRouting[_Lane], AsyncClientControls):
                         **info: Any) -> tuple[int, list[str]]:
         msg = await self.call(MsgType.HEARTBEAT, rq.heartbeat_header(worker_id, active, info))
         return rq.parse_heartbeat(msg)
+
+    async def beat(self, worker_id: str, active: list[str] | None = None, **info: Any) -> HeartbeatAnswer:
+        """HEARTBEAT, with all of its answer: ``lost``, ``cancelled`` (stop those handlers) and a
+        quiet/stop ``command``."""
+        msg = await self.call(MsgType.HEARTBEAT, rq.heartbeat_header(worker_id, active, info))
+        return parse_beat(msg)
+
+    async def quiet_worker(self, worker_id: str) -> dict[str, Any]:
+        """Tell a worker to stop claiming and finish what it holds (at its next heartbeat)."""
+        return await self._worker_control(worker_id, "quiet")
+
+    async def stop_worker(self, worker_id: str) -> dict[str, Any]:
+        """Quiet a worker, then have it exit once drained (or after its shutdown timeout)."""
+        return await self._worker_control(worker_id, "stop")
+
+    async def _worker_control(self, worker_id: str, action: str) -> dict[str, Any]:
+        await self.connect()
+        require_feature(self.server_info, "worker_control")
+        msg = await self.call(MsgType.WORKER_CONTROL, worker_control_header(worker_id, action))
+        return parse_commanded(msg)
 
 
 __all__ = ["AsyncClient", "ConnectionClosed", "Job", "TaskInfo", "TaskFailed", "TaskCancelled",

@@ -20,6 +20,7 @@ from shardq.protocol.frames import Malformed, Message, MsgType, encode
 from shardq.tls import client_context, describe_failure
 
 SCHEMES = {"shardq": False, "shardqs": True}  # scheme -> TLS
+RECV_BUFFER = 256 * 1024  # bytes read at most per recv (a large answer takes a few)
 
 
 def parse_target(url: str) -> tuple[str, int, bool]:
@@ -75,6 +76,10 @@ class Connection:
         self.core: ConnectionCore[int] = ConnectionCore()
         self.decoder = self.core.decoder
         self._answers: dict[int, Message | BaseException] = {}
+        # One receive buffer for the connection's life: ``sock.recv(1 MiB)`` allocated a fresh
+        # 1 MiB object per read, which glibc serves with mmap + mremap + munmap (three syscalls
+        # and page faults per answer: most of a small request's client-side CPU).
+        self._rbuf = memoryview(bytearray(RECV_BUFFER))
 
     @classmethod
     def from_url(cls, url: str, timeout: float | None = 30.0,
@@ -90,12 +95,13 @@ class Connection:
                                          env.get("SHARDQ_TLS_KEY") or None)
         return cls(host, port, timeout=timeout, ssl_context=ssl_context if tls else None)
 
-    def recv(self, n: int = 1 << 20) -> bytes:
-        """Bytes from the server (b"" once it closed); a TLS alert raises TLSError."""
+    def recv(self) -> memoryview:
+        """Bytes from the server (empty once it closed), valid until the next ``recv``; a TLS
+        alert raises TLSError."""
         try:
-            return self.sock.recv(n)
+            return self._rbuf[:self.sock.recv_into(self._rbuf)]
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return b""  # closed, with or without a TLS close_notify: a broken connection
+            return self._rbuf[:0]  # closed, with or without a TLS close_notify: a broken connection
         except ssl.SSLError as exc:
             raise tls_failure(exc, self.host, self.port) from None
 

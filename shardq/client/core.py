@@ -79,7 +79,7 @@ class ConnectionCore(Generic[W]):
         """Stop waiting for ``rid`` (timed out, cancelled): its late answer will be dropped."""
         return self.pending.pop(rid, None)
 
-    def receive_data(self, data: bytes) -> list[Resolution[W]]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Resolution[W]]:
         self.decoder.feed(data)
         out: list[Resolution[W]] = []
         while self.closed is None:

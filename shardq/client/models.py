@@ -57,15 +57,23 @@ class TaskInfo:
     shard: int = 0
     payload: bytes | None = None
     result: bytes | None = None
+    # A CLAIM with dependency_results: the results it carried, and the dependencies it left out.
+    dependency_results: dict[str, bytes] | None = None
+    dependency_results_omitted: list[str] = field(default_factory=list)
+    expires_at_ms: int | None = None  # task options, as submitted (protocol.md, "Task options")
+    unique_key: str | None = None
 
     @classmethod
     def from_wire(cls, obj: dict[str, Any], payload: bytes | None = None,
                   result: bytes | None = None) -> TaskInfo:
-        return cls(obj["id"], obj["type"], obj["priority"], obj["status"], obj["created_ms"],
+        info = cls(obj["id"], obj["type"], obj["priority"], obj["status"], obj["created_ms"],
                    obj["updated_ms"], obj["scheduled_ms"], obj["max_retries"], obj["retry_count"],
                    obj["timeout_seconds"], obj["attempt"], obj.get("worker_id"),
                    obj.get("lease_expires_ms"), list(obj.get("depends_on") or ()), obj.get("error"),
                    obj.get("payload_len", 0), obj.get("result_len"), obj.get("shard", 0), payload, result)
+        info.expires_at_ms = obj.get("expires_at_ms")
+        info.unique_key = obj.get("unique_key")
+        return info
 
     def json(self) -> Any:
         """The payload decoded as JSON."""
@@ -88,6 +96,10 @@ class Job:
     max_retries: int | None = None
     timeout: int | None = None  # timeout_seconds
     id: str | None = None
+    ttl: float | None = None  # seconds: not started by then (from the server's receipt), not run
+    expires_at: datetime | float | None = None  # the same as a datetime or epoch seconds
+    unique_key: str | None = None  # one live task per (type, key): a duplicate gets its id
+    unique_window: float | None = None  # seconds the key stays held after the task finished
 
     def encode(self, make_id: Callable[[], str] | None = None) -> tuple[dict[str, Any], bytes]:
         """The SUBMIT task object and its payload bytes. Every job gets a client id, so
@@ -111,6 +123,17 @@ class Job:
             spec["max_retries"] = self.max_retries
         if self.timeout is not None:
             spec["timeout_seconds"] = self.timeout
+        if self.ttl is not None and self.expires_at is not None:
+            raise ValueError("give ttl or expires_at, not both")
+        if self.ttl is not None:
+            spec["ttl_ms"] = max(1, int(self.ttl * 1000))
+        if self.expires_at is not None:
+            when = self.expires_at.timestamp() if isinstance(self.expires_at, datetime) else float(self.expires_at)
+            spec["expires_at_ms"] = int(when * 1000)
+        if self.unique_key is not None:
+            spec["unique_key"] = self.unique_key
+        if self.unique_window is not None:
+            spec["unique_window_ms"] = int(self.unique_window * 1000)
         return spec, payload
 
 

@@ -15,6 +15,7 @@ from shardq import __version__
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout, to_bytes
 from shardq.errors import NotFound, Unavailable, error_from_wire
 from shardq.protocol.frames import Message, MsgType, split_blob
+from shardq.protocol.task_options import unique_owner
 from shardq.task import id_to_str, new_ids
 
 # Requests that may be sent again on a fresh connection when the old one broke after they were
@@ -97,6 +98,13 @@ def submit_request(jobs: Iterable[Job], server_info: dict[str, Any] | None = Non
             return id_to_str(new_ids(1, shard, shards)[0])
     specs, payloads = [], []
     for job in jobs:
+        if job.unique_key is not None and job.id is None and make_id is not None:
+            # A unique task is made by its key's owner shard: its id goes in that partition.
+            owner = unique_owner(job.type, job.unique_key, info["shards"])
+            spec, payload = job.encode(lambda o=owner: id_to_str(new_ids(1, o, info["shards"])[0]))
+            specs.append(spec)
+            payloads.append(payload)
+            continue
         spec, payload = job.encode(make_id)
         specs.append(spec)
         payloads.append(payload)
@@ -105,6 +113,11 @@ def submit_request(jobs: Iterable[Job], server_info: dict[str, Any] | None = Non
 
 def parse_ids(msg: Message) -> list[str]:
     return list(msg.header["ids"])
+
+
+def parse_duplicates(msg: Message) -> list[int]:
+    """The positions of a SUBMIT's ACK answered with the id of a task holding their unique key."""
+    return list(msg.header.get("duplicates") or ())
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -236,17 +249,36 @@ def register_header(worker_id: str, info: dict[str, Any]) -> dict[str, Any]:
     return {"worker_id": worker_id, **info}
 
 
-def claim_header(worker_id: str, max: int, wait: float, types: Iterable[str] | None) -> dict[str, Any]:
+def claim_header(worker_id: str, max: int, wait: float, types: Iterable[str] | None,
+                 dependency_results: bool = False) -> dict[str, Any]:
     header: dict[str, Any] = {"worker_id": worker_id, "max": max, "wait_ms": int(wait * 1000)}
     if types is not None:
         header["types"] = list(types)
+    if dependency_results:
+        header["dependency_results"] = True
     return header
 
 
 def parse_claim(msg: Message) -> list[TaskInfo]:
     tasks = msg.header["tasks"]
-    payloads = split_blob(msg.blob, [t["payload_len"] for t in tasks]) if tasks else []
-    return [TaskInfo.from_wire(t, payload=p) for t, p in zip(tasks, payloads)]
+    if not tasks:
+        return []
+    lengths = [t["payload_len"] for t in tasks]
+    carried = [d for t in tasks for d in t.get("dependency_results") or ()]
+    if "dependency_results" not in tasks[0] and not carried:
+        payloads = split_blob(msg.blob, lengths)
+        return [TaskInfo.from_wire(t, payload=p) for t, p in zip(tasks, payloads)]
+    # Payloads first, then each task's carried dependency results in order (protocol.md).
+    parts = iter(split_blob(msg.blob, lengths + [d["result_len"] for d in carried]))
+    payloads = [next(parts) for _ in tasks]
+    out = []
+    for t, p in zip(tasks, payloads):
+        info = TaskInfo.from_wire(t, payload=p)
+        if "dependency_results" in t:
+            info.dependency_results = {d["id"]: next(parts) for d in t["dependency_results"]}
+            info.dependency_results_omitted = list(t.get("dependency_results_omitted") or ())
+        out.append(info)
+    return out
 
 
 def report_request(worker_id: str,

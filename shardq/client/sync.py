@@ -29,9 +29,17 @@ from typing import Any
 
 from shardq.client import requests as rq
 from shardq.client.connection import Connection, ConnectionClosed, check_tls_options, parse_target
+from shardq.client.control import (
+    HeartbeatAnswer,
+    parse_beat,
+    parse_commanded,
+    require_feature,
+    worker_control_header,
+)
 from shardq.client.controls import ClientControls
 from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
+from shardq.client.schedules import ScheduleMethods
 from shardq.client.spread import Spread
 from shardq.errors import Unavailable, error_from_wire
 from shardq.protocol.frames import Message, MsgType
@@ -53,7 +61,7 @@ class _Lane:
         self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
 
 
-class Client(LaneRouting[_Lane], ClientControls):
+class Client(LaneRouting[_Lane], ScheduleMethods, ClientControls):
     """A connection to a shardq server. Not shared between threads: make one per thread.
 
     On a multi-shard server it spreads its work over the shards (shardq/client/spread.py): one
@@ -231,20 +239,30 @@ class Client(LaneRouting[_Lane], ClientControls):
     def submit(self, type: str, payload: Any = b"", *, priority: int | None = None,
                delay: float | None = None, at: Any = None, depends_on: list[str] | None = None,
                max_retries: int | None = None, timeout: int | None = None,
-               id: str | None = None) -> str:
-        """Submit one task; returns its id. ``payload``: bytes, str, or anything JSON-able."""
+               id: str | None = None, ttl: float | None = None, expires_at: Any = None,
+               unique_key: str | None = None, unique_window: float | None = None) -> str:
+        """Submit one task; returns its id. ``payload``: bytes, str, or anything JSON-able.
+        ``ttl``/``expires_at``: not started by then, it is not run; ``unique_key``: while a task
+        of this type holds the key (and ``unique_window`` s after it finished), its id is
+        returned instead of a new task's (docs/protocol.md, "Task options")."""
         return self.submit_many([Job(type, payload, priority, delay, at, depends_on, max_retries,
-                                     timeout, id)])[0]
+                                     timeout, id, ttl, expires_at, unique_key, unique_window)])[0]
 
     def submit_many(self, jobs: Iterable[Job]) -> list[str]:
         """Submit a batch, all or nothing; returns the ids in order."""
+        return self.submit_many_detailed(jobs)[0]
+
+    def submit_many_detailed(self, jobs: Iterable[Job]) -> tuple[list[str], list[int]]:
+        """``submit_many``, and the positions answered with the id of a task that already held
+        their ``unique_key`` (no new task was made for those)."""
         jobs = list(jobs)
         spread = self._started()
         lane = self._home if spread is None else self._lane(spread.submit_shard(jobs))
         if lane.conn is None:
             self.call(MsgType.PING, {}, lane=lane)  # HELLO first: it says whose partition to use
         header, blob = rq.submit_request(jobs, lane.info)
-        return rq.parse_ids(self.call(MsgType.SUBMIT, header, blob, lane=lane))
+        msg = self.call(MsgType.SUBMIT, header, blob, lane=lane)
+        return rq.parse_ids(msg), rq.parse_duplicates(msg)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -305,12 +323,15 @@ class Client(LaneRouting[_Lane], ClientControls):
         return int(self.call(MsgType.DEREGISTER_WORKER, rq.deregister_header(worker_id)).header["released"])
 
     def claim(self, worker_id: str, max: int = 1, wait: float = 0.0,
-              types: list[str] | None = None) -> list[TaskInfo]:
-        """Lease up to ``max`` tasks, waiting up to ``wait`` seconds for the first."""
+              types: list[str] | None = None, dependency_results: bool = False) -> list[TaskInfo]:
+        """Lease up to ``max`` tasks, waiting up to ``wait`` seconds for the first.
+        ``dependency_results``: each task carries its dependencies' results (bounded:
+        ``TaskInfo.dependency_results`` and ``dependency_results_omitted``)."""
         timeout = None if self.timeout is None else self.timeout + wait
         spread = self._started()
         lane = self._home if spread is None else self._lane(spread.claim_shard())
-        return rq.parse_claim(self.call(MsgType.CLAIM, rq.claim_header(worker_id, max, wait, types),
+        return rq.parse_claim(self.call(MsgType.CLAIM, rq.claim_header(worker_id, max, wait, types,
+                                                                       dependency_results),
                                         timeout=timeout, lane=lane))
 
     def report(self, worker_id: str, results: list[tuple[dict[str, Any], bytes]]) -> list[dict[str, Any]]:
@@ -339,6 +360,25 @@ class Client(LaneRouting[_Lane], ClientControls):
     def heartbeat(self, worker_id: str, active: list[str] | None = None,
                   **info: Any) -> tuple[int, list[str]]:
         return rq.parse_heartbeat(self.call(MsgType.HEARTBEAT, rq.heartbeat_header(worker_id, active, info)))
+
+    def beat(self, worker_id: str, active: list[str] | None = None, **info: Any) -> HeartbeatAnswer:
+        """HEARTBEAT, with all of its answer: ``lost``, ``cancelled`` (stop those handlers) and a
+        quiet/stop ``command``."""
+        return parse_beat(self.call(MsgType.HEARTBEAT, rq.heartbeat_header(worker_id, active, info)))
+
+    def quiet_worker(self, worker_id: str) -> dict[str, Any]:
+        """Tell a worker to stop claiming and finish what it holds (at its next heartbeat);
+        ``{"worker_id", "command", "state"}``. NotFound for a worker the broker does not know."""
+        return self._worker_control(worker_id, "quiet")
+
+    def stop_worker(self, worker_id: str) -> dict[str, Any]:
+        """Quiet a worker, then have it exit once drained (or after its shutdown timeout)."""
+        return self._worker_control(worker_id, "stop")
+
+    def _worker_control(self, worker_id: str, action: str) -> dict[str, Any]:
+        self.connect()
+        require_feature(self.server_info, "worker_control")
+        return parse_commanded(self.call(MsgType.WORKER_CONTROL, worker_control_header(worker_id, action)))
 
 
 __all__ = ["Client", "Job", "TaskInfo", "TaskFailed", "TaskCancelled", "WaitTimeout"]

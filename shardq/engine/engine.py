@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from shardq.engine import states
+from shardq.engine.cancelling import EngineCancelRunning
 from shardq.engine.controls import EngineControls
 from shardq.engine.dependencies import EngineDependencies
 from shardq.engine.deps import Dependencies
@@ -42,8 +43,10 @@ from shardq.engine.leases import Lease, LeaseTable, Worker
 from shardq.engine.maintenance import EngineMaintenance
 from shardq.engine.reads import EngineReads
 from shardq.engine.ready import ReadyQueue, _key_id, type_filter
+from shardq.engine.schedules import EngineSchedules, Schedule
 from shardq.engine.settings import EngineSettings
 from shardq.engine.storage import Store
+from shardq.engine.taskopts import EngineTaskOptions
 from shardq.engine.waiters import ClaimWaiter, Deliver, WaitingClaims
 from shardq.engine.workers import EngineWorkers
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
@@ -69,7 +72,8 @@ _CLAIM_HEADER_RESERVE = 1024 * 1024
 _TASK_JSON_RESERVE = 1024
 
 
-class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, EngineControls):
+class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, EngineSchedules,
+             EngineTaskOptions, EngineCancelRunning, EngineControls):
     """One shard's engine: the one object the shard calls (see rule 4 for its mixins)."""
 
     def __init__(self, store: Store, settings: EngineSettings, rng: random.Random | None = None) -> None:
@@ -81,6 +85,9 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
                                   settings.worker_liveness)  # leases, workers
         self._deps = Dependencies()  # pending tasks waiting on others
         self._waiters = WaitingClaims()  # long-poll CLAIMs
+        self._schedules: dict[str, Schedule] = {}  # periodic schedules (schedules.py)
+        self._schedule_heap: list[tuple[int, str]] = []
+        self._unique: dict[bytes, bytes] = {}  # unique keys held here (taskopts.py)
         self._seq = 0
         self.pending_by_tier = {"high": 0, "normal": 0, "low": 0}
         self.remote_depth = 0  # other shards' depth as last reported
@@ -139,6 +146,8 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         if new != IN_PROGRESS:
             task.worker_id = None
             task.lease_expires_ms = None
+        if task.extras is not None:
+            self._options_transition(task, old, new, event, now)  # expiry, unique key
         self.store.update(task, old, old_key)
 
     # -- SUBMIT ------------------------------------------------------------
@@ -177,8 +186,10 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
                         self.s.default_max_retries if spec.max_retries is None else spec.max_retries,
                         self.s.default_timeout_seconds if spec.timeout_seconds is None else spec.timeout_seconds,
                         len(spec.payload), spec.depends_on)
-            failed_dep = next((d for d in spec.depends_on
-                               if dep_status.get(d) in (DEAD_LETTER, CANCELLED)), None)
+            if spec.options is not None:
+                self._options_at_submit(task, spec.options, now)  # taskopts.py
+            failed_dep = next((d for d in spec.depends_on if dep_status.get(d) in (DEAD_LETTER, CANCELLED)),
+                              None) if spec.depends_on else None
             if failed_dep is not None:
                 task.status = states.check("submit_dependency_failed", states.NEW)
                 task.error = f"dependency failed: {id_to_str(failed_dep)}"
@@ -190,8 +201,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
             self.store.insert(task, spec.payload)
             self.pending_by_tier[tier_of(task.priority)] += 1
             dep_status[raw_id] = PENDING
-            unmet = [d for d in spec.depends_on if dep_status.get(d) != COMPLETED]
-            if unmet:
+            if spec.depends_on and (unmet := [d for d in spec.depends_on if dep_status.get(d) != COMPLETED]):
                 self._deps.wait(raw_id, unmet)
             else:
                 enqueue(task, now)
@@ -242,6 +252,8 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
     def _batch_order(specs: list[TaskSpec], batch_ids: dict[bytes, int],
                      existing: dict[int, bytes]) -> list[int]:
         """Positions of the new tasks, dependencies first; a cycle is a BadRequest."""
+        if len(specs) == 1:  # one task: nothing in the batch to order it after
+            return [] if existing else [0]
         order: list[int] = []
         state = [0] * len(specs)  # 0 new, 1 visiting, 2 done
         for start in range(len(specs)):
@@ -303,6 +315,8 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
             task = store.get_in(PENDING, _key_id(entry))
             if task is None:
                 continue  # stale entry: cancelled or already moved
+            if task.extras is not None and self._expire_if_due(task, now):
+                continue  # not started by its expiry: not run (taskopts.py)
             cost = task.payload_len + _TASK_JSON_RESERVE
             if out and cost > budget:
                 ready.push_back(task.type, entry)
@@ -361,7 +375,10 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
             lease = lease_of(item.id)
             if lease is None or lease.worker_id != worker_id or lease.attempt != item.attempt:
                 current = lease.task if lease is not None else self.store.get(item.id)
-                if current is None:
+                late = None if current is None else self.late_result(worker_id, item, current)
+                if late is not None:
+                    out.append(late)
+                elif current is None:
                     out.append({"id": sid, "error": {"code": "NotFound", "message": f"no task {sid}"}})
                 else:
                     out.append({"id": sid, "error": {"code": "LeaseLost", "message": (
@@ -433,7 +450,10 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         task = self.store.get(raw_id)
         if task is None:
             raise NotFound(f"no task {id_to_str(raw_id)}")
-        self._set_status(task, "cancel", now)
+        if task.status == IN_PROGRESS:
+            self._cancel_running(task, now)
+        else:
+            self._set_status(task, "cancel", now)
         self._count("cancelled")
         self._dependency_failed(raw_id, now)
         return task
@@ -470,8 +490,11 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         """Do what is due at ``now``; return when the next thing falls due."""
         ready = self._ready
         rate_wake = self._controls_tick(now) if self._rate_wake is not None else None
+        next_schedule = self.fire_schedules(now) if self._schedule_heap else None
         for due, raw in ready.pop_due(now):
             task = self.store.get(raw)
+            if task is not None and task.extras is not None and self._expire_if_due(task, now):
+                continue
             if task is None or task.scheduled_ms != due:
                 continue
             if task.status == FAILED:
@@ -485,7 +508,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         self._serve_waiters(now)
         self._waiters.expire(now)
         heads = self._leases.heads()
-        for head in (self._waiters.next_deadline(), ready.next_due(), rate_wake):
+        for head in (self._waiters.next_deadline(), ready.next_due(), next_schedule, rate_wake):
             if head is not None:
                 heads.append(head)
         return min(heads) if heads else None

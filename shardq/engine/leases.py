@@ -52,6 +52,9 @@ class Worker:
     memory_percent: float | None = None
     state: str = "running"
     leases: set[bytes] = field(default_factory=set)
+    # Leases of this worker revoked by CANCEL, not yet announced in a HEARTBEAT answer
+    # (cancelling.py): for workers that do not list ``active``.
+    cancelled: set[bytes] = field(default_factory=set)
 
     def to_wire(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "hostname": self.hostname, "pid": self.pid,

@@ -55,6 +55,9 @@ class EngineMaintenance:
         def _dependency_failed(self, dep: bytes, now: int) -> None: ...
         def requeue(self, raw_id: bytes, now: int) -> Task: ...
         def _controls_recount(self) -> None: ...
+        def load_schedules(self, now: int) -> int: ...
+        def _recover_options(self, task: Task, schedule: list[int], key_of: Any) -> None: ...
+        def _load_unique(self) -> int: ...
 
     # -- REQUEUE (bulk) -----------------------------------------------------------
 
@@ -101,6 +104,7 @@ class EngineMaintenance:
         heartbeats completes its task, and one that is gone is reclaimed at expiry."""
         store = self.store
         seen, with_deps, in_progress = self._load_waiting(now)
+        unique_keys = self._load_unique()
         restored = 0
         for task in in_progress:
             states.check("recover", task.status)
@@ -139,7 +143,9 @@ class EngineMaintenance:
         store.commit()
         self._ready.dirty = bool(self._ready.heaps)
         return {"leases_restored": restored, "pending": found[PENDING], "failed": found[FAILED],
-                "dead_letter": found[DEAD_LETTER], "counts_corrected": len(corrected)}
+                "dead_letter": found[DEAD_LETTER], "counts_corrected": len(corrected),
+                "schedules": self.load_schedules(now),
+                **({"unique_keys": unique_keys} if unique_keys else {})}
 
     def _load_waiting(self, now: int) -> tuple[dict[int, list[bytes]], list[Task], list[Task]]:
         """Rebuild the ready heaps, the schedule heap and pending_by_tier from one scan of the
@@ -164,6 +170,8 @@ class EngineMaintenance:
             task = decode(raw, data)
             if task.seq > seq:
                 seq = task.seq
+            if task.extras is not None:
+                self._recover_options(task, schedule, _schedule_key)  # taskopts.py: expiry
             if status == IN_PROGRESS:
                 in_progress.append(task)
             elif status == FAILED:
@@ -201,6 +209,7 @@ class EngineMaintenance:
         n_leases = 0
         self._deps = Dependencies()
         seen, with_deps, in_progress = self._load_waiting(now)
+        self._load_unique()
         for task in in_progress:
             raw = task.id
             worker_id = task.worker_id or ""
@@ -222,4 +231,5 @@ class EngineMaintenance:
             else:
                 self._ready.enqueue(task, now)
         self._ready.dirty = True  # waiting claims may be served from the rebuilt heaps
+        self.load_schedules(now)  # the schedules' last ticks as written (engine/schedules.py)
         return {"in_progress": n_leases, "pending": len(seen[PENDING]), "failed": len(seen[FAILED])}

@@ -82,6 +82,11 @@ class ReadyQueue:
         """A failed task: it comes back through ``pop_due`` at its ``scheduled_ms``."""
         heapq.heappush(self.schedule, _schedule_key(task.scheduled_ms, task.seq, task.id))
 
+    def wake_at(self, when_ms: int, task: Task) -> None:
+        """An entry at ``when_ms`` that is not the task's scheduled time (its expiry: the
+        engine checks the record when it comes due, taskopts.py)."""
+        heapq.heappush(self.schedule, _schedule_key(when_ms, task.seq, task.id))
+
     def pop_best(self, types: frozenset[str] | None) -> int | None:
         """Pop the best entry (highest priority, then FIFO) of ``types`` (None: of any
         type), or None when none of them is ready. ``_key_id`` gives its task id."""

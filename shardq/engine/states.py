@@ -39,8 +39,10 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t("reclaim_final", (IN_PROGRESS,), DEAD_LETTER, "lease expired or worker lost, no retries left"),
     _t("retry_due", (FAILED,), PENDING, "its backoff has passed"),
     _t("cancel", (PENDING, FAILED), CANCELLED, "CANCEL before it starts"),
+    _t("cancel_running", (IN_PROGRESS,), CANCELLED, "CANCEL while it runs: the lease is revoked, its worker told at its next HEARTBEAT"),
     _t("dependency_failed", (PENDING,), DEAD_LETTER, "a task it depends on ended dead_letter or cancelled"),
     _t("requeue", (DEAD_LETTER, FAILED), PENDING, "REQUEUE: due now, retry_count 0"),
+    _t("expire", (PENDING, FAILED), DEAD_LETTER, "not started by its expires_at_ms: error expired (taskopts.py)"),
     _t("recover", (IN_PROGRESS,), IN_PROGRESS, "shard restart: the lease is restored (same worker and attempt), expiring a lease time after the start"),
 )
 

@@ -60,6 +60,11 @@ class Store(Protocol):
 
     def put_result(self, raw_id: bytes, result: bytes) -> None: ...
 
+    def index_put(self, key: bytes, present: bool = True) -> None:
+        """Stage (or, not ``present``, remove) a key of an index the engine keeps itself
+        (``idx_unique``: tag byte first, the task id last); scan_index sees it after commit."""
+        ...
+
     def delete(self, task: Task) -> None:
         """Remove a task and everything about it (retention)."""
         ...
@@ -83,6 +88,16 @@ class Store(Protocol):
     def iter_live(self) -> Iterable[tuple[bytes, bytes]]:
         """Every committed (id, encoded record) that is pending, in_progress, failed or
         dead_letter (the status is the record's byte 1): for recovery."""
+        ...
+
+    # Small records beside the tasks (the ``metadata`` family; engine/schedules.py keeps its
+    # schedules there): staged and committed with the tasks' writes, in the same batch.
+    def meta_put(self, key: bytes, value: bytes) -> None: ...
+
+    def meta_delete(self, key: bytes) -> None: ...
+
+    def meta_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The committed (key, value) pairs of ``metadata`` whose key starts with ``prefix``."""
         ...
 
     def recount(self, status: int, ids: list[bytes]) -> bool:

@@ -34,8 +34,11 @@ from shardq.http.control_api import ApiControls
 from shardq.http.openapi import build_document
 from shardq.http.problems import problem
 from shardq.http.routes import ROUTES, Route, Router
+from shardq.http.schedule_api import ScheduleApi
+from shardq.http.worker_control_api import WorkerControlApi
 from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.protocol.requests import parse_id
+from shardq.protocol.task_options import http_task_options
 from shardq.server.claims import Caller
 from shardq.server.operations import Identity, Operations
 from shardq.specs import ResultItem, TaskSpec
@@ -146,8 +149,11 @@ def _split(tasks: list[dict[str, Any] | None], blob: bytes, key: str, name: str,
         at += n
 
 
-class Api(ApiControls):
+class Api(ScheduleApi, WorkerControlApi, ApiControls):
     """One shard's HTTP API: ``handle`` is aiohttp's request handler (server.py)."""
+
+    _payload_of = staticmethod(_bytes)  # for the mixins (schedule_api.py)
+    _render = staticmethod(render)
 
     def __init__(self, shard: ShardServer, ops: Operations, callers: Callable[[Any], Caller | None]) -> None:
         self.shard = shard
@@ -212,6 +218,10 @@ class Api(ApiControls):
         if route.auth:
             await self._committed()
         return route.status, result if type(result) is bytes else _encode(result)
+
+    async def committed(self) -> None:
+        """Wait until what this request changed is written (the dashboard's actions use it too)."""
+        await self._committed()
 
     async def _committed(self) -> None:
         shard = self.shard
@@ -362,17 +372,19 @@ class Api(ApiControls):
                         scheduled_ms=t.scheduled_ms, max_retries=t.max_retries,
                         timeout_seconds=t.timeout_seconds,
                         depends_on=tuple(id_to_bytes(d) for d in t.depends_on or ()),
-                        id=None if t.id is None else id_to_bytes(t.id))
+                        id=None if t.id is None else id_to_bytes(t.id),
+                        options=http_task_options(t, where))
 
     async def submit_task(self, who: Identity, params: dict[str, str], query: None, body: s.NewTask,
                           request: web.BaseRequest) -> s.Submitted:
         ids = await _now_or_later(self.ops.submit(who, [self._spec(body, "")]))
-        return s.Submitted(id=ids[0])
+        return s.Submitted(id=ids[0], duplicate=bool(getattr(ids, "duplicates", None)))
 
     async def submit_batch(self, who: Identity, params: dict[str, str], query: None, body: s.Batch,
                            request: web.BaseRequest) -> s.SubmittedBatch:
         specs = [self._spec(t, f"tasks[{i}].") for i, t in enumerate(body.tasks)]
-        return s.SubmittedBatch(ids=await _now_or_later(self.ops.submit(who, specs)))
+        ids = await _now_or_later(self.ops.submit(who, specs))
+        return s.SubmittedBatch(ids=ids, duplicates=list(getattr(ids, "duplicates", None) or ()))
 
     async def get_task(self, who: Identity, params: dict[str, str], query: Any, body: None,
                        request: web.BaseRequest) -> dict[str, Any]:
@@ -417,6 +429,10 @@ class Api(ApiControls):
                     request: web.BaseRequest) -> dict[str, Any]:
         return await _now_or_later(self.ops.stats(who, False))
 
+    async def stats_history(self, who: Identity, params: dict[str, str], query: Any, body: None,
+                            request: web.BaseRequest) -> dict[str, Any]:
+        return await _now_or_later(self.ops.history(who, query.resolution))
+
     async def list_workers(self, who: Identity, params: dict[str, str], query: None, body: None,
                            request: web.BaseRequest) -> dict[str, Any]:
         stats = await _now_or_later(self.ops.stats(who, True))
@@ -437,7 +453,8 @@ class Api(ApiControls):
         if caller is None or caller.closing:
             raise Gone()
         result = self.ops.claim(who, caller, _worker_id(params), body.max, body.wait_ms,
-                                frozenset(body.types) if body.types is not None else None)
+                                frozenset(body.types) if body.types is not None else None,
+                                body.dependency_results)
         if hasattr(result, "__await__"):
             fut = asyncio.ensure_future(result)
             await asyncio.wait((fut,))  # a hang-up cancels it (Caller.hang_up): no exception here
@@ -447,6 +464,12 @@ class Api(ApiControls):
             if result is None:
                 raise Gone()  # the caller went away meanwhile; what it was given went back
         _split(result.tasks, result.payloads, "payload_len", "payload", body.encoding)
+        if body.dependency_results:  # after the payloads, each task's carried results in order
+            at = sum(t["payload_len"] for t in result.tasks)
+            for t in result.tasks:
+                for dep in t.get("dependency_results") or ():
+                    render(result.payloads[at:at + dep["result_len"]], body.encoding, "result", dep)
+                    at += dep["result_len"]
         return {"tasks": result.tasks}
 
     async def results(self, who: Identity, params: dict[str, str], query: None, body: s.Results,
@@ -473,10 +496,14 @@ class Api(ApiControls):
         info = {"cpu_percent": body.cpu_percent, "memory_rss": body.memory_rss,
                 "memory_percent": body.memory_percent, "state": body.state}
         active = None if body.active is None else [id_to_bytes(i) for i in body.active]
-        expires, lost = await _now_or_later(self.ops.heartbeat(who, _worker_id(params), info, active))
-        out: dict[str, Any] = {"lease_expires_ms": expires}
-        if lost:
-            out["lost"] = lost
+        beat = await _now_or_later(self.ops.heartbeat(who, _worker_id(params), info, active))
+        out: dict[str, Any] = {"lease_expires_ms": beat.expires}
+        if beat.lost:
+            out["lost"] = beat.lost
+        if beat.cancelled:
+            out["cancelled"] = beat.cancelled
+        if beat.command is not None:
+            out["command"] = beat.command
         return out
 
     async def deregister_worker(self, who: Identity, params: dict[str, str], query: None, body: None,

@@ -15,12 +15,14 @@ import msgspec
 from shardq import __version__
 from shardq.http import schema as s
 from shardq.http.routes import COMMON_ERRORS, PARAM_DOCS, ROUTES, Route, path_params
+from shardq.schedule_specs import NAME_REGEX
 
 REF = "#/components/schemas/{name}"
 PATH_SCHEMAS: dict[str, Any] = {
     "id": {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"},
     "worker_id": {"type": "string", "minLength": 1, "maxLength": 255},
     "task_type": {"type": "string", "minLength": 1, "maxLength": 255},
+    "name": {"type": "string", "pattern": NAME_REGEX},  # a schedule's
 }
 RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}}
 WWW_AUTHENTICATE = {"description": "`Bearer realm=\"shardq\"`", "schema": {"type": "string"}}
@@ -54,6 +56,7 @@ def build_document() -> dict[str, Any]:
         "tags": [{"name": "tasks", "description": "Producers: submit and inspect tasks."},
                  {"name": "workers", "description": "Workers: register, claim, report, heartbeat."},
                  {"name": "operators", "description": "Stats and the worker registry."},
+                 {"name": "schedules", "description": "Periodic schedules: each tick submits one task."},
                  {"name": "operations", "description": "Health checks and this document."}],
         "paths": paths,
         "components": {

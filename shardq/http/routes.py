@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import unquote
 
 from msgspec import UNSET, Meta, UnsetType
 
 from shardq.http import control_schema as cs
+from shardq.http import schedule_schema as ss
 from shardq.http import schema as s
 from shardq.protocol import requests as rq
 
@@ -46,6 +47,12 @@ class StatsQuery(s.Struct):
     pass
 
 
+class HistoryQuery(s.Struct):
+    """The broker's recent throughput and depth (server/history.py)."""
+
+    resolution: Literal["1s", "10s"] = "1s"
+
+
 # Descriptions of query parameters and path parameters (the document's ``description``).
 PARAM_DOCS = {
     "status": "Only tasks of this status.",
@@ -60,6 +67,9 @@ PARAM_DOCS = {
     "id": "The task's id.",
     "worker_id": "The worker's id (chosen by the worker; unique among live workers).",
     "task_type": "The task type (a paused or limited type, or one to pause or limit).",
+    "resolution": "`1s`: one point a second over the last 10 minutes; `10s`: one point per 10 s "
+                  "over the last hour.",
+    "name": "The schedule's name.",
 }
 
 # The statuses every authenticated route can answer, beyond its own.
@@ -100,14 +110,24 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", API + T, "list_tasks", "tasks", "List tasks of one status, a page at a time",
           s.TaskPage, query=ListQuery),
     Route("POST", API + T + "/{id}/cancel", "cancel_task", "tasks",
-          "Cancel a task that has not started", s.Cancelled, errors=(404, 409)),
+          "Cancel a task that is not finished (a running one: its worker is told to stop)",
+          s.Cancelled, errors=(404, 409)),
     Route("POST", API + T + "/requeue", "requeue", "tasks",
           "Send dead-letter (or failed) tasks back to pending: by ids, or by status and type",
           s.Requeued, body=s.Requeue),
     Route("GET", API + "/stats", "stats", "operators", "Counts by status, tier and shard",
           s.Stats),
+    Route("GET", API + "/stats/history", "stats_history", "operators",
+          "Throughput (per second) and depth over the last 10 minutes or hour", s.History,
+          query=HistoryQuery),
     Route("GET", API + "/workers", "list_workers", "operators", "The workers the broker knows",
           s.Workers),
+    Route("POST", API + W + "/quiet", "quiet_worker", "operators",
+          "Quiet a worker: it stops claiming and finishes what it holds", s.WorkerCommanded,
+          errors=(404,)),
+    Route("POST", API + W + "/stop", "stop_worker", "operators",
+          "Stop a worker: quiet, then it exits once drained (or after its shutdown timeout)",
+          s.WorkerCommanded, errors=(404,)),
     # workers
     Route("PUT", API + W, "register_worker", "workers", "Register a worker (or update it)",
           s.Registered, body=s.Register, body_required=False),
@@ -132,6 +152,20 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", API + "/controls", "get_controls", "operators",
           "Paused and limited types, with each shard's live numbers", cs.Controls,
           query=cs.ControlsQuery, errors=(404,)),
+    # schedules (server/schedule_ops.py); 409: a schedule of that name exists (add it with replace)
+    Route("POST", API + "/schedules", "add_schedule", "schedules",
+          "Add a periodic schedule: each tick submits one task", ss.ScheduleOut, 201,
+          body=ss.NewSchedule, errors=(409, 413)),
+    Route("GET", API + "/schedules", "list_schedules", "schedules",
+          "Every schedule, with its next and last runs", ss.Schedules),
+    Route("GET", API + "/schedules/{name}", "get_schedule", "schedules",
+          "One schedule, with its payload", ss.Schedule, errors=(404,)),
+    Route("DELETE", API + "/schedules/{name}", "remove_schedule", "schedules",
+          "Remove a schedule (the tasks it submitted stay)", ss.ScheduleRemoved, errors=(404,)),
+    Route("POST", API + "/schedules/{name}/pause", "pause_schedule", "schedules",
+          "Pause a schedule: it fires nothing until resumed", ss.ScheduleOut, errors=(404,)),
+    Route("POST", API + "/schedules/{name}/resume", "resume_schedule", "schedules",
+          "Resume a schedule, from its next tick", ss.ScheduleOut, errors=(404,)),
     # operations (no auth)
     Route("GET", "/healthz", "healthz", "operations", "This process is up", s.Health, auth=False),
     Route("GET", "/readyz", "readyz", "operations",

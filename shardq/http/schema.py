@@ -20,6 +20,7 @@ import msgspec
 from msgspec import UNSET, Meta, Raw, UnsetType
 
 from shardq.protocol import requests as rq
+from shardq.protocol import task_options
 
 # A task id: a UUID in canonical lowercase form, as the TCP protocol has it.
 TaskId = Annotated[str, Meta(pattern="^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
@@ -63,6 +64,11 @@ class NewTask(Struct):
     timeout_seconds: Annotated[int, Meta(ge=1, le=rq.MAX_TIMEOUT_SECONDS)] | None = None
     depends_on: Annotated[list[TaskId], Meta(max_length=1000)] | None = None
     id: TaskId | None = None
+    # Task options (docs/protocol.md, "Task options"): checked as SUBMIT checks them.
+    expires_at_ms: U63 | None = None
+    ttl_ms: Annotated[int, Meta(ge=1, le=task_options.MAX_TTL_MS)] | None = None
+    unique_key: Annotated[str, Meta(min_length=1, max_length=task_options.MAX_UNIQUE_KEY_LEN)] | None = None
+    unique_window_ms: Annotated[int, Meta(ge=0, le=task_options.MAX_UNIQUE_WINDOW_MS)] | None = None
 
 
 class Batch(Struct):
@@ -72,11 +78,17 @@ class Batch(Struct):
 
 
 class Submitted(Struct):
+    """``duplicate``: true when a task already held the unique key (``id`` is that task's)."""
+
     id: TaskId
+    duplicate: bool = False
 
 
 class SubmittedBatch(Struct):
+    """``duplicates``: the positions answered with the id of a task holding their unique key."""
+
     ids: list[TaskId]
+    duplicates: list[int] = msgspec.field(default_factory=list)
 
 
 class Task(Struct, omit_defaults=False):
@@ -107,6 +119,11 @@ class Task(Struct, omit_defaults=False):
     result: Any | UnsetType = UNSET
     result_text: str | UnsetType = UNSET
     result_b64: str | UnsetType = UNSET
+    expires_at_ms: int | UnsetType = UNSET  # task options, when it was submitted with them
+    unique_key: str | UnsetType = UNSET
+    unique_window_ms: int | UnsetType = UNSET
+    dependency_results: list[dict[str, Any]] | UnsetType = UNSET  # a claim that asked for them
+    dependency_results_omitted: list[TaskId] | UnsetType = UNSET
 
 
 class Query(Struct):
@@ -198,6 +215,7 @@ class Worker(msgspec.Struct):
     memory_percent: float | None = None
     first_seen_ms: int | None = None
     last_seen_ms: int | None = None
+    command: Literal["quiet", "stop"] | None = None  # a standing order (extension worker_control)
 
 
 class Workers(Struct):
@@ -228,6 +246,9 @@ class Claim(Struct):
     wait_ms: Annotated[int, Meta(ge=0, le=rq.MAX_WAIT_MS)] = 0
     types: Types | None = None
     encoding: Encoding = "auto"
+    # Each task carries its dependencies' results (protocol.md, "Dependency results"): in each
+    # task, ``dependency_results`` [{id, result_len, result…}] and ``dependency_results_omitted``.
+    dependency_results: bool = False
 
 
 class Claimed(Struct):
@@ -270,12 +291,22 @@ class Heartbeat(Struct):
     cpu_percent: Annotated[float, Meta(ge=0)] | None = None
     memory_rss: U63 | None = None
     memory_percent: Annotated[float, Meta(ge=0)] | None = None
-    state: Literal["running", "draining"] | None = None
+    state: Literal["running", "draining", "quiet", "stopping"] | None = None
 
 
 class HeartbeatOut(Struct):
     lease_expires_ms: int
     lost: list[TaskId] | UnsetType = UNSET
+    cancelled: list[TaskId] | UnsetType = UNSET  # extension cancel_running: stop these handlers
+    command: Literal["quiet", "stop"] | UnsetType = UNSET  # extension worker_control
+
+
+class WorkerCommanded(Struct):
+    """A quiet/stop order recorded; the worker obeys at its next heartbeat."""
+
+    worker_id: str
+    command: Literal["quiet", "stop"]
+    state: str
 
 
 class Released(Struct):
@@ -287,6 +318,25 @@ class Released(Struct):
 class Health(Struct):
     status: Literal["ok"]
     shard: int
+
+
+class HistorySeries(Struct):
+    """Column-wise points, oldest first: ``t`` (epoch seconds), the rates per second of
+    submitted, completed and failed executions, and the counts at that time."""
+
+    t: list[float]
+    submitted: list[float]
+    completed: list[float]
+    failed: list[float]
+    pending: list[int]
+    in_progress: list[int]
+    scheduled: list[int]
+    dead_letter: list[int]
+
+
+class History(Struct):
+    resolution: Literal["1s", "10s"]
+    series: HistorySeries
 
 
 class Readiness(Struct):

@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from shardq.dashboard.app import Dashboard
 from shardq.errors import BadRequest, WireError
 from shardq.http.api import MAX_BODY, Api
 from shardq.http.problems import http_refusal, problem
@@ -64,6 +66,10 @@ class ProblemHandler(RequestHandler):
         return resp
 
 
+# Paths outside /api/ that the API answers (load balancers' probes); every other path is the dashboard's.
+API_ROOT_PATHS = frozenset(("/healthz", "/readyz"))
+
+
 class HttpServer(web.Server):
     """aiohttp's low-level server, one per shard, counting its connections as the shard's."""
 
@@ -73,10 +79,18 @@ class HttpServer(web.Server):
         self.callers: dict[RequestHandler, Caller] = {}
         self._starting: set[RequestHandler] = set()  # made, not yet connected (a TLS handshake)
         self.api = Api(shard, ops, self.callers.get)
-        super().__init__(self.api.handle, request_factory=self._make_request_big,
+        self.dashboard = Dashboard(shard, ops, self.api.committed)
+        super().__init__(self._route, request_factory=self._make_request_big,
                          keepalive_timeout=shard.cfg.broker.connection_timeout_ms / 1000,
                          max_line_size=MAX_LINE, max_field_size=MAX_FIELD, max_headers=MAX_HEADERS,
                          access_log=None)
+
+    def _route(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        """The API (``/api/...``, the probes) or the dashboard (every other path)."""
+        path = request.rel_url.raw_path
+        if path.startswith("/api/") or path in API_ROOT_PATHS:
+            return self.api.handle(request)
+        return self.dashboard.handle(request)
 
     def _make_request_big(self, message: Any, payload: Any, protocol: Any, writer: Any,
                           task: asyncio.Task[None]) -> web.BaseRequest:

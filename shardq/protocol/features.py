@@ -9,4 +9,11 @@ from __future__ import annotations
 
 FEATURES: tuple[str, ...] = (
     "type-controls",  # PAUSE_TYPE, RESUME_TYPE, SET_LIMITS, GET_CONTROLS (pause, caps, rates)
+    "query_payload",  # QUERY_STATUS with_payload (the dashboard's payload preview)
+    "schedules",  # SCHEDULE_ADD / _LIST / _REMOVE / _PAUSE: periodic schedules in the broker
+    "expiry",  # SUBMIT expires_at_ms / ttl_ms
+    "unique",  # SUBMIT unique_key / unique_window_ms; the ACK's duplicates
+    "dependency_results",  # CLAIM dependency_results
+    "cancel_running",  # CANCEL of an in_progress task; HEARTBEAT answers `cancelled`
+    "worker_control",  # WORKER_CONTROL quiet/stop; HEARTBEAT answers `command`
 )

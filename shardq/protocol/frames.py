@@ -54,15 +54,27 @@ class MsgType(IntEnum):
     RESUME_TYPE = 0x11
     SET_LIMITS = 0x12
     GET_CONTROLS = 0x13
+    # Periodic schedules (protocol/schedules.py, docs/protocol.md "Schedules").
+    SCHEDULE_ADD = 0x1A
+    SCHEDULE_LIST = 0x1B
+    SCHEDULE_REMOVE = 0x1C
+    SCHEDULE_PAUSE = 0x1D
+    WORKER_CONTROL = 0x14  # extension worker_control: quiet or stop a worker (worker_control.py)
     # Between shardq's own processes only (Unix sockets); never valid on the client port.
     REPORT = 0x40  # shard -> coordinator: depth, ready types, workers seen, stats
     STATE = 0x41  # coordinator -> shards: the others' depths and ready types
     WORKER_DEAD = 0x42  # coordinator -> shards: reclaim this worker's leases
+    WORKER_ORDER = 0x46  # shard -> coordinator: quiet/stop this worker (answered: known or not)
+    WORKER_ORDERS = 0x47  # coordinator -> shards: every standing quiet/stop order
     ACK = 0x80
     NACK = 0x81
 
 
-INTERNAL_TYPES = frozenset((MsgType.REPORT, MsgType.STATE, MsgType.WORKER_DEAD))
+# MsgType by its byte: an index instead of the enum's call (~1 µs) for every frame decoded.
+_BY_BYTE: tuple[MsgType | None, ...] = tuple(
+    MsgType(b) if b in MsgType._value2member_map_ else None for b in range(256))
+INTERNAL_TYPES = frozenset((MsgType.REPORT, MsgType.STATE, MsgType.WORKER_DEAD,
+                            MsgType.WORKER_ORDER, MsgType.WORKER_ORDERS))
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80) - INTERNAL_TYPES
 RESPONSE_TYPES = frozenset((MsgType.ACK, MsgType.NACK))
 
@@ -218,7 +230,8 @@ class FrameDecoder:
         if end == len(buf) and buf.__alloc__() > KEEP_BUFFER:
             self._buf = bytearray()  # the frame is cut below from ``buf``; then it is freed
             self._pos = 0
-        mtype = MsgType(msg_type)
+        # Accepted above, so a member: the table holds None only for bytes no MsgType has.
+        mtype: MsgType = _BY_BYTE[msg_type]  # type: ignore[assignment]
         body_start = pos + 5
         body_len = length - 1
         if body_len < 4:

@@ -17,6 +17,7 @@ from typing import Any
 
 from shardq.errors import BadRequest, ProtocolError, TooLarge
 from shardq.protocol.frames import MAX_PAYLOAD, PROTOCOL_VERSION, MsgType, split_blob
+from shardq.protocol.task_options import has_options, parse_task_options
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_CODES, id_to_bytes, is_canonical_id
 
@@ -30,6 +31,8 @@ MAX_RETRIES = 1000
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 MAX_DELAY_MS = 10 * 365 * 24 * 3600 * 1000  # ten years: anything later is a bug on the client
 MAX_TYPE_LEN = 255
+# HEARTBEAT `state`: quiet and stopping come with the worker_control extension.
+WORKER_STATES = ("running", "draining", "quiet", "stopping")
 MAX_WORKER_ID_LEN = 255
 MAX_ERROR_LEN = 64 * 1024
 _MISSING = object()
@@ -148,6 +151,7 @@ def parse_submit(header: dict[str, Any], blob: bytes, max_payload: int = MAX_PAY
             timeout_seconds=get_int(t, "timeout_seconds", where, 1, MAX_TIMEOUT_SECONDS, default=None),
             depends_on=tuple(parse_ids(deps, f"tasks[{i}].depends_on")),
             id=None if raw_id is None else parse_id(raw_id, f"tasks[{i}].id"),
+            options=parse_task_options(t, where) if has_options(t) else None,
         ))
     for spec, payload in zip(specs, split_blob(blob, lengths)):
         spec.payload = payload
@@ -195,8 +199,8 @@ def parse_result(header: dict[str, Any], blob: bytes) -> tuple[str, list[ResultI
 def parse_heartbeat(header: dict[str, Any]) -> tuple[str, dict[str, Any], list[bytes] | None]:
     worker_id = get_str(header, "worker_id", "", MAX_WORKER_ID_LEN)
     state = header.get("state")
-    if state is not None and state not in ("running", "draining"):
-        raise BadRequest(f"state: must be running or draining, got {_describe(state)}")
+    if state is not None and state not in WORKER_STATES:
+        raise BadRequest(f"state: must be one of {', '.join(WORKER_STATES)}, got {_describe(state)}")
     info = {"cpu_percent": get_number(header, "cpu_percent", ""),
             "memory_rss": get_int(header, "memory_rss", "", 0, 2**63 - 1, default=None),
             "memory_percent": get_number(header, "memory_percent", ""),
@@ -214,9 +218,10 @@ def parse_register(header: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return worker_id, info
 
 
-def parse_query(header: dict[str, Any]) -> tuple[list[bytes], bool]:
+def parse_query(header: dict[str, Any]) -> tuple[list[bytes], bool, bool]:
     ids = get_list(header, "ids", "", MAX_QUERY_IDS)
-    return parse_ids(ids, "ids"), get_bool(header, "with_result", "", False)
+    return (parse_ids(ids, "ids"), get_bool(header, "with_result", "", False),
+            get_bool(header, "with_payload", "", False))
 
 
 def parse_list(header: dict[str, Any]) -> tuple[int, str | None, int, int, int, str | None]:
@@ -252,6 +257,15 @@ def parse_cancel(header: dict[str, Any]) -> bytes:
     return parse_id(header.get("id"), "id")
 
 
+def parse_worker_control(header: dict[str, Any]) -> tuple[str, str]:
+    """WORKER_CONTROL (extension worker_control): the worker and ``quiet`` or ``stop``."""
+    worker_id: str = get_str(header, "worker_id", "", MAX_WORKER_ID_LEN)
+    action = header.get("action")
+    if action not in ("quiet", "stop"):
+        raise BadRequest(f"action: must be quiet or stop, got {_describe(action)}")
+    return worker_id, action
+
+
 def parse_deregister(header: dict[str, Any]) -> str:
     worker_id: str = get_str(header, "worker_id", "", MAX_WORKER_ID_LEN)
     return worker_id
@@ -265,7 +279,7 @@ def parse_stats(header: dict[str, Any]) -> bool:
 # -- the blob ------------------------------------------------------------------------
 
 # The requests whose header announces blob sections (their parsers check the blob's size).
-BLOB_REQUESTS = frozenset((MsgType.SUBMIT, MsgType.RESULT))
+BLOB_REQUESTS = frozenset((MsgType.SUBMIT, MsgType.RESULT, MsgType.SCHEDULE_ADD))
 
 # The field checks of the requests that announce no blob: run before the blob's size is judged,
 # because the contract checks every field of a message, then the blob's size (protocol.md).
@@ -274,6 +288,7 @@ _FIELDS: dict[MsgType, Callable[[dict[str, Any]], object]] = {
     MsgType.QUERY_STATUS: parse_query, MsgType.CANCEL: parse_cancel, MsgType.LIST_TASKS: parse_list,
     MsgType.GET_STATS: parse_stats, MsgType.REGISTER_WORKER: parse_register,
     MsgType.DEREGISTER_WORKER: parse_deregister, MsgType.REQUEUE: parse_requeue,
+    MsgType.WORKER_CONTROL: parse_worker_control,
 }
 
 

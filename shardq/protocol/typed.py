@@ -21,7 +21,7 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -50,6 +50,11 @@ class _NewTask(msgspec.Struct):
     timeout_seconds: Annotated[int, Meta(ge=1, le=rq.MAX_TIMEOUT_SECONDS)] | None = None
     depends_on: Annotated[list[Id36], Meta(max_length=1000)] | None = None
     id: Id36 | None = None
+    # Task options (task_options.py): any of them sends the task to the reference path.
+    expires_at_ms: Any = None
+    ttl_ms: Any = None
+    unique_key: Any = None
+    unique_window_ms: Any = None
 
 
 class _Submit(msgspec.Struct):
@@ -63,6 +68,7 @@ class _Claim(msgspec.Struct):
     max: Annotated[int, Meta(ge=1, le=rq.MAX_CLAIM)] | None = None
     wait_ms: Annotated[int, Meta(ge=0, le=rq.MAX_WAIT_MS)] | None = None
     types: Annotated[list[TypeName], Meta(max_length=1000)] | None = None
+    dependency_results: Any = None  # set: the reference path (task_options.py)
 
 
 class _Outcome(msgspec.Struct):
@@ -135,6 +141,9 @@ def submit(head: bytes, blob: bytes, max_payload: int) -> tuple[int, list[TaskSp
         n = t.payload_len
         if n > max_payload or (t.delay_ms is not None and t.scheduled_ms is not None):
             return None
+        if (t.expires_at_ms is not None or t.ttl_ms is not None or t.unique_key is not None
+                or t.unique_window_ms is not None):
+            return None
         lengths.append(n)
         deps: tuple[bytes, ...] = ()
         if t.depends_on:
@@ -166,6 +175,8 @@ def claim(head: bytes, blob: bytes) -> tuple[int, str, int, int, list[str] | Non
         req = _CLAIM.decode(head)
     except _ERRORS:
         return None
+    if req.dependency_results is not None and req.dependency_results is not False:
+        return None  # asked for (or not a boolean): the reference path
     return (req.rid, req.worker_id, 1 if req.max is None else req.max,
             0 if req.wait_ms is None else req.wait_ms, req.types)
 

@@ -10,11 +10,15 @@ from typing import Any
 
 from shardq.server.claims import Claimed
 from shardq.server.operations import Page, Queried
+from shardq.server.worker_control import Beat
 
 Body = tuple[dict[str, Any], bytes]
 
 
 def ids(ids: list[str]) -> Body:
+    duplicates = getattr(ids, "duplicates", None)  # unique keys (server/taskopts.py)
+    if duplicates:
+        return {"ids": list(ids), "duplicates": duplicates}, b""
     return {"ids": ids}, b""
 
 
@@ -26,11 +30,14 @@ def results(results: list[dict[str, Any]]) -> Body:
     return {"results": results}, b""
 
 
-def heartbeat(answer: tuple[int, list[str]]) -> Body:
-    expires, lost = answer
-    body: dict[str, Any] = {"lease_expires_ms": expires}
-    if lost:
-        body["lost"] = lost
+def heartbeat(answer: Beat) -> Body:
+    body: dict[str, Any] = {"lease_expires_ms": answer.expires}
+    if answer.lost:
+        body["lost"] = answer.lost
+    if answer.cancelled:  # extension cancel_running
+        body["cancelled"] = answer.cancelled
+    if answer.command is not None:  # extension worker_control
+        body["command"] = answer.command
     return body, b""
 
 

@@ -195,8 +195,8 @@ def answer_estimate(msg: Message) -> int:
     elif t is MsgType.QUERY_STATUS:
         ids = h.get("ids")
         n += TASK_ROW_ESTIMATE * (len(ids) if type(ids) is list else 1)
-        if h.get("with_result"):
-            n += MAX_FRAME // 4  # results: up to a frame; a quarter is our guess
+        if h.get("with_result") or h.get("with_payload"):
+            n += MAX_FRAME // 4  # results and payloads: up to a frame; a quarter is our guess
     elif t is MsgType.GET_STATS:
         n += STATS_ESTIMATE
     elif t is MsgType.SUBMIT or t is MsgType.REQUEUE:

@@ -33,7 +33,9 @@ from shardq.metrics import BrokerCollector, on_loop, start_metrics_server, stop_
 from shardq.process import EXIT_BIND, EXIT_CONFIG, start_child
 from shardq.protocol.frames import Message, MsgType
 from shardq.server.coordinator_controls import CoordinatorControls
+from shardq.server.history import RESOLUTIONS, BrokerHistory
 from shardq.server.mesh import Link, coordinator_path
+from shardq.server.worker_control import merge_reported, on_order, push_orders
 from shardq.tls import ServerTLS
 
 if TYPE_CHECKING:
@@ -55,11 +57,13 @@ class Coordinator(CoordinatorControls):
         self.depths: dict[int, int] = {}
         self.ready: dict[int, dict[str, int]] = {}  # shard -> {type: best ready tier rank}
         self.workers: dict[str, dict[str, Any]] = {}
+        self.orders: dict[str, str] = {}  # worker id -> quiet | stop (worker_control.py)
         self.liveness_ms = 2 * broker.heartbeat_interval_ms
         self.started = time.monotonic()
         self.dead_declared = 0
         self._state_dirty = False
         self._init_controls()  # per-type controls: records, slots, rate shares
+        self.history = BrokerHistory()  # the dashboard's charts (history.py)
 
     # -- messages from shards ---------------------------------------------------
 
@@ -67,7 +71,16 @@ class Coordinator(CoordinatorControls):
         if msg.type is MsgType.REPORT:
             self._on_report(link, msg.header)
         elif msg.type is MsgType.GET_STATS:
-            link.answer(msg.rid, self.stats_view())
+            resolution = msg.header.get("history")
+            if resolution in RESOLUTIONS:
+                link.answer(msg.rid, self.history.series(resolution))
+            else:
+                link.answer(msg.rid, self.stats_view())
+        elif msg.type is MsgType.WORKER_ORDER:
+            answer, changed = on_order(self.orders, self.workers, msg.header)
+            link.answer(msg.rid, answer)
+            if changed:
+                push_orders(self.orders, list(self.links.values()))
         elif msg.rid is not None:
             link.answer(msg.rid, {})
 
@@ -81,6 +94,8 @@ class Coordinator(CoordinatorControls):
             link.on_lost = lambda lk, i=shard: self._lost(i, lk)
             self._state_dirty = True  # a (re)connected shard needs the others' state
             self.controls_link_new(shard)
+            if self.orders:
+                push_orders(self.orders, [link])
         if "depth" in report and self.depths.get(shard) != report["depth"]:
             self.depths[shard] = report["depth"]
             self._state_dirty = True
@@ -91,8 +106,12 @@ class Coordinator(CoordinatorControls):
             self.reports[shard] = report["stats"]
         for wid, info in (report.get("workers") or {}).items():
             self._seen(wid, shard, info)
+        orders_changed = merge_reported(self.orders, report.get("orders"), self.workers)
         for wid in report.get("gone") or ():
             self.workers.pop(wid, None)
+            orders_changed = self.orders.pop(wid, None) is not None or orders_changed
+        if orders_changed:
+            push_orders(self.orders, list(self.links.values()))
         if ("controls" in report or "usage" in report) and self.on_controls_report(shard, report):
             self._state_dirty = True
         if self._state_dirty:
@@ -138,6 +157,8 @@ class Coordinator(CoordinatorControls):
             if now - w.get("last_seen_ms", now) > self.liveness_ms:
                 del self.workers[wid]
                 self.dead_declared += 1
+                if self.orders.pop(wid, None) is not None:
+                    push_orders(self.orders, list(self.links.values()))
                 log.warning("worker %s is dead: no message on any shard for %d ms; reclaiming its leases",
                             wid, now - w["last_seen_ms"])
                 for link in list(self.links.values()):
@@ -149,7 +170,8 @@ class Coordinator(CoordinatorControls):
         """What a shard adds to its GET_STATS answer: the others' rows and the workers."""
         return {"shards": {str(i): r for i, r in self.reports.items()},
                 "workers": len(self.workers),
-                "worker_list": sorted(self.workers.values(), key=lambda w: w["worker_id"]),
+                "worker_list": sorted(({**w, "command": self.orders.get(wid)} for wid, w in self.workers.items()),
+                                      key=lambda w: w["worker_id"]),
                 "uptime_s": int(time.monotonic() - self.started)}
 
     def snapshot(self) -> dict[str, Any]:
@@ -191,10 +213,15 @@ class Coordinator(CoordinatorControls):
             ready.send({"ready": True, "metrics_port": metrics_port})
         log.info("coordinating %d shard(s); workers are dead after %d ms unheard", self.shards,
                  self.liveness_ms)
+        next_sample = time.time()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), period)
             self.check_workers(now_ms())
+            t = time.time()
+            if t >= next_sample:
+                next_sample = max(next_sample + 1.0, t + 0.5)  # no burst of catch-up samples
+                self.history.sample(t, self.reports)
         server.close()
         if metrics is not None:
             stop_metrics_server(metrics)

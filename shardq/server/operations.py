@@ -35,13 +35,16 @@ from shardq.config import PERMISSIONS
 from shardq.errors import BadRequest, Forbidden, InvalidState, NotFound, TooLarge, Unauthorized, WireError
 from shardq.patterns import PatternError, TypePatterns
 from shardq.protocol.frames import MAX_FRAME, MsgType
-from shardq.server import routing
+from shardq.server import dep_results, routing, taskopts, worker_control
 from shardq.server.claims import Caller, Claimed, Claims
 from shardq.server.control_ops import ControlOperations
+from shardq.server.history import RESOLUTIONS, SERIES
+from shardq.server.schedule_ops import ScheduleOperations
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_NAMES, id_to_str
 
 if TYPE_CHECKING:
+    from shardq.server.mesh import Link
     from shardq.server.shard import ShardServer
 
 log = logging.getLogger("shardq.operations")
@@ -59,7 +62,8 @@ ALL_PERMISSIONS = frozenset(PERMISSIONS)
 PERMISSION = {
     "submit": "submit", "claim": "claim", "result": "claim", "heartbeat": "claim",
     "register": "claim", "deregister": "claim", "query": "read", "list": "read", "stats": "read",
-    "cancel": "admin", "requeue": "admin",
+    "cancel": "admin", "requeue": "admin", "history": "read",
+    "schedule_list": "read",  # schedule_add, _remove, _pause: admin (schedule_ops.py)
 }
 PERMISSION["get_controls"] = "read"  # type controls; pause, resume and limits need admin
 
@@ -70,7 +74,7 @@ TYPE_SCOPED = frozenset({"submit", "claim", "result", "query", "list", "cancel",
 # A REQUEUE without ids runs in slices of this many record moves, the group commit between them.
 REQUEUE_SLICE = 200
 WORKER_KEYS = ("worker_id", "hostname", "pid", "types", "concurrency", "first_seen_ms", "last_seen_ms",
-               "cpu_percent", "memory_rss", "memory_percent", "state")
+               "cpu_percent", "memory_rss", "memory_percent", "state", "command")
 # Mesh requests for a scoped key carry its patterns in this header field; the owner applies them.
 SCOPE_FIELD = "_scope"
 
@@ -134,7 +138,7 @@ def _hidden(raw: bytes) -> NotFound:
 @dataclass(slots=True)
 class Queried:
     tasks: list[dict[str, Any] | None]  # wire form, None for an unknown id
-    results: bytes  # the results of the tasks that have one, in order, when asked for
+    results: bytes  # the results of the tasks that have one, in order, when asked for; then their payloads
 
 
 @dataclass(slots=True)
@@ -143,7 +147,7 @@ class Page:
     cursor: str | None
 
 
-class Operations(ControlOperations):
+class Operations(ScheduleOperations, ControlOperations):
     def __init__(self, shard: ShardServer, forwarded: bool = False) -> None:
         self.shard = shard
         self.engine = shard.engine
@@ -205,6 +209,9 @@ class Operations(ControlOperations):
                 if not scope.matches(spec.type):
                     raise Forbidden(f"tasks[{i}]: this API key may not submit tasks of type {spec.type!r}")
         self.shard.check_submit_space()
+        if taskopts.any_options(specs):  # expiry, unique keys (server/taskopts.py)
+            here = taskopts.submit_here(self.shard, specs, self.routed)
+            return here if here is not None else routing.submit(self.shard, specs)
         if self.routed and not self._all_local(specs):
             return routing.submit(self.shard, specs)
         return [id_to_str(i) for i in self.engine.submit(specs, now_ms())]
@@ -213,6 +220,8 @@ class Operations(ControlOperations):
                    check_depth: bool) -> list[str]:
         """A forwarded SUBMIT: this shard's part of a batch another shard checked as a whole."""
         self.shard.check_submit_space()
+        if taskopts.any_options(specs):
+            return taskopts.store_part(self.shard, specs, remote_status, check_depth)
         return [id_to_str(i) for i in self.engine.submit(specs, now_ms(), remote_status=remote_status,
                                                          check_depth=check_depth)]
 
@@ -226,17 +235,21 @@ class Operations(ControlOperations):
                     return False
         return True
 
-    def query(self, who: Identity, ids: list[bytes], with_result: bool) -> Result[Queried]:
+    def query(self, who: Identity, ids: list[bytes], with_result: bool,
+              with_payload: bool = False) -> Result[Queried]:
+        """The tasks of ``ids``; their results and payloads (in the blob, results first) when asked."""
         who.require("query")
         scope = who.scope("query")
         if self.routed and not all(self.shard.owns(i) for i in ids):
-            return self._routed_query(ids, with_result, scope)
-        wire, results = self.query_local(ids, scope, with_result)
-        return Queried(wire, _fits(b"".join(results), len(ids)) if with_result else b"")
+            return self._routed_query(ids, with_result, scope, with_payload)
+        wire, results = self.query_local(ids, scope, with_result, with_payload)
+        return Queried(wire, _fits(b"".join(results), len(ids)) if with_result or with_payload else b"")
 
     def query_local(self, ids: list[bytes], scope: TypePatterns | None = None,
-                    with_result: bool = True) -> tuple[list[dict[str, Any] | None], list[bytes]]:
-        """This shard's tasks of ``ids`` (None where there is none, or none ``scope`` may see)."""
+                    with_result: bool = True, with_payload: bool = False
+                    ) -> tuple[list[dict[str, Any] | None], list[bytes]]:
+        """This shard's tasks of ``ids`` (None where there is none, or none ``scope`` may see),
+        and the blob's parts: each one's result (when asked), then each one's payload (when asked)."""
         tasks = self.engine.query(ids)
         if scope is not None:
             tasks = [t if t is not None and scope.matches(t.type) else None for t in tasks]
@@ -244,12 +257,17 @@ class Operations(ControlOperations):
         wire = [None if t is None else t.to_wire(part(t.id)) for t in tasks]
         results = [self.engine.store.get_result(t.id) if with_result and t is not None and t.result_len
                    else b"" for t in tasks]
+        if with_payload:
+            results += [self.engine.store.get_payload(t.id) if t is not None and t.payload_len else b""
+                        for t in tasks]
         return wire, results
 
-    async def _routed_query(self, ids: list[bytes], with_result: bool, scope: TypePatterns | None) -> Queried:
+    async def _routed_query(self, ids: list[bytes], with_result: bool, scope: TypePatterns | None,
+                            with_payload: bool = False) -> Queried:
         tasks, blob = await routing.query(self.shard, ids, with_result,
-                                          functools.partial(self.query_local, scope=scope, with_result=with_result),
-                                          wire_scope(scope))
+                                          functools.partial(self.query_local, scope=scope, with_result=with_result,
+                                                            with_payload=with_payload),
+                                          wire_scope(scope), with_payload)
         return Queried(tasks, _fits(blob, len(ids)))
 
     def _visible(self, raw: bytes, scope: TypePatterns | None) -> bool:
@@ -260,7 +278,8 @@ class Operations(ControlOperations):
         return task is not None and scope.matches(task.type)
 
     def cancel(self, who: Identity, raw: bytes) -> Result[str]:
-        """Cancel a task that has not started; its new status."""
+        """Cancel a task that is not finished (a running one: its lease is revoked, its worker
+        told at its next HEARTBEAT: engine/cancelling.py); its new status."""
         who.require("cancel")
         scope = who.scope("cancel")
         if not self.forwarded:
@@ -361,7 +380,8 @@ class Operations(ControlOperations):
             if self.forwarded:
                 stats["row"] = shard.stats_row()  # what the asking shard merges
             if workers_detail:
-                stats["worker_list"] = [w.to_wire() for w in self.engine.workers()]
+                stats["worker_list"] = [{**w.to_wire(), "command": shard.orders.command_for(w.worker_id)}
+                                        for w in self.engine.workers()]
             return stats
         return self._stats_everywhere(workers_detail)
 
@@ -390,21 +410,38 @@ class Operations(ControlOperations):
         stats = shard.stats(others)
         if workers_detail:
             stats["worker_list"] = worker_list(others.get("worker_list"), rows, shard.stats_row(),
-                                               self.engine.workers())
+                                               self.engine.workers(), shard.orders.orders)
         return stats
+
+    def history(self, who: Identity, resolution: str) -> Result[dict[str, Any]]:
+        """The broker's throughput and depth over the last minutes ("1s") or hour ("10s"), kept by
+        the coordinator (server/history.py); empty when it cannot be reached."""
+        who.require("history")
+        if resolution not in RESOLUTIONS:
+            raise BadRequest(f"resolution: {resolution!r} is not one of {', '.join(RESOLUTIONS)}")
+        coordinator = self.shard.coordinator
+        if coordinator is None:
+            return {"resolution": resolution, "series": {name: [] for name in SERIES}}
+        return self._history(coordinator, resolution)
+
+    async def _history(self, coordinator: Link, resolution: str) -> dict[str, Any]:
+        answer, _ = await coordinator.request(MsgType.GET_STATS, {"history": resolution})
+        return {"resolution": resolution, "series": answer["series"]}
 
     # -- workers ---------------------------------------------------------------------------------
 
     def claim(self, who: Identity, caller: Caller, worker_id: str, max_tasks: int, wait_ms: int,
-              types: frozenset[str] | None) -> Result[Claimed | None]:
+              types: frozenset[str] | None, dependency_results: bool = False) -> Result[Claimed | None]:
         """Lease up to ``max_tasks`` ready tasks, waiting up to ``wait_ms`` for one. None: the
-        caller went away meanwhile (and what was leased for it was given back)."""
+        caller went away meanwhile (and what was leased for it was given back).
+        ``dependency_results``: carry the results of their dependencies (dep_results.py)."""
         who.require("claim")
         scoped = _claim_types(who.scope("claim"), types)
         if not self.forwarded:
             self.shard.worker_heard(worker_id)
         self.shard.check_writable()
-        return self.claims.claim(caller, worker_id, max_tasks, wait_ms, scoped)
+        got = self.claims.claim(caller, worker_id, max_tasks, wait_ms, scoped)
+        return dep_results.attach(self.shard, got) if dependency_results else got
 
     def result(self, who: Identity, worker_id: str, items: list[ResultItem]) -> Result[list[dict[str, Any]]]:
         """Completed / failed / released, per item: ``{"id", "status"}`` or ``{"id", "error"}``."""
@@ -435,15 +472,25 @@ class Operations(ControlOperations):
         return out  # type: ignore[return-value]
 
     def heartbeat(self, who: Identity, worker_id: str, info: dict[str, Any],
-                  active: list[bytes] | None) -> Result[tuple[int, list[str]]]:
-        """Extend this worker's leases (only those in ``active`` when it lists them):
-        the new expiry, and the ids of ``active`` whose lease it no longer holds."""
+                  active: list[bytes] | None) -> Result[worker_control.Beat]:
+        """Extend this worker's leases (only those in ``active`` when it lists them): the new
+        expiry, the ids of ``active`` whose lease it no longer holds, those of them (or of its
+        leases) revoked by CANCEL, and a standing quiet/stop order (worker_control.py)."""
         who.require("heartbeat")
+        command = None
         if not self.forwarded:
             self.shard.worker_heard(worker_id, info)
+            command = self.shard.orders.command_for(worker_id)
         if self.routed:
-            return routing.heartbeat(self.shard, worker_id, info, active)
-        return self.engine.heartbeat(worker_id, info, active, now_ms())
+            return routing.heartbeat(self.shard, worker_id, info, active, command)
+        return worker_control.local_beat(self.engine, worker_id, info, active, now_ms(), command)
+
+    def worker_control(self, who: Identity, worker_id: str, action: str) -> Result[dict[str, Any]]:
+        """Quiet or stop a worker (admin): recorded at the coordinator, delivered in the
+        worker's next HEARTBEAT answer; ``{"worker_id", "command", "state"}``."""
+        who.require("worker_control")
+        log.info("WORKER_CONTROL %s %s by API key %r", action, worker_id, who.name)
+        return worker_control.control(self.shard, worker_id, action)
 
     def register(self, who: Identity, worker_id: str, info: dict[str, Any]) -> None:
         who.require("register")
@@ -494,11 +541,11 @@ def _fits(results: bytes, n_ids: int) -> bytes:
 
 
 def worker_list(registry: list[dict[str, Any]] | None, rows: dict[str, Any], own_row: dict[str, Any],
-                local: list[Any]) -> list[dict[str, Any]]:
+                local: list[Any], orders: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The workers extension of GET_STATS: the coordinator's registry, with ``active``
     = the leases each holds on every shard (from the shards' fresh rows)."""
     if registry is None:  # the coordinator is restarting: what this shard knows
-        return [w.to_wire() for w in local]
+        return [{**w.to_wire(), "command": (orders or {}).get(w.worker_id)} for w in local]
     leases: dict[str, int] = {}
     for row in [own_row, *(r for k, r in rows.items() if int(k) != own_row["shard"])]:
         for wid, n in (row.get("leases") or {}).items():

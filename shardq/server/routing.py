@@ -26,6 +26,8 @@ from shardq.errors import Unavailable, WireError
 from shardq.patterns import TypePatterns
 from shardq.protocol.frames import MsgType
 from shardq.protocol.requests import MAX_QUERY_IDS
+from shardq.server.taskopts import SubmittedIds, any_options, spec_owner
+from shardq.server.worker_control import Beat, local_beat
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import PENDING, STATUS_CODES, STATUS_NAMES, id_to_str, owner_of
 
@@ -100,6 +102,8 @@ def spec_header(spec: TaskSpec) -> dict[str, Any]:
         out["depends_on"] = [id_to_str(d) for d in spec.depends_on]
     if spec.id is not None:
         out["id"] = id_to_str(spec.id)
+    if spec.options is not None:  # expiry made absolute already; the owner checks it again
+        out.update(spec.options.extras())
     return out
 
 
@@ -116,7 +120,7 @@ def result_header(item: ResultItem) -> dict[str, Any]:
 
 # -- SUBMIT ------------------------------------------------------------------------------
 
-async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
+async def submit(server: ShardServer, specs: list[TaskSpec]) -> SubmittedIds:
     """A batch with client ids or dependencies that other shards own.
 
     A refused batch changes nothing, so every rule that can refuse it is checked
@@ -128,7 +132,7 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
     what a crash between parts leaves."""
     engine = server.engine
     index = server.index
-    owners = [_owner(server, s.id) if s.id is not None else index for s in specs]
+    owners = [spec_owner(s, server.shards, index) for s in specs]  # unique keys: their owner
     batch_ids = {s.id for s in specs if s.id is not None}
     wanted = set(batch_ids)
     for spec in specs:
@@ -153,6 +157,7 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
         return out
 
     ids: list[str | None] = [None] * len(specs)
+    duplicates: list[int] = []
 
     async def store_part(shard: int, positions: list[int]) -> None:
         header = {"tasks": [spec_header(specs[i]) for i in positions], "_skip_depth": True,
@@ -161,6 +166,7 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
                                    b"".join(specs[i].payload for i in positions))
         for i, sid in zip(positions, answer["ids"]):
             ids[i] = sid
+        duplicates.extend(positions[j] for j in answer.get("duplicates") or ())
 
     remote = [store_part(s, pos) for s, pos in parts.items() if s != index]
     outcomes = await asyncio.gather(*remote, return_exceptions=True)
@@ -169,12 +175,17 @@ async def submit(server: ShardServer, specs: list[TaskSpec]) -> list[str]:
             raise outcome
     local = parts.get(index)
     if local:
-        got = engine.submit([specs[i] for i in local], now_ms(), remote_status=remote_status(local),
-                            check_depth=False)
+        part = [specs[i] for i in local]
+        if any_options(part):
+            got, dups = engine.submit_with_options(part, now_ms(), remote_status=remote_status(local),
+                                                   check_depth=False)
+            duplicates.extend(local[j] for j in dups)
+        else:
+            got = engine.submit(part, now_ms(), remote_status=remote_status(local), check_depth=False)
         server.mutated()
         for i, raw in zip(local, got):
             ids[i] = id_to_str(raw)
-    return ids  # type: ignore[return-value]
+    return SubmittedIds(ids, sorted(duplicates))  # type: ignore[arg-type]
 
 
 async def _statuses(server: ShardServer, ids: set[bytes]) -> dict[bytes, int | None]:
@@ -229,26 +240,27 @@ async def result(server: ShardServer, worker_id: str, items: list[ResultItem], l
 
 
 async def heartbeat(server: ShardServer, worker_id: str, info: dict[str, Any],
-                    active: list[bytes] | None) -> tuple[int, list[str]]:
-    """Every shard extends this worker's leases; each owner says which are lost."""
+                    active: list[bytes] | None, command: str | None = None) -> Beat:
+    """Every shard extends this worker's leases; each owner says which are lost or cancelled."""
     assert server.peers is not None
     mine = None if active is None else [a for a in active if _owner(server, a) == server.index]
-    expires, lost = server.engine.heartbeat(worker_id, info, mine, now_ms())
+    expires, lost, cancelled, _ = local_beat(server.engine, worker_id, info, mine, now_ms())
     server.mutated()
 
-    async def forward(shard: int) -> list[str]:
+    async def forward(shard: int) -> tuple[list[str], list[str]]:
         header: dict[str, Any] = {"worker_id": worker_id}
         if active is not None:
             header["active"] = [id_to_str(a) for a in active if _owner(server, a) == shard]
         try:
             answer, _ = await _forward(server, shard, MsgType.HEARTBEAT, header)
         except WireError:
-            return []  # restarting: its leases are reclaimed or extended when it is back
-        return answer.get("lost") or []
+            return [], []  # restarting: its leases are reclaimed or extended when it is back
+        return answer.get("lost") or [], answer.get("cancelled") or []
 
-    for more in await asyncio.gather(*(forward(s) for s in server.peers.others())):
+    for more, stop in await asyncio.gather(*(forward(s) for s in server.peers.others())):
         lost.extend(more)
-    return expires, lost
+        cancelled.extend(stop)
+    return Beat(expires, lost, cancelled, command)
 
 
 async def deregister(server: ShardServer, worker_id: str) -> int:
@@ -269,10 +281,12 @@ async def deregister(server: ShardServer, worker_id: str) -> int:
 # -- QUERY_STATUS / CANCEL / REQUEUE / LIST_TASKS ---------------------------------------------
 
 async def query(server: ShardServer, ids: list[bytes], with_result: bool,
-                local_query: Any, scope: dict[str, Any]) -> tuple[list[dict[str, Any] | None], bytes]:
-    """``local_query(ids)`` answers this shard's part as (wire tasks, results)."""
+                local_query: Any, scope: dict[str, Any],
+                with_payload: bool = False) -> tuple[list[dict[str, Any] | None], bytes]:
+    """``local_query(ids)`` answers this shard's part as (wire tasks, results[, payloads])."""
     tasks: list[dict[str, Any] | None] = [None] * len(ids)
     results: list[bytes] = [b""] * len(ids)
+    payloads: list[bytes] = [b""] * len(ids)
     by_owner: dict[int, list[int]] = {}
     for i, raw in enumerate(ids):
         by_owner.setdefault(_owner(server, raw), []).append(i)
@@ -281,20 +295,28 @@ async def query(server: ShardServer, ids: list[bytes], with_result: bool,
         wire, res = local_query([ids[i] for i in local])
         for i, t, r in zip(local, wire, res):
             tasks[i], results[i] = t, r
+        if with_payload:
+            for i, p in zip(local, res[len(local):]):
+                payloads[i] = p
 
     async def forward(shard: int, positions: list[int]) -> None:
         answer, blob = await _forward(server, shard, MsgType.QUERY_STATUS,
                                       {"ids": [id_to_str(ids[i]) for i in positions], "with_result": with_result,
-                                       **scope})
+                                       **({"with_payload": True} if with_payload else {}), **scope})
         pos = 0
         for i, t in zip(positions, answer["tasks"]):
             tasks[i] = t
             n = (t or {}).get("result_len") or 0 if with_result else 0
             results[i] = blob[pos:pos + n]
             pos += n
+        if with_payload:
+            for i, t in zip(positions, answer["tasks"]):
+                n = (t or {}).get("payload_len") or 0
+                payloads[i] = blob[pos:pos + n]
+                pos += n
 
     await asyncio.gather(*(forward(s, p) for s, p in by_owner.items()))
-    return tasks, b"".join(results) if with_result else b""
+    return tasks, b"".join((*(results if with_result else ()), *(payloads if with_payload else ())))
 
 
 async def cancel(server: ShardServer, raw: bytes, scope: dict[str, Any]) -> str:

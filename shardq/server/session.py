@@ -52,6 +52,7 @@ from shardq.protocol.frames import (
     encode_nack,
     parse_header,
 )
+from shardq.protocol.task_options import parse_claim_options
 from shardq.server import answers
 from shardq.server.answers import Body
 from shardq.server.budget import SMALL_ANSWER_ESTIMATE, SMALL_FRAME, answer_estimate, typed_estimate
@@ -60,6 +61,7 @@ from shardq.server.operations import Identity, Operations
 from shardq.server.session_auth import SessionAuth
 from shardq.server.session_controls import SessionControls
 from shardq.server.session_requests import SessionRequests
+from shardq.server.session_schedules import SessionSchedules
 from shardq.specs import ResultItem, TaskSpec
 
 if TYPE_CHECKING:
@@ -78,7 +80,8 @@ MAX_FRAME_BEFORE_HELLO = SMALL_FRAME
 # more than 20 ms without yielding a stall; PINGs of other clients wait for this much at most).
 SLICE_S = 0.002
 
-class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionControls):
+class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSchedules,
+              SessionControls):
     def __init__(self, server: ShardServer, ops: Operations, peer: bool = False,
                  carried: bytes = b"") -> None:
         Caller.__init__(self)
@@ -111,9 +114,10 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionCon
             MsgType.CANCEL: self.on_cancel, MsgType.LIST_TASKS: self.on_list,
             MsgType.GET_STATS: self.on_stats, MsgType.REGISTER_WORKER: self.on_register,
             MsgType.DEREGISTER_WORKER: self.on_deregister, MsgType.REQUEUE: self.on_requeue,
-            MsgType.PING: self.on_ping,
+            MsgType.PING: self.on_ping, MsgType.WORKER_CONTROL: self.on_worker_control,
         }
         self._handlers.update(self.control_handlers())  # session_controls.py
+        self._handlers.update(self.schedule_handlers())
         self._typed: dict[MsgType, Callable[[Any], None]] = {
             MsgType.SUBMIT: self._submit, MsgType.CLAIM: self._claim, MsgType.RESULT: self._result}
 
@@ -200,7 +204,8 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionCon
 
     def _account(self) -> int:
         """Count what we hold now, and tell the shard's output budget."""
-        held = self.recount()
+        t = self.transport  # recount(), inlined: this runs twice per request
+        held = self.out_pending + self.reserved + (t.get_write_buffer_size() if t is not None else 0)
         if held != self.held and not self.peer and not self.lost:
             self.held = held
             self.server.out_budget.set(self, held)
@@ -516,13 +521,14 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionCon
             remote = msg.header.get("_remote_status") or {}
             ids = self.ops.store_part(specs, {bytes.fromhex(k): v for k, v in remote.items()},
                                       check_depth=not msg.header.get("_skip_depth", False))
-            self._ack(msg.rid, {"ids": ids})
+            self._ack(msg.rid, answers.ids(ids)[0])
             return
         self._submit((msg.rid, specs), who)
 
     def on_claim(self, msg: Message) -> None:
         worker_id, max_tasks, wait_ms, types = rq.parse_claim(msg.header)
-        self._claim((msg.rid, worker_id, max_tasks, wait_ms, types), self._who(msg))
+        self._claim((msg.rid, worker_id, max_tasks, wait_ms, types), self._who(msg),
+                    parse_claim_options(msg.header))
 
     def on_result(self, msg: Message) -> None:
         worker_id, items = rq.parse_result(msg.header, msg.blob)
@@ -537,12 +543,13 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionCon
         self._answer(args[0], self.ops.submit(who, args[1]), answers.ids)
 
     def _claim(self, args: tuple[int | None, str, int, int, list[str] | None],
-               who: Identity | None = None) -> None:
+               who: Identity | None = None, dependency_results: bool = False) -> None:
         rid, worker_id, max_tasks, wait_ms, types = args
         who = self.identity if who is None else who
         assert who is not None
         self._answer(rid, self.ops.claim(who, self, worker_id, max_tasks, wait_ms,
-                                         frozenset(types) if types is not None else None), answers.claimed)
+                                         frozenset(types) if types is not None else None,
+                                         dependency_results), answers.claimed)
 
     def _result(self, args: tuple[int | None, str, list[ResultItem]], who: Identity | None = None) -> None:
         rid, worker_id, items = args

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardq.protocol import requests as rq
 from shardq.protocol.frames import Message
-from shardq.server import answers
+from shardq.server import answers, dep_results
 from shardq.server.answers import Body
 from shardq.task import id_to_str
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 class SessionRequests:
     ops: Operations
+    peer: bool
 
     if TYPE_CHECKING:  # defined by Session (session.py)
         def _who(self, msg: Message) -> Identity: ...
@@ -47,10 +48,18 @@ class SessionRequests:
         who = self._who(msg)
         self._answer(msg.rid, self.ops.deregister(who, worker_id), answers.released)
 
-    def on_query(self, msg: Message) -> None:
-        ids, with_result = rq.parse_query(msg.header)
+    def on_worker_control(self, msg: Message) -> None:
+        worker_id, action = rq.parse_worker_control(msg.header)
         who = self._who(msg)
-        self._answer(msg.rid, self.ops.query(who, ids, with_result), answers.queried)
+        self._answer(msg.rid, self.ops.worker_control(who, worker_id, action), answers.as_is)
+
+    def on_query(self, msg: Message) -> None:
+        if self.peer and "_dep_results" in msg.header:  # another shard's CLAIM (dep_results.py)
+            self._ack(msg.rid, *dep_results.serve(self.ops, msg.header))
+            return
+        ids, with_result, with_payload = rq.parse_query(msg.header)
+        who = self._who(msg)
+        self._answer(msg.rid, self.ops.query(who, ids, with_result, with_payload), answers.queried)
 
     def on_cancel(self, msg: Message) -> None:
         raw = rq.parse_cancel(msg.header)

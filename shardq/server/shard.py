@@ -50,6 +50,7 @@ from shardq.server.mesh import Link, Peers, coordinator_path, open_link
 from shardq.server.shard_connections import ShardConnections
 from shardq.server.shard_disk import DISK_CHECK_PERIOD_S, ShardDisk
 from shardq.server.shard_stats import ShardStats
+from shardq.server.worker_control import ShardOrders
 from shardq.store.partitioned import PartitionedStore
 from shardq.store.rocks import StoreSettings, StoreWriteError
 from shardq.task import STATUS_CODES, id_to_str, owner_of
@@ -135,6 +136,7 @@ class ShardServer(ShardConnections, ShardDisk, ShardStats, ShardControls):
         self.workers_heard: dict[str, dict[str, Any]] = {}  # since the last report
         self.workers_known: dict[str, dict[str, Any]] = {}  # every worker heard directly
         self.workers_gone: list[str] = []
+        self.orders = ShardOrders()  # quiet/stop orders, as the coordinator last sent them
         self.remote_claims: set[int] = set()  # ids of waiters with a remote claim in flight
         # Set by the shard process (shard_process.py), which knows the transports and the
         # operations layer: how to serve an adopted connection, and who to tell when another
@@ -424,6 +426,8 @@ class ShardServer(ShardConnections, ShardDisk, ShardStats, ShardControls):
             self.on_state_controls(msg.header)
             if self.others_ready:
                 self.on_others_ready()
+        elif msg.type is MsgType.WORKER_ORDERS:
+            self.orders.replace(msg.header.get("orders"))
         elif msg.type is MsgType.WORKER_DEAD:
             wid = msg.header.get("worker_id")
             if type(wid) is str:
@@ -448,6 +452,7 @@ class ShardServer(ShardConnections, ShardDisk, ShardStats, ShardControls):
             self._schedule_report()  # new workers and their details reach the registry at once
 
     def worker_gone(self, worker_id: str) -> None:
+        self.orders.orders.pop(worker_id, None)
         self.workers_known.pop(worker_id, None)
         self.workers_heard.pop(worker_id, None)
         self.workers_gone.append(worker_id)
@@ -495,6 +500,8 @@ class ShardServer(ShardConnections, ShardDisk, ShardStats, ShardControls):
         if heard:
             report["workers"] = heard
         self.workers_heard = {}
+        if full and self.orders.orders:
+            report["orders"] = self.orders.orders
         if self.workers_gone:
             report["gone"] = self.workers_gone
             self.workers_gone = []

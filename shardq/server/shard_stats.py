@@ -89,6 +89,9 @@ class ShardStats:
                               "pid": r.get("pid"),
                               "forwarded": (r.get("counters") or {}).get("forwarded", 0),
                               "cross_shard_claims": (r.get("counters") or {}).get("cross_shard_claims", 0),
+                              # task options (engine/taskopts.py): since the shard started
+                              "expired": (r.get("counters") or {}).get("expired", 0),
+                              "unique_duplicates": (r.get("counters") or {}).get("unique_duplicates", 0),
                               "writable": r.get("writable", True), "disk_free_bytes": r.get("disk_free_bytes"),
                               "disk_alarm": r.get("disk_alarm", False)})
         out = {"totals": totals, "workers": workers,

@@ -40,6 +40,7 @@ from typing import Any
 
 from shardq.config import Config
 from shardq.errors import ConfigError
+from shardq.grpc.process import gateway_main, grpc_missing
 from shardq.keys import KeysFileError
 from shardq.process import (
     EXIT_BIND,
@@ -113,6 +114,9 @@ class Supervisor:
             print(f"shardq serve: config error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         if not self._check_auth():
+            return EXIT_CONFIG
+        if cfg.api.grpc_enabled and (missing := grpc_missing()):
+            print(f"shardq serve: {missing}", file=sys.stderr)
             return EXIT_CONFIG
         data_dir = cfg.persistence.data_dir
         try:
@@ -203,6 +207,8 @@ class Supervisor:
         self.children.append(Child("acceptor", acceptor_main,
                                    (cfg.broker, cfg.monitoring, self.listener, run_dir, shards,
                                     self.http_listener, cfg.api.tls_enabled)))
+        if cfg.api.grpc_enabled:  # the gRPC gateway (shardq/grpc): a client of the port above
+            self.children.append(Child("grpc", gateway_main, (cfg, port, run_dir, shards, cfg.api.grpc_port)))
         for child in self.children:
             self._start(child)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -220,6 +226,9 @@ class Supervisor:
                         # A restarted coordinator serves /metrics on the same port.
                         bound["metrics_port"] = said["metrics_port"]
                         child.args = (*child.args[:-1], said["metrics_port"])
+                    if isinstance(said, dict) and said.get("grpc_port") is not None:
+                        bound["grpc_port"] = said["grpc_port"]  # a restart binds it again
+                        child.args = (*child.args[:-1], said["grpc_port"])
                     child.served = True
                     waiting.discard(child.name)
                 elif state == "dead":
@@ -283,13 +292,14 @@ class Supervisor:
                 self._start(child)
 
     def _drain(self) -> int:
-        log.info("draining: acceptor, then %d shard(s), then the coordinator",
+        log.info("draining: acceptor%s, then %d shard(s), then the coordinator",
+                 " and gRPC gateway" if any(c.name == "grpc" for c in self.children) else "",
                  sum(1 for c in self.children if c.name.startswith("shard-")))
         if self.listener is not None:
             self.listener.close()  # connections not yet accepted are refused, not left hanging
         if self.http_listener is not None:
             self.http_listener.close()
-        order = [[c for c in self.children if c.name == "acceptor"],
+        order = [[c for c in self.children if c.name in ("acceptor", "grpc")],
                  [c for c in self.children if c.name.startswith("shard-")],
                  [c for c in self.children if c.name == "coordinator"]]
         code = EXIT_OK

@@ -11,6 +11,7 @@ is byte 1 of the record (task.py), so no family or index says it a second time:
     results     id -> result bytes
     idx         b"t" | type utf-8 | 0x00 | id          -> b""   every task (LIST_TASKS by type)
                 b"f" | updated_ms u64 | id             -> b""   completed, cancelled (retention)
+                b"u" | type | 0x00 | unique_key | 0x00 | id -> b""  the task holding a unique key
     metadata    b"schema_version", b"shards", b"shard", b"counts", b"created_ms"
 
 Why (docs/architecture.md, "Storage"; measured in docs/benchmarks.md, "Optimisation log"): a
@@ -41,8 +42,9 @@ FAMILY_OF = (LIVE, LIVE, DONE, LIVE, LIVE, DONE)
 LIVE_STATUSES = tuple(s for s, f in enumerate(FAMILY_OF) if f == LIVE)
 
 # One byte in front of every idx key says which index it belongs to.
-TYPE_TAG, FINISHED_TAG = b"t", b"f"
-INDEX_TAGS = {"idx_type": TYPE_TAG, "idx_finished": FINISHED_TAG}  # scan_index's names
+TYPE_TAG, FINISHED_TAG, UNIQUE_TAG = b"t", b"f", b"u"
+INDEX_TAGS = {"idx_type": TYPE_TAG, "idx_finished": FINISHED_TAG,
+              "idx_unique": UNIQUE_TAG}  # scan_index's names
 
 U64 = struct.Struct(">Q")
 COUNTS = struct.Struct(">6Q")  # metadata b"counts": tasks per status code

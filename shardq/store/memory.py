@@ -180,6 +180,10 @@ class MemoryStore:
         self._overlay_results[raw_id] = result
         self.staged += 1
 
+    def index_put(self, key: bytes, present: bool = True) -> None:
+        self._put(IDX, key, b"") if present else self._delete(IDX, key)
+        self.staged += 1
+
     def delete(self, task: Task) -> None:
         rid = task.id
         self._delete(FAMILY_OF[task.status], rid)
@@ -192,6 +196,20 @@ class MemoryStore:
         self._overlay[rid] = None
         self.counts[task.status] -= 1
         self.staged += 1
+
+    def meta_put(self, key: bytes, value: bytes) -> None:
+        self._put("metadata", key, value)
+        self.staged += 1
+
+    def meta_delete(self, key: bytes) -> None:
+        self._delete("metadata", key)
+        self.staged += 1
+
+    def meta_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._snapshot("metadata", prefix, None, len(self._cf["metadata"])):
+            if not key.startswith(prefix):
+                return
+            yield key, value
 
     def commit(self) -> int:
         n = self.staged

@@ -152,8 +152,18 @@ class PartitionedStore:
     def delete(self, task: Task) -> None:
         self.part(task.id).delete(task)
 
+    def index_put(self, key: bytes, present: bool = True) -> None:
+        """An idx key that ends with a task id goes to the store of that task."""
+        self.part(key[-16:]).index_put(key, present)
+
     def meta_put(self, key: bytes, value: bytes) -> None:
         self.parts[0].meta_put(key, value)
+
+    def meta_delete(self, key: bytes) -> None:
+        self.parts[0].meta_delete(key)
+
+    def meta_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self.parts[0].meta_items(prefix)
 
     def commit(self) -> int:
         """Commit every part with staged writes. When one fails, the parts not written yet

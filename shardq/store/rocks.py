@@ -161,6 +161,18 @@ class Store:
         self._batch.put(key, value, self._cf["metadata"])
         self.staged += 1
 
+    def meta_delete(self, key: bytes) -> None:
+        self._batch.delete(key, self._cf["metadata"])
+        self.staged += 1
+
+    def meta_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Committed metadata keys starting with ``prefix`` (schedules: engine/schedules.py)."""
+        it = self._views["metadata"].iter()
+        it.seek(prefix)
+        while it.valid() and it.key().startswith(prefix):
+            yield it.key(), it.value()
+            it.next()
+
     def init_layout(self, shard: int, shards: int) -> None:
         """Record (new dir) or check (existing dir) the schema and shard identity; migrate a
         data dir of an older schema in place (store/migrate.py)."""
@@ -284,6 +296,15 @@ class Store:
     def put_result(self, raw_id: bytes, result: bytes) -> None:
         self._batch.put(raw_id, result, self._cf["results"])
         self._overlay_results[raw_id] = result
+        self.staged += 1
+
+    def index_put(self, key: bytes, present: bool = True) -> None:
+        """Stage an idx key of an index the store does not keep itself (idx_unique: its tag
+        first), or its removal."""
+        if present:
+            self._batch.put(key, b"", self._cf[IDX])
+        else:
+            self._batch.delete(key, self._cf[IDX])
         self.staged += 1
 
     def delete(self, task: Task) -> None:

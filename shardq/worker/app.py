@@ -21,12 +21,16 @@ import inspect
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from shardq.client.models import Job
+
+if TYPE_CHECKING:
+    from shardq.worker.dep_context import DependencyResults
 
 __all__ = ["App", "Fail", "Retry", "TaskContext", "TaskDef", "load_app"]
 
@@ -50,12 +54,15 @@ class TaskContext:
     ``id``, ``type``; ``attempt`` (counts claims, 1 on the first run: the lease's fencing token);
     ``retry_count`` (failures retried so far, 0 on the first run); ``max_retries``;
     ``timeout_seconds`` (the task's, as submitted); ``priority``; ``payload`` (bytes);
-    ``worker_id``. ``cancelled`` turns true when the worker gave up on this run (timeout, lost
-    lease, shutdown): a thread-pool handler that loops can check it and return early.
+    ``worker_id``. ``cancelled`` turns true when the worker gave up on this run (the task was
+    cancelled by CANCEL, timeout, lost lease, shutdown): a thread-pool handler that loops can
+    check it and return early, or sleep with ``wait_cancelled(seconds)``, which returns as soon
+    as the run is cancelled. (Async handlers are cancelled with ``asyncio`` cancellation, and a
+    process-pool handler's process is killed: they need neither.)
     """
 
     __slots__ = ("id", "type", "attempt", "retry_count", "max_retries", "timeout_seconds",
-                 "priority", "payload", "worker_id", "_cancelled")
+                 "priority", "payload", "worker_id", "_cancelled", "_deps", "_event")
 
     def __init__(self, id: str, type: str, attempt: int, retry_count: int, max_retries: int,
                  timeout_seconds: int, priority: int, payload: bytes, worker_id: str) -> None:
@@ -69,6 +76,15 @@ class TaskContext:
         self.payload = payload
         self.worker_id = worker_id
         self._cancelled = False
+        self._deps: DependencyResults | None = None  # set by the worker for a task with dependencies
+        self._event: threading.Event | None = None  # made by the first wait_cancelled only
+
+    def dependency_results(self, decode: bool = False) -> dict[str, Any]:
+        """{dependency id: its result} for every task this one depends on (in ``depends_on``
+        order): bytes, or with ``decode`` the JSON value (bytes when it is not JSON). Results the
+        claim did not carry are fetched now, in one request (it blocks: worker/dep_context.py);
+        a dependency whose result is gone (retention) maps to None."""
+        return {} if self._deps is None else self._deps.results(decode)
 
     def json(self) -> Any:
         """The payload decoded as JSON (an empty payload is None)."""
@@ -82,6 +98,22 @@ class TaskContext:
     def cancelled(self) -> bool:
         return self._cancelled
 
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds, or until the run is cancelled; whether it is."""
+        event = self._event
+        if event is None:
+            event = self._event = threading.Event()
+        if self._cancelled:  # set before the event existed (see cancel)
+            event.set()
+        return event.wait(timeout)
+
+    def cancel(self) -> None:
+        """The worker gave up on this run: ``cancelled`` turns true, ``wait_cancelled`` returns."""
+        self._cancelled = True
+        event = self._event
+        if event is not None:
+            event.set()
+
     def __repr__(self) -> str:
         return (f"TaskContext(id={self.id!r}, type={self.type!r}, attempt={self.attempt}, "
                 f"retry_count={self.retry_count}, payload={len(self.payload)} bytes)")
@@ -91,7 +123,7 @@ class TaskDef:
     """A registered handler. Calling it calls the handler (handy in unit tests)."""
 
     def __init__(self, name: str, fn: Callable[[TaskContext], Any], max_retries: int | None,
-                 timeout: float | None) -> None:
+                 timeout: float | None, dependency_results: bool = False) -> None:
         if max_retries is not None and max_retries < 0:
             raise ValueError(f"task {name!r}: max_retries must be >= 0, got {max_retries}")
         if timeout is not None and timeout <= 0:
@@ -101,6 +133,7 @@ class TaskDef:
         self.is_async = inspect.iscoroutinefunction(fn)
         self.max_retries = max_retries
         self.timeout = timeout
+        self.dependency_results = dependency_results  # claims carry its dependencies' results
         self.__wrapped__ = fn
         self.__doc__ = fn.__doc__
 
@@ -134,29 +167,31 @@ class App:
         self.handlers: dict[str, TaskDef] = {}
 
     def task(self, name: str | Callable[..., Any] | None = None, *, max_retries: int | None = None,
-             timeout: float | None = None) -> Any:
+             timeout: float | None = None, dependency_results: bool = False) -> Any:
         """Register a handler: ``@app.task``, ``@app.task("type")`` or ``@app.task(name=...)``.
 
         ``name``: the task type (default: the function's name). ``max_retries`` and ``timeout``
         (seconds, rounded up to whole ones) are stamped on the tasks submitted through the
         handler (``.job()`` / ``.submit()``). At run time the claimed task's own stored
         ``max_retries`` and ``timeout_seconds`` decide, not these: the broker retries and times
-        out tasks, so a task submitted plainly keeps the numbers it was submitted with."""
+        out tasks, so a task submitted plainly keeps the numbers it was submitted with.
+        ``dependency_results``: the worker's claims carry the results of the tasks this one
+        depends on, for ``ctx.dependency_results()`` (worker/dep_context.py)."""
         if callable(name):  # bare @app.task
             return self._register(name.__name__, name, max_retries, timeout)
 
         def decorate(fn: Callable[[TaskContext], Any]) -> TaskDef:
-            return self._register(name or fn.__name__, fn, max_retries, timeout)
+            return self._register(name or fn.__name__, fn, max_retries, timeout, dependency_results)
         return decorate
 
     def _register(self, name: str, fn: Callable[[TaskContext], Any], max_retries: int | None,
-                  timeout: float | None) -> TaskDef:
+                  timeout: float | None, dependency_results: bool = False) -> TaskDef:
         if not isinstance(name, str) or not name or len(name.encode()) > 255:
             raise ValueError(f"task type must be a non-empty string of at most 255 bytes, got {name!r}")
         if name in self.handlers:
             raise ValueError(f"task type {name!r} is registered twice "
                              f"({self.handlers[name]!r} and {fn!r})")
-        td = TaskDef(name, fn, max_retries, timeout)
+        td = TaskDef(name, fn, max_retries, timeout, dependency_results)
         self.handlers[name] = td
         return td
 

@@ -28,6 +28,7 @@ from shardq.errors import WireError
 from shardq.protocol.frames import MsgType
 from shardq.protocol.requests import MAX_CLAIM
 from shardq.worker.app import TaskContext
+from shardq.worker.dep_context import DependencyResults
 from shardq.worker.outcome import ABANDONED, DONE, RUNNING, Outcome, Run, failure, success
 
 log = logging.getLogger("shardq.worker")
@@ -66,7 +67,7 @@ class ClaimCycle:
             if self.reports.ready(now):
                 self.reports.send(self._lane_conn)
             if (not self._claiming and not self._stop.is_set() and not self._burst_wait
-                    and now >= self._claim_not_before):
+                    and now >= self._claim_not_before and self.state == "running"):
                 room = self.concurrency + self.prefetch_now() - len(self.running) - len(self.prefetched)
                 if room > 0:
                     self._send_claim(self._claim_shard(now), min(room, MAX_CLAIM))
@@ -108,7 +109,8 @@ class ClaimCycle:
         self._claim_idle = not self.running and not self.prefetched and self.reports.idle
         self._claim_ticks = self._ticks
         assert conn is not None
-        conn.send(MsgType.CLAIM, rq.claim_header(self.worker_id, n, wait_ms / 1000, self.types), b"",
+        conn.send(MsgType.CLAIM, rq.claim_header(self.worker_id, n, wait_ms / 1000, self.types,
+                                                 self.wants_dependency_results), b"",
                   lambda msg, exc: self._on_claim(shard, msg, exc), wait_ms / 1000 + self.max_inactivity_s)
         self._claiming = True
 
@@ -130,7 +132,7 @@ class ClaimCycle:
                         self._home_dry_until = time.monotonic() + DRY_S
                     else:
                         self.lanes[shard].dry_until = time.monotonic() + DRY_S
-            if self._stop.is_set():  # shutting down: hand them straight back
+            if self._stop.is_set() or self.state != "running":  # quiet or stopping: hand them back
                 for task in tasks:
                     self._release_unstarted(task)
             else:
@@ -174,8 +176,12 @@ class ClaimCycle:
     def _context(self, task: TaskInfo) -> TaskContext:
         """The handler's view of the claimed task record: its own stored numbers (max_retries,
         retry_count, timeout_seconds), whatever the decorator says (rule 5)."""
-        return TaskContext(task.id, task.type, task.attempt, task.retry_count, task.max_retries,
-                           task.timeout_seconds, task.priority, task.payload or b"", self.worker_id)
+        ctx = TaskContext(task.id, task.type, task.attempt, task.retry_count, task.max_retries,
+                          task.timeout_seconds, task.priority, task.payload or b"", self.worker_id)
+        if task.depends_on:
+            ctx._deps = DependencyResults(task.depends_on, dict(task.dependency_results or {}),
+                                          (self.url, self.api_key, *self._tls))
+        return ctx
 
     def _start(self, task: TaskInfo, claimed_at: float | None = None) -> None:
         ctx = self._context(task)
@@ -266,7 +272,7 @@ class ClaimCycle:
         run.state = ABANDONED
         if self.running.get(run.ctx.id) is run:
             del self.running[run.ctx.id]
-        run.ctx._cancelled = True
+        run.ctx.cancel()
         if run.atask is not None:
             run.atask.cancel()
         elif self.pool is not None:

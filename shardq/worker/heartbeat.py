@@ -91,9 +91,8 @@ class Heartbeat(threading.Thread):
             tid for tid in list(w.reports.unreported) if tid not in w.running]
         try:
             cpu, rss, mem = self._usage()
-            _expires, lost = client.heartbeat(w.worker_id, active=active,
-                                              cpu_percent=cpu, memory_rss=rss, memory_percent=mem,
-                                              state=w.state)
+            answer = client.beat(w.worker_id, active=active, cpu_percent=cpu, memory_rss=rss,
+                                 memory_percent=mem, state=w.state)
         except Exception as exc:  # noqa: BLE001 -- keep beating; the broker may come back
             self.failures += 1
             if self.failures == 1 or self.failures % 20 == 0:
@@ -104,13 +103,22 @@ class Heartbeat(threading.Thread):
             log.info("heartbeat ok again after %d failures", self.failures)
         self.failures = 0
         self.last_ok = time.monotonic()
-        if lost:
-            gone = set(lost)
-            pairs = [(r.ctx.id, r.ctx.attempt) for r in runs if r.ctx.id in gone]
-            try:
-                w.loop.call_soon_threadsafe(w.on_lost, pairs)
-            except RuntimeError:  # the loop is closed: we are exiting anyway
-                pass
+        cancelled = set(answer.cancelled)
+        lost = set(answer.lost) - cancelled
+        waiting = list(w.prefetched.values())
+        for ids, handle in ((cancelled, w.on_cancelled), (lost, w.on_lost)):
+            if ids:
+                pairs = [(r.ctx.id, r.ctx.attempt) for r in runs if r.ctx.id in ids] + [
+                    (t.id, t.attempt) for t in waiting if t.id in ids]
+                self._to_loop(handle, pairs)
+        if answer.command is not None:
+            self._to_loop(w.on_command, answer.command)
+
+    def _to_loop(self, fn: Any, arg: Any) -> None:
+        try:
+            self.worker.loop.call_soon_threadsafe(fn, arg)
+        except RuntimeError:  # the loop is closed: we are exiting anyway
+            pass
 
     def stop(self) -> None:
         self.stopping = True

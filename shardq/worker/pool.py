@@ -184,7 +184,8 @@ class Pool:
                 run.start = t0 = time.perf_counter()
                 try:
                     slot.conn.send((ctx.id, ctx.type, ctx.attempt, ctx.retry_count, ctx.max_retries,
-                                    ctx.timeout_seconds, ctx.priority, ctx.payload, ctx.worker_id))
+                                    ctx.timeout_seconds, ctx.priority, ctx.payload, ctx.worker_id,
+                                    ctx._deps))
                     reply = slot.conn.recv()
                 except (EOFError, OSError):
                     slot.current = None
@@ -281,9 +282,10 @@ def _child_main(app_spec: str, conn: Any, title: str) -> None:
             return
         if msg is None:
             return
-        tid, ttype, attempt, retry_count, max_retries, timeout_s, priority, payload, worker_id = msg
+        tid, ttype, attempt, retry_count, max_retries, timeout_s, priority, payload, worker_id, deps = msg
         ctx = TaskContext(tid, ttype, attempt, retry_count, max_retries, timeout_s, priority, payload,
                           worker_id)
+        ctx._deps = deps  # dependency results (worker/dep_context.py)
         out = run_sync(handlers[ttype], ctx)
         try:
             conn.send((out.status, out.result, out.error, out.retry))

@@ -143,6 +143,12 @@ class Reports:
                 log.warning("task %s %s %s in %.2f ms (attempt %d), but the broker refused the "
                             "result: %s: %s", ctx.id, ctx.type, out.status, ms, ctx.attempt,
                             err.get("code"), err.get("message"))
+            elif ans.get("status") == "cancelled" and out.status != "released":
+                # Cancelled while it ran, and it finished before the heartbeat said so: the
+                # broker kept the task cancelled and discarded this outcome (cancel_running).
+                log.warning("task %s %s %s in %.2f ms (attempt %d), but it had been cancelled: "
+                            "the broker discarded the outcome", ctx.id, ctx.type, out.status, ms,
+                            ctx.attempt)
             elif out.status == "completed":
                 self.completed += 1
                 if info:

@@ -60,6 +60,7 @@ from shardq.protocol.frames import MAX_PAYLOAD
 from shardq.tls import client_context
 from shardq.worker.app import App
 from shardq.worker.connecting import BrokerRefused, Connecting, Lane
+from shardq.worker.control import WorkerControl
 from shardq.worker.cycle import ClaimCycle
 from shardq.worker.heartbeat import Heartbeat
 from shardq.worker.outcome import RUNNING, Outcome, Run
@@ -76,7 +77,7 @@ SWEEP_S = 0.05              # timeout and log-flush granularity
 PREFETCH_PER_SLOT = 8
 
 
-class WorkerRuntime(Connecting, ClaimCycle, Shutdown):
+class WorkerRuntime(Connecting, ClaimCycle, Shutdown, WorkerControl):
     """One worker process. ``run()`` blocks until it has drained and returns the exit code.
 
     ``run()`` owns the process while it runs: it installs SIGTERM/SIGINT handlers (so call it
@@ -116,6 +117,7 @@ class WorkerRuntime(Connecting, ClaimCycle, Shutdown):
         if len(self.types) > 1000:
             raise ValueError("a worker can claim at most 1000 task types; split the app or use --types")
         self.handlers = {t: app.handlers[t] for t in self.types}
+        self.wants_dependency_results = any(td.dependency_results for td in self.handlers.values())
         self.burst = burst
         self.heartbeat_interval = heartbeat_interval_ms / 1000
         self.shutdown_timeout = shutdown_timeout_s

@@ -22,6 +22,7 @@ from typing import Any
 from shardq.client import requests as rq
 from shardq.process import EXIT_FATAL, EXIT_FORCED
 from shardq.protocol.frames import MsgType
+from shardq.worker.control import STOP_ORDERED
 from shardq.worker.cycle import CLAIM_WAIT_S
 from shardq.worker.outcome import Outcome
 from shardq.worker.reports import flush_logs
@@ -70,7 +71,7 @@ class Shutdown:
         return True
 
     async def _drain(self) -> None:
-        self.state = "draining"
+        self.state = "stopping" if self._stop_reason == STOP_ORDERED else "draining"
         self.release_prefetched()  # claimed but not started: back to the broker at once
         if self._heartbeat is not None:
             self._heartbeat.wake.set()  # tell the broker now

@@ -123,3 +123,23 @@ async def async_hang(ctx: TaskContext) -> None:
 @app.task("quick")
 def quick(ctx: TaskContext) -> dict:
     return _whoami(ctx)
+
+
+@app.task("until_cancelled")
+def until_cancelled(ctx: TaskContext) -> str:
+    """Loops until the worker cancels the run (test_cancel_control.py): ctx.cancelled turns true."""
+    mark(ctx, "start")
+    deadline = time.monotonic() + 30
+    while not ctx.cancelled and time.monotonic() < deadline:
+        time.sleep(0.02)
+    mark(ctx, "saw_cancel" if ctx.cancelled else "end")
+    return "stopped"
+
+
+@app.task("hold")
+def hold(ctx: TaskContext) -> dict:
+    """Runs for ``seconds`` (the payload), then completes."""
+    mark(ctx, "start")
+    time.sleep(float(ctx.json() or 1.0))
+    mark(ctx, "end")
+    return _whoami(ctx)

@@ -166,7 +166,8 @@ def test_every_flag_names_a_key():
     assert FLAG_TO_KEY["--port"] == "broker.port"
     assert FLAG_TO_KEY["--http-port"] == "api.rest_port"
     assert FLAG_TO_KEY["--metrics-port"] == "monitoring.prometheus_port"
-    assert len(FLAG_TO_KEY) == 12
+    assert FLAG_TO_KEY["--grpc-port"] == "api.grpc_port"
+    assert len(FLAG_TO_KEY) == 13
 
 
 def test_env_uses_os_environ_by_default(monkeypatch):
@@ -223,7 +224,7 @@ BAD = [
     ("api.cors_origins", "https://a.example"), ("api.cors_origins", ["https://a.example/path"]),
     ("api.cors_origins", ["a.example"]), ("api.cors_origins", [3]),
     ("api.rest_port", 65536),
-    ("api.grpc_port", -5),
+    ("api.grpc_port", -5), ("api.grpc_enabled", "yes"), ("api.grpc_host", ""),
     ("api.tls_enabled", "on"),
     ("api.rest_enabled", "no"), ("api.rest_enabled", 1),
     ("api.tls_cert_file", 3),
@@ -450,7 +451,6 @@ def test_backoff_max_below_base():
 @pytest.mark.parametrize("key, value, why", [
     ("raft.enabled", True, "replication is not built yet"),
     ("raft.peers", ["a:1"], "replication is not built yet"),
-    ("api.grpc_port", 9091, "there is no gRPC listener yet"),
     ("broker.claim_batch", 50, "nothing reads it"),
 ])
 def test_settings_that_do_nothing_are_refused(key, value, why):
@@ -459,6 +459,17 @@ def test_settings_that_do_nothing_are_refused(key, value, why):
     with pytest.raises(ConfigError, match=rf"{re.escape(key)}: .* does nothing: {why}"):
         load_config(env={}, overrides={key: value})
     assert load_config(ROOT / "config.yaml", env={}) == load_config(env={})
+
+
+def test_grpc_keys_do_nothing_unless_grpc_is_enabled():
+    """api.grpc_port and api.grpc_host are refused while api.grpc_enabled is false; --grpc-port
+    turns it on (cli.py)."""
+    for key, value in (("api.grpc_port", 9091), ("api.grpc_host", "0.0.0.0")):
+        with pytest.raises(ConfigError, match=rf"{re.escape(key)}: .* does nothing while api\.grpc_enabled is false"):
+            load_config(env={}, overrides={key: value})
+    cfg = load_config(env={}, overrides={"api.grpc_enabled": True, "api.grpc_port": 0, "api.grpc_host": "::"})
+    assert (cfg.api.grpc_enabled, cfg.api.grpc_port, cfg.api.grpc_host) == (True, 0, "::")
+    assert load_config(env={}).api.grpc_enabled is False
 
 
 def test_raft_heartbeat_not_below_election_timeout():

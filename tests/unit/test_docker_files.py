@@ -52,7 +52,8 @@ def test_dockerfile_serves_on_the_configured_ports_with_its_data_dir() -> None:
     ins = dockerfile_instructions()
     exposed = {int(p) for word, args in ins if word == "EXPOSE" for p in args.split()}
     defaults = load_config(env={})
-    assert exposed == {defaults.broker.port, defaults.api.rest_port, defaults.monitoring.prometheus_port}
+    assert exposed == {defaults.broker.port, defaults.api.rest_port, defaults.api.grpc_port,
+                       defaults.monitoring.prometheus_port}
     assert defaults.broker.host == "0.0.0.0"  # reachable from outside the container
     env = {k: v for k, v in dockerfile().envs.items() if k.startswith("SHARDQ_")}
     assert env, "the image sets its data dir through the environment"
@@ -116,7 +117,9 @@ def test_compose_mounts_what_exists_and_wires_the_services(compose: dict[str, An
     assert targets == [f"shardq:{port}"]
     source = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     assert source["datasources"][0]["url"] == "http://prometheus:9090"
-    assert "9090:9090" in services["prometheus"]["ports"]
+    assert "9092:9090" in services["prometheus"]["ports"]  # the host's 9090 is the gRPC API's
+    grpc = defaults.api.grpc_port
+    assert f"{grpc}:{grpc}" in services["shardq"]["ports"]
     provider = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "dashboards" / "shardq.yml").read_text())
     dash_dir = provider["providers"][0]["options"]["path"]
     assert any(m.endswith(f":{dash_dir}/shardq.json:ro") and m.startswith("./grafana/shardq.json")

@@ -14,6 +14,7 @@ from shardq.engine import states
 from shardq.engine.engine import Engine, EngineSettings, ResultItem, TaskSpec
 from shardq.errors import BadRequest, InvalidState, NotFound, QueueFull
 from shardq.protocol.frames import MAX_FRAME, MAX_PAYLOAD
+from shardq.specs import TaskOptions
 from shardq.store.memory import MemoryDisk, MemoryStore
 from shardq.store.partitioned import PartitionedStore
 from shardq.task import (
@@ -236,6 +237,14 @@ def ev_cancel(env: Env, source: int) -> bytes:
     return tid
 
 
+def ev_cancel_running(env: Env, source: int) -> bytes:
+    tid = env.add()
+    env.claim_one("w")
+    assert env.engine.cancel(tid, env.now) is not None
+    env.store.commit()
+    return tid
+
+
 def ev_dependency_failed(env: Env, source: int) -> bytes:
     parent = env.add()
     child = env.add(depends_on=(parent,))
@@ -258,12 +267,26 @@ def ev_recover(env: Env, source: int) -> bytes:
     return task.id
 
 
+def ev_expire(env: Env, source: int) -> bytes:
+    opts = TaskOptions(expires_at_ms=env.now + 100_000)
+    tid = env.add(options=opts, max_retries=3)
+    if source == FAILED:
+        env.fail(env.claim_one())
+        assert env.status(tid) == FAILED
+    env.now += 100_000
+    env.engine.tick(env.now)
+    assert env.get(tid).error == "expired"
+    return tid
+
+
 DRIVERS = {
     "submit": ev_submit, "submit_dependency_failed": ev_submit_dependency_failed,
     "claim": ev_claim, "complete": ev_complete, "fail_retry": ev_fail_retry,
     "fail_final": ev_fail_final, "release": ev_release, "reclaim_retry": ev_reclaim_retry,
     "reclaim_final": ev_reclaim_final, "retry_due": ev_retry_due, "cancel": ev_cancel,
+    "cancel_running": ev_cancel_running,
     "dependency_failed": ev_dependency_failed, "requeue": ev_requeue, "recover": ev_recover,
+    "expire": ev_expire,
 }
 
 ROWS = [(t.event, src, t.target) for t in states.TRANSITIONS for src in sorted(t.sources)]
@@ -950,11 +973,10 @@ def test_cancel_pending_failed_scheduled_waiting(env: Env) -> None:
     assert sum(stats["by_tier"].values()) == 0
 
 
-def test_cancel_in_progress_or_terminal_is_invalid(env: Env) -> None:
+def test_cancel_terminal_is_invalid(env: Env) -> None:
+    # (in_progress can be cancelled: tests/unit/test_cancel_running.py)
     a, b = env.add(), env.add()
     ta = env.claim_one("w")
-    with pytest.raises(InvalidState):
-        env.engine.cancel(a, env.now)
     env.complete(ta, "w")
     with pytest.raises(InvalidState):
         env.engine.cancel(a, env.now)

@@ -165,7 +165,7 @@ def test_per_shard_values_add_up_to_the_snapshot(make_snapshot) -> None:
         assert total("tq_broker_queue_depth", tier=tier) == sum(r["by_tier"][tier] for r in reports)
     assert total("tq_broker_queue_depth") == total("tq_tasks_pending")
     for outcome in OUTCOMES:
-        assert total("tq_tasks_total", outcome=outcome) == sum(r["counters"][outcome] for r in reports)
+        assert total("tq_tasks_total", outcome=outcome) == sum(r["counters"].get(outcome, 0) for r in reports)
     for reason in metrics.RECLAIM_REASONS:
         assert total("tq_reclaims_total", reason=reason) == sum(
             r["counters"][f"reclaimed_{reason}"] for r in reports)
@@ -234,11 +234,13 @@ def test_a_sparse_report_is_zeros_and_absent_series_not_an_error() -> None:
 
 def test_counter_keys_are_the_ones_the_report_carries() -> None:
     assert set(COUNTERS) == {"submitted", "claimed", "completed", "retried", "dead_lettered", "cancelled",
+                             "expired", "unique_duplicates",
                              "released", "requeued", "queue_full", "reclaimed_lease_expired",
                              "reclaimed_worker_lost", "reclaimed_timeout", "forwarded", "cross_shard_claims",
                              "store_write_errors", "disk_alarm_refused", "auth_failures_missing",
                              "auth_failures_unknown_key", "auth_failures_bad_secret", "auth_failures_disabled",
-                             "auth_failures_expired", "auth_failures_insecure_channel"}
+                             "auth_failures_expired", "auth_failures_insecure_channel",
+                             "schedule_fired", "schedule_misfired", "schedule_queue_full"}
 
 
 def test_a_stale_shard_keeps_its_values_with_up_0(make_snapshot) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from shardq.errors import BadRequest, ProtocolError
 from shardq.protocol import requests as rq
+from shardq.protocol import schedules as _schedules  # noqa: F401  (registers its field checks)
 from shardq.protocol.frames import REQUEST_TYPES, MsgType
 
 BLOBLESS = sorted(REQUEST_TYPES - rq.BLOB_REQUESTS)
@@ -15,13 +16,16 @@ VALID = {
     MsgType.LIST_TASKS: {"status": "pending"}, MsgType.CLAIM: {"worker_id": "w"},
     MsgType.HEARTBEAT: {"worker_id": "w"}, MsgType.REGISTER_WORKER: {"worker_id": "w"},
     MsgType.DEREGISTER_WORKER: {"worker_id": "w"}, MsgType.REQUEUE: {},
+    MsgType.SCHEDULE_LIST: {}, MsgType.SCHEDULE_REMOVE: {"name": "n"},
+    MsgType.SCHEDULE_PAUSE: {"name": "n", "paused": True},
+    MsgType.WORKER_CONTROL: {"worker_id": "w", "action": "quiet"},
 }
 VALID.update({MsgType.PAUSE_TYPE: {"type": "t"}, MsgType.RESUME_TYPE: {"type": "t"},  # type-controls
               MsgType.SET_LIMITS: {"type": "t", "rate": 1}, MsgType.GET_CONTROLS: {}})
 
 
 def test_every_request_type_is_covered() -> None:
-    assert rq.BLOB_REQUESTS == {MsgType.SUBMIT, MsgType.RESULT}
+    assert rq.BLOB_REQUESTS == {MsgType.SUBMIT, MsgType.RESULT, MsgType.SCHEDULE_ADD}
     assert set(BLOBLESS) == set(VALID)
 
 
@@ -42,5 +46,7 @@ def test_a_bad_field_is_reported_before_the_blob() -> None:
         rq.check_blob(MsgType.CLAIM, {}, b"x")
     with pytest.raises(BadRequest, match=r"^status:"):
         rq.check_blob(MsgType.LIST_TASKS, {"status": "nope"}, b"x")
+    with pytest.raises(BadRequest, match=r"^paused:"):
+        rq.check_blob(MsgType.SCHEDULE_PAUSE, {"name": "n"}, b"x")
     with pytest.raises(ProtocolError):
         rq.check_blob(MsgType.HELLO, {"protocol": 2}, b"x")

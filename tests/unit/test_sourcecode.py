@@ -23,10 +23,9 @@ PACKAGE = ROOT / "shardq"
 PURE_MODULES = ["shardq.protocol.frames", "shardq.protocol.requests", "shardq.engine.engine",
                 "shardq.engine.ready", "shardq.engine.leases", "shardq.engine.deps", "shardq.engine.waiters",
                 "shardq.engine.states", "shardq.engine.storage", "shardq.engine.reads",
-                "shardq.engine.maintenance", "shardq.engine.settings", "shardq.engine.controls",
-                "shardq.protocol.controls", "shardq.task", "shardq.errors",
-                "shardq.specs", "shardq.store.layout", "shardq.store.memory", "shardq.config",
-                "shardq.client.core"]
+                "shardq.engine.maintenance", "shardq.engine.settings", "shardq.task", "shardq.errors",
+                "shardq.specs", "shardq.schedule_specs", "shardq.engine.schedules", "shardq.engine.timing", "shardq.store.layout", "shardq.store.memory", "shardq.config",
+                "shardq.client.core", "shardq.engine.controls", "shardq.protocol.controls"]
 IO_MODULES = {"asyncio", "socket", "rocksdict", "multiprocessing", "uvloop", "selectors",
               "subprocess", "psutil"}
 
@@ -143,6 +142,7 @@ FORBIDDEN = [
 
 # The pure core: no sockets, no event loop, no disk, no processes or threads.
 PURE_CORE = ("shardq.protocol", "shardq.engine", "shardq.task", "shardq.errors", "shardq.specs",
+             "shardq.schedule_specs",
              "shardq.clock", "shardq.store.layout", "shardq.store.memory")
 IO_IMPORTS = {"asyncio", "socket", "rocksdict", "multiprocessing", "uvloop", "ssl", "threading",
               "subprocess", "selectors", "psutil"}
@@ -185,6 +185,8 @@ LAZY_IMPORTS = {
     ("shardq.cli", "shardq.bench"): "`shardq --help` and the client commands do not load the benchmarks",
     ("shardq.cli", "shardq.cli_commands"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.cli_controls"): "`shardq serve` does not load the client commands",
+    ("shardq.cli", "shardq.schedules_cli"): "`shardq serve` does not load the client commands",
+    ("shardq.cli", "shardq.cli_workers"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.server.supervisor"): "only `shardq serve` loads the server (uvloop, rocksdict)",
     ("shardq.cli_commands", "shardq.client.sync"): "`--offline` commands need no client",
 }

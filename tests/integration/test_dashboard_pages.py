@@ -1,0 +1,253 @@
+"""The web dashboard over plain HTTP against live 2-shard servers: pages, live fragments, the
+broker-kept history, escaping, actions, signing in with scoped keys, cross-site refusals.
+(The same pages in a real browser: test_dashboard_browser.py.)"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.parse
+
+import pytest
+
+from shardq.client.models import Job
+from shardq.client.sync import Client
+from shardq.testing import ServerProcess
+
+KEY_ADMIN = "admin-key-0123456789abcdef"
+KEY_READ = "read-key-0123456789abcdef"
+
+
+def fetch(srv: ServerProcess, method: str, path: str, body: dict[str, str] | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    conn = http.client.HTTPConnection(srv.host, srv.http_port, timeout=30)
+    h = dict(headers or {})
+    data = None
+    if body is not None:
+        data = urllib.parse.urlencode(body).encode()
+        h["Content-Type"] = "application/x-www-form-urlencoded"
+    conn.request(method, path, body=data, headers=h)
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    out = {k.lower(): v for k, v in resp.getheaders()}
+    conn.close()
+    return resp.status, out, text
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory) -> ServerProcess:
+    s = ServerProcess(str(tmp_path_factory.mktemp("dash") / "data"), ["--shards", "2"])
+    s.start()
+    yield s
+    s.kill()
+
+
+@pytest.fixture(scope="module")
+def client(srv) -> Client:
+    c = Client(srv.url, timeout=30)
+    yield c
+    c.close()
+
+
+def test_every_page_renders_with_the_security_headers(srv) -> None:
+    for path, heading in (("/", "Overview"), ("/tasks", "Tasks"), ("/workers", "Workers"), ("/shards", "Shards")):
+        code, headers, html = fetch(srv, "GET", path)
+        assert code == 200, (path, html[:300])
+        assert f"<h1>{heading}</h1>" in html
+        assert headers["content-type"].startswith("text/html")
+        assert "script-src 'self'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
+    code, _, html = fetch(srv, "GET", "/shards")
+    assert html.count('<td class="num">0</td>') >= 2 and "<caption>2 shards answering</caption>" in html
+    code, headers, _ = fetch(srv, "GET", "/ui/static/htmx.min.js")
+    assert code == 200 and headers["content-type"] == "text/javascript"
+    assert fetch(srv, "GET", "/ui/static/../app.py")[0] == 404
+    code, _, html = fetch(srv, "GET", "/no/such/page")
+    assert code == 404 and "no page /no/such/page" in html
+
+
+def test_the_overview_counts_and_its_live_fragment(srv, client) -> None:
+    client.submit_many([Job("dash.count", {"i": i}) for i in range(7)])
+    code, _, html = fetch(srv, "GET", "/")
+    assert code == 200 and '<span class="value" data-total="pending">7</span>' in html
+    code, _, fragment = fetch(srv, "GET", "/", headers={"HX-Request": "true"})
+    assert code == 200 and fragment.lstrip().startswith('<div id="overview-live"')
+    assert "<html" not in fragment and 'data-total="pending">7<' in fragment
+
+
+def test_the_broker_keeps_a_history_of_rates_and_depth(srv, client) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        client.submit_many([Job("dash.rate") for _ in range(50)])
+        code, headers, body = fetch(srv, "GET", "/ui/history.json?resolution=1s")
+        assert code == 200 and headers["content-type"] == "application/json"
+        series = json.loads(body)["series"]
+        if series["t"] and max(series["submitted"]) > 0 and series["pending"][-1] >= 50:
+            break
+        assert time.monotonic() < deadline, series
+        time.sleep(0.5)
+    assert len(series["t"]) == len(series["completed"]) == len(series["dead_letter"])
+    assert all(b > a for a, b in zip(series["t"], series["t"][1:]))  # one point a second, in order
+    code, _, body = fetch(srv, "GET", "/api/v1/stats/history?resolution=10s")
+    assert code == 200 and json.loads(body)["resolution"] == "10s"
+    code, _, body = fetch(srv, "GET", "/api/v1/stats/history?resolution=5s")
+    assert code == 400 and "resolution" in body
+
+
+def test_a_task_page_escapes_what_a_producer_wrote_and_cuts_large_payloads(srv, client) -> None:
+    evil = client.submit("<img src=x onerror=alert(1)>", {"x": "<script>alert(1)</script>"})
+    code, _, html = fetch(srv, "GET", f"/tasks/{evil}")
+    assert code == 200
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    big = client.submit("dash.big", payload=b"a" * 20000)
+    code, _, html = fetch(srv, "GET", f"/tasks/{big}")
+    assert "first 4.0 KiB shown" in html and "a" * 4096 in html and "a" * 4097 not in html
+    binary = client.submit("dash.bin", payload=bytes(range(256)))
+    code, _, html = fetch(srv, "GET", f"/tasks/{binary}")
+    assert "binary (hex of the first bytes)" in html and "00 01 02 03" in html
+
+
+def test_find_a_task_by_id_from_either_shard_and_list_by_status(srv, client) -> None:
+    ids = [client.submit("dash.find") for _ in range(6)]  # batches take turns over the shards
+    shards = set()
+    for tid in ids:
+        code, headers, _ = fetch(srv, "GET", f"/tasks?id={tid.upper()}")
+        assert code == 303 and headers["location"] == f"/tasks/{tid}"
+        code, _, html = fetch(srv, "GET", f"/tasks/{tid}")
+        assert code == 200 and "dash.find" in html
+        shards.add(html.split("<dt>Shard</dt><dd>")[1].split("<")[0])
+    assert shards == {"0", "1"}  # the client spreads submits: both owners answered through one port
+    code, _, html = fetch(srv, "GET", "/tasks?id=not-an-id")
+    assert code == 400 and "is not a task id" in html
+    code, _, html = fetch(srv, "GET", "/tasks?status=pending&type=dash.find")
+    assert code == 200 and sum(tid in html for tid in ids) == 6
+    code, _, html = fetch(srv, "GET", "/tasks?status=nope")
+    assert code == 400 and "status: &#39;nope&#39; is not one of" in html
+    code, _, html = fetch(srv, "GET", "/tasks?status=pending&min_priority=300")
+    assert code == 400 and "min_priority: 300 is not in 0..255" in html
+
+
+def test_cancel_and_requeue_from_the_task_page(srv, client) -> None:
+    tid = client.submit("dash.cancel")
+    code, _, html = fetch(srv, "GET", f"/tasks/{tid}")
+    assert f'action="/tasks/{tid}/cancel"' in html
+    code, headers, _ = fetch(srv, "POST", f"/tasks/{tid}/cancel")
+    assert code == 303 and headers["location"] == f"/tasks/{tid}?done=cancelled"
+    assert client.status(tid).status == "cancelled"
+    code, _, html = fetch(srv, "POST", f"/tasks/{tid}/cancel")
+    assert code == 409 and "cancelled" in html  # a second cancel: the state says why not
+    dead = client.submit("dash.dead", max_retries=0)
+    worker = Client(srv.url, timeout=30)
+    try:
+        claimed = worker.claim("w-dash", max=10, types=["dash.dead"], wait=5)
+        assert [t.id for t in claimed] == [dead]
+        worker.fail("w-dash", claimed[0], "boom", retry=False)
+    finally:
+        worker.close()
+    assert client.status(dead).status == "dead_letter"
+    code, _, html = fetch(srv, "GET", f"/tasks/{dead}")
+    assert f'action="/tasks/{dead}/requeue"' in html and "boom" in html
+    code, headers, _ = fetch(srv, "POST", f"/tasks/{dead}/requeue")
+    assert code == 303 and client.status(dead).status == "pending"
+
+
+def test_an_action_posted_from_another_site_is_refused(srv, client) -> None:
+    tid = client.submit("dash.csrf")
+    code, _, html = fetch(srv, "POST", f"/tasks/{tid}/cancel", headers={"Origin": "https://evil.example"})
+    assert code == 403 and "another site" in html
+    assert client.status(tid).status == "pending"
+    code, _, _ = fetch(srv, "POST", f"/tasks/{tid}/cancel", headers={"Origin": f"http://{srv.host}:{srv.http_port}"})
+    assert code == 303 and client.status(tid).status == "cancelled"
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory) -> ServerProcess:
+    d = tmp_path_factory.mktemp("dash-auth")
+    cfg = d / "auth.yaml"
+    cfg.write_text(f"""
+auth:
+  enabled: true
+  api_keys:
+    - {{key: "{KEY_ADMIN}", name: admin, permissions: [admin]}}
+    - {{key: "{KEY_READ}", name: reader, permissions: [read]}}
+""")
+    s = ServerProcess(str(d / "data"), ["--shards", "2", "--config", str(cfg)])
+    s.start()
+    yield s
+    s.kill()
+
+
+def _sign_in(srv: ServerProcess, key: str, nxt: str = "/") -> str:
+    code, headers, _ = fetch(srv, "POST", "/login", {"api_key": key, "next": nxt})
+    assert code == 303 and headers["location"] == nxt
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    return cookie.split(";")[0]
+
+
+def test_with_auth_on_pages_need_a_key_and_a_read_key_changes_nothing(secured) -> None:
+    code, headers, _ = fetch(secured, "GET", "/tasks?status=failed")
+    assert code == 303 and headers["location"] == "/login?next=%2Ftasks%3Fstatus%3Dfailed"
+    code, _, html = fetch(secured, "GET", "/login")
+    assert code == 200 and 'type="password"' in html and '<label for="api_key">' in html
+    code, _, html = fetch(secured, "POST", "/login", {"api_key": "wrong-key-0123456789", "next": "/"})
+    assert code == 401 and "not valid" in html and "wrong-key" not in html
+    code, headers, _ = fetch(secured, "POST", "/login", {"api_key": KEY_READ, "next": "https://evil.example/"})
+    assert code == 303 and headers["location"] == "/"  # no open redirect
+
+    with Client(secured.url, api_key=KEY_ADMIN, timeout=30) as admin:
+        tid = admin.submit("dash.auth")
+    reader = _sign_in(secured, KEY_READ, f"/tasks/{tid}")
+    code, _, html = fetch(secured, "GET", f"/tasks/{tid}", headers={"Cookie": reader})
+    assert code == 200 and "dash.auth" in html and "reader" in html
+    assert "/cancel" not in html  # no button it could not use
+    code, _, html = fetch(secured, "POST", f"/tasks/{tid}/cancel", headers={"Cookie": reader})
+    assert code == 403 and "lacks the &#39;admin&#39; permission" in html
+    code, _, body = fetch(secured, "GET", "/ui/history.json", headers={"Cookie": reader})
+    assert code == 200 and "series" in json.loads(body)
+
+    admin_cookie = _sign_in(secured, KEY_ADMIN)
+    code, _, html = fetch(secured, "GET", f"/tasks/{tid}", headers={"Cookie": admin_cookie})
+    assert f'action="/tasks/{tid}/cancel"' in html
+    assert fetch(secured, "POST", f"/tasks/{tid}/cancel", headers={"Cookie": admin_cookie})[0] == 303
+    code, headers, _ = fetch(secured, "POST", "/logout", headers={"Cookie": admin_cookie})
+    assert code == 303 and headers["location"] == "/login" and 'shardq_key=""' in headers["set-cookie"]
+    joined = "".join(secured.stderr_lines + secured.stdout_lines)
+    assert KEY_ADMIN not in joined and KEY_READ not in joined
+
+
+def test_schedules_page_shows_next_runs_and_pauses_resumes_removes(srv, client) -> None:
+    client.schedule_add("dash-nightly", "dash.report", {"f": "pdf"}, cron="30 2 * * *", timezone="Europe/Paris")
+    client.schedule_add("dash:odd@name", "dash.tick", every=3600)
+    code, _, html = fetch(srv, "GET", "/schedules")
+    assert code == 200 and "dash-nightly" in html and "30 2 * * * (Europe/Paris)" in html
+    assert "every 3600.0 s" in html and ("+01:00" in html or "+02:00" in html)
+    code, headers, _ = fetch(srv, "POST", "/schedules/dash-nightly/pause")
+    assert code == 303 and headers["location"] == "/schedules?done=paused&name=dash-nightly"
+    assert client.schedule("dash-nightly")["paused"] is True
+    code, _, html = fetch(srv, "GET", headers["location"])
+    assert "Schedule dash-nightly paused." in html and 'aria-label="Resume dash-nightly"' in html
+    assert fetch(srv, "POST", "/schedules/dash-nightly/resume")[0] == 303
+    assert client.schedule("dash-nightly")["paused"] is False
+    code, _, _ = fetch(srv, "POST", "/schedules/dash%3Aodd%40name/remove")
+    assert code == 303 and [s["name"] for s in client.schedules()] == ["dash-nightly"]
+    code, _, html = fetch(srv, "POST", "/schedules/no-such/pause")
+    assert code == 404
+
+
+def test_quiet_and_stop_a_worker_from_the_workers_page(srv, client) -> None:
+    client.register_worker("w-dash-q", hostname="box-1", types=["dash.q"], concurrency=2)
+    code, _, html = fetch(srv, "GET", "/workers")
+    assert code == 200 and "w-dash-q" in html and 'aria-label="Quiet w-dash-q"' in html
+    code, headers, _ = fetch(srv, "POST", "/workers/w-dash-q/quiet")
+    assert code == 303 and headers["location"] == "/workers?done=quiet&worker=w-dash-q"
+    assert client.beat("w-dash-q").command == "quiet"  # delivered in the heartbeat's answer
+    code, _, html = fetch(srv, "GET", "/workers?done=quiet&worker=w-dash-q")
+    assert "Worker w-dash-q told to quiet down" in html and 'aria-label="Quiet w-dash-q"' not in html
+    assert fetch(srv, "POST", "/workers/w-dash-q/stop")[0] == 303
+    assert client.beat("w-dash-q").command == "stop"
+    code, _, html = fetch(srv, "POST", "/workers/no-such-worker/quiet")
+    assert code == 404 and "no-such-worker" in html
+    client.deregister_worker("w-dash-q")
