@@ -44,7 +44,7 @@ class ControlOperations:
     def pause_type(self, who: Identity, task_type: str) -> Result[dict[str, Any]]:
         """Stop claims of ``task_type`` everywhere; its submits are still accepted."""
         who.require("pause")
-        return self._change(MsgType.PAUSE_TYPE, {"type": task_type}, who,
+        return self._change_control(MsgType.PAUSE_TYPE, {"type": task_type}, who,
                             lambda c: _with(c, paused=True))
 
     def resume_type(self, who: Identity, task_type: str) -> Result[dict[str, Any]]:
@@ -54,7 +54,7 @@ class ControlOperations:
             if not c.paused:
                 raise InvalidState(f"type {task_type!r} is not paused")
             return _with(c, paused=False)
-        return self._change(MsgType.RESUME_TYPE, {"type": task_type}, who, resume)
+        return self._change_control(MsgType.RESUME_TYPE, {"type": task_type}, who, resume)
 
     def set_limits(self, who: Identity, task_type: str, cap: Any, rate: Any, burst: Any,
                    header: dict[str, Any] | None = None) -> Result[dict[str, Any]]:
@@ -79,9 +79,9 @@ class ControlOperations:
             if new.burst is not None and new.rate is None:
                 raise BadRequest("burst: needs a rate (give rate too, or clear burst with null)")
             return new
-        return self._change(MsgType.SET_LIMITS, wire, who, limit)
+        return self._change_control(MsgType.SET_LIMITS, wire, who, limit)
 
-    def _change(self, msg_type: MsgType, header: dict[str, Any], who: Identity,
+    def _change_control(self, msg_type: MsgType, header: dict[str, Any], who: Identity,
                 mutate: Any) -> Result[dict[str, Any]]:
         shard = self.shard
         task_type = header["type"]
@@ -91,7 +91,7 @@ class ControlOperations:
             if self.forwarded:
                 raise BadRequest(f"type {task_type!r} is owned by shard {owner}, not {shard.index}")
             assert shard.peers is not None
-            return self._forward(owner, msg_type, header)
+            return self._forward_control(owner, msg_type, header)
         shard.check_writable()
         current = shard.owned_controls.get(task_type) or TypeControl(
             task_type, version=shard.engine.control_version(task_type))
@@ -101,15 +101,15 @@ class ControlOperations:
         if not self.forwarded:
             log.info("%s %r by API key %r", msg_type.name, task_type, who.name)
         shard.commit_control(new)
-        return self._spread(new)
+        return self._spread_control(new)
 
-    async def _forward(self, owner: int, msg_type: MsgType, header: dict[str, Any]) -> dict[str, Any]:
+    async def _forward_control(self, owner: int, msg_type: MsgType, header: dict[str, Any]) -> dict[str, Any]:
         assert self.shard.peers is not None
         answer, _ = await self.shard.peers.request(owner, msg_type, header)
         answer.pop("rid", None)
         return answer
 
-    async def _spread(self, control: TypeControl) -> dict[str, Any]:
+    async def _spread_control(self, control: TypeControl) -> dict[str, Any]:
         missed = await self.shard.spread_control(control)
         out = control_answer(control)
         if missed:
