@@ -3,6 +3,7 @@
     python loadtests/chaos.py --seconds 40                  # 2 shards, 3 producers, 2 workers
     python loadtests/chaos.py --seconds 120 --shards 4 --producers 4
     python loadtests/chaos.py --seconds 40 --deps           # cross-shard dependency pairs
+    python loadtests/chaos.py --seconds 40 --max-concurrency 5   # a broker-wide cap, checked
 
 A real ``shardq serve --shards S`` (short leases) runs in a temp dir. Producer threads submit
 batches of 20 through ``shardq.Client`` and record every id the server acknowledged; one
@@ -23,6 +24,10 @@ one (a new worker id), and the dead one's leases come back when it is declared d
 ``--deps``: each batch is 10 (dependency, dependent) pairs whose client ids put the two on
 different shards, so every SUBMIT is split across owners and every dependency is remote; the run
 also checks that no dependent's handler started before its dependency's did.
+
+``--max-concurrency N``: the task type gets a broker-wide concurrency cap of N (SET_LIMITS, before
+the first task); each handler run records its start and end (it runs at least 5 ms), and the run
+checks that at no instant more than N handlers ran at once, across every worker and every kill.
 
 Producer errors are expected only while a shard is down for longer than the client's 10 s
 ``Unavailable`` retry: when it is killed again within 10 s of a restart, the supervisor's
@@ -61,9 +66,28 @@ app = shardq.App()
 
 @app.task("chaos")
 def chaos_task(ctx: shardq.worker.TaskContext) -> bytes:
+    started = time.time()
     with open(os.environ["SHARDQ_CHAOS_MARKS"], "a") as marks:
-        marks.write(f"{ctx.id} {time.time():.6f}\n")  # one short append: whole lines with 8 threads
+        marks.write(f"{ctx.id} {started:.6f}\n")  # one short append: whole lines with 8 threads
+    spans = os.environ.get("SHARDQ_CHAOS_SPANS")
+    if spans:  # --max-concurrency: how long this run held its slot
+        time.sleep(0.005)
+        with open(spans, "a") as out:
+            out.write(f"{ctx.id} {started:.6f} {time.time():.6f}\n")
     return b"ok"
+
+
+def peak_overlap(spans_file: str) -> int:
+    """The most handler runs that were running at the same instant."""
+    events = []
+    for line in Path(spans_file).read_text().splitlines():
+        _, start, end = line.split()
+        events += [(float(start), 1), (float(end), -1)]
+    running = peak = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start at a tie
+        running += step
+        peak = max(peak, running)
+    return peak
 
 
 class Producers:
@@ -155,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sync", choices=("always", "interval", "none"), default="interval",
                         help="the server's persistence.sync (default interval; none is not crash-safe "
                              "against a machine crash, but is against a process kill)")
+    parser.add_argument("--max-concurrency", type=int, default=None, metavar="N",
+                        help="cap the task type at N running at once (broker-wide) and check that "
+                             "no more than N handlers ever ran at the same time")
     parser.add_argument("--deps", action="store_true",
                         help="submit (dependency, dependent) pairs on different shards, and check "
                              "that no dependent ran before its dependency")
@@ -171,8 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         server = ServerProcess(os.path.join(tmp, "data"), [
             "--shards", str(args.shards), "--sync", args.sync, "--lease-timeout-ms", "3000",
             "--heartbeat-interval-ms", "500"]).start()
+        spans = os.path.join(tmp, "spans")
+        if args.max_concurrency is not None:
+            with shardq.Client(server.url) as admin:
+                admin.set_limits("chaos", max_concurrency=args.max_concurrency)
+            Path(spans).touch()
         env = dict(os.environ, SHARDQ_CHAOS_MARKS=marks, PYTHONPATH=os.pathsep.join(
             [str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        if args.max_concurrency is not None:
+            env["SHARDQ_CHAOS_SPANS"] = spans
         def start_worker(k: int) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
                 [sys.executable, "-m", "shardq.worker", "chaos:app", "--server", server.url,
@@ -231,10 +265,16 @@ def main(argv: list[str] | None = None) -> int:
                             if child in first_run and first_run[child] < first_run.get(parent, float("inf")))
                 print(f"dependency pairs across shards: {len(producers.pairs):,}; "
                       f"dependents that ran before their dependency: {early}")
+            over = 0
+            if args.max_concurrency is not None:
+                peak = peak_overlap(spans)
+                over = int(peak > args.max_concurrency)
+                print(f"concurrency cap {args.max_concurrency}: at most {peak} handlers ran at once"
+                      + (" -- EXCEEDED" if over else ""))
             if os.environ.get("SHARDQ_CHAOS_LOG"):
                 Path(os.environ["SHARDQ_CHAOS_LOG"]).write_text(
                     "".join(server.stderr_lines) + "\n".join(producers.errors) + "\n")
-            return 0 if not missing and not open_ and not never and not early else 1
+            return 0 if not missing and not open_ and not never and not early and not over else 1
         finally:
             producers.stop.set()
             for w in workers:

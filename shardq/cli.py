@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from shardq.cli_commands import add_client_commands, common_options
     dlq = add_client_commands(sub)
+    from shardq.cli_controls import add_control_commands
+    add_control_commands(sub)
     from shardq.schedules_cli import add_schedule_commands
     add_schedule_commands(sub)
     from shardq.cli_workers import add_worker_control  # `shardq workers quiet|stop ID`

@@ -407,6 +407,11 @@ def cmd_stats(args: argparse.Namespace, client: Any) -> int:
     print()
     print(f"workers: {stats.get('workers', 0)}   connections: {stats.get('connections', 0)}   "
           f"uptime: {uptime(stats.get('uptime_s', 0))}")
+    controls = stats.get("controls") or {}  # per-type controls: `shardq limits show` has more
+    paused = sorted(t for t, c in controls.items() if c.get("paused"))
+    limited = sorted(t for t, c in controls.items() if c.get("max_concurrency") or c.get("rate"))
+    if paused or limited:
+        print(f"paused types: {', '.join(paused) or '-'}   limited types: {', '.join(limited) or '-'}")
     return 0
 
 

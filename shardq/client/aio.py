@@ -43,6 +43,7 @@ from shardq.client.control import (
     require_feature,
     worker_control_header,
 )
+from shardq.client.controls import AsyncClientControls
 from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
 from shardq.client.schedules import AsyncScheduleMethods
@@ -68,7 +69,7 @@ class _Lane:
         self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
 
 
-class AsyncClient(LaneRouting[_Lane], AsyncScheduleMethods, AsyncTriageMethods):
+class AsyncClient(LaneRouting[_Lane], AsyncScheduleMethods, AsyncTriageMethods, AsyncClientControls):
     """An asyncio connection to a shardq server, shared by any number of coroutines.
 
     Use it from one event loop. ``timeout`` (seconds, None for none) bounds every call;

@@ -37,6 +37,7 @@ from shardq.client.control import (
     require_feature,
     worker_control_header,
 )
+from shardq.client.controls import ClientControls
 from shardq.client.lanes import LaneRouting
 from shardq.client.models import Job, TaskCancelled, TaskFailed, TaskInfo, WaitTimeout
 from shardq.client.schedules import ScheduleMethods
@@ -62,7 +63,7 @@ class _Lane:
         self.info: dict[str, Any] = {}  # HELLO's answer: ``shard`` says where it really is
 
 
-class Client(LaneRouting[_Lane], ScheduleMethods, TriageMethods):
+class Client(LaneRouting[_Lane], ScheduleMethods, TriageMethods, ClientControls):
     """A connection to a shardq server. Not shared between threads: make one per thread.
 
     On a multi-shard server it spreads its work over the shards (shardq/client/spread.py): one

@@ -36,6 +36,7 @@ from typing import Any
 
 from shardq.engine import states
 from shardq.engine.cancelling import EngineCancelRunning
+from shardq.engine.controls import EngineControls
 from shardq.engine.dependencies import EngineDependencies
 from shardq.engine.deps import Dependencies
 from shardq.engine.insight import EngineInsight
@@ -75,7 +76,8 @@ _TASK_JSON_RESERVE = 1024
 
 
 class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, EngineSchedules,
-             EngineTaskOptions, EngineCancelRunning, EngineTimeline, EngineInsight, EngineSearch):
+             EngineTaskOptions, EngineCancelRunning, EngineTimeline, EngineInsight, EngineSearch,
+             EngineControls):
     """One shard's engine: the one object the shard calls (see rule 4 for its mixins)."""
 
     def __init__(self, store: Store, settings: EngineSettings, rng: random.Random | None = None) -> None:
@@ -99,6 +101,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         self.counters: dict[str, int] = {}
         self.processing_ms: list[int] = []  # drained by metrics; bounded below
         self._insight_reset()  # dead-letter groups and per-type figures (insight.py)
+        self._init_controls(open_claims=True)  # paused types, caps, rates (controls.py)
 
     # -- helpers -----------------------------------------------------------
 
@@ -143,6 +146,8 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
             self._deps.unmet.pop(task.id, None)
         if new == PENDING:
             self.pending_by_tier[tier_of(task.priority)] += 1
+        if self._metered and task.type in self._metered:
+            self._gate_moved(task.type, old, new)
         task.status = new
         task.updated_ms = now
         self._note(task, event, now)  # its history rides in this write (timeline.py)
@@ -300,11 +305,16 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
               now: int) -> list[tuple[Task, bytes]]:
         """Lease up to ``max_tasks`` ready tasks (highest priority, then FIFO)."""
         self._leases.touch(worker_id, now)
+        if self._rate_wake is not None and self._rate_wake <= now:
+            self._controls_tick(now)  # a rate-limited type got its next token
         return self._take(worker_id, max_tasks, type_filter(types), now)
 
     def _take(self, worker_id: str, max_tasks: int, types: frozenset[str] | None,
               now: int) -> list[tuple[Task, bytes]]:
         out: list[tuple[Task, bytes]] = []
+        if not self.claims_open:
+            return out  # controls not known yet (controls.py rule 4)
+        metered = self._metered
         budget = self.s.max_frame - _CLAIM_HEADER_RESERVE
         ready = self._ready
         pop_best = ready.pop_best
@@ -325,6 +335,9 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
             if out and cost > budget:
                 ready.push_back(task.type, entry)
                 break
+            if metered and task.type in metered and not self._admit(task.type, now):
+                ready.push_back(task.type, entry)  # the type is blocked now: held
+                continue
             budget -= cost
             # The lease: in_progress with the next attempt, then the lease table's entry.
             set_status(task, "claim", now, attempt=task.attempt + 1, worker_id=worker_id,
@@ -491,6 +504,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
     def tick(self, now: int) -> int | None:
         """Do what is due at ``now``; return when the next thing falls due."""
         ready = self._ready
+        rate_wake = self._controls_tick(now) if self._rate_wake is not None else None
         next_schedule = self.fire_schedules(now) if self._schedule_heap else None
         for due, raw in ready.pop_due(now):
             task = self.store.get(raw)
@@ -509,7 +523,7 @@ class Engine(EngineReads, EngineMaintenance, EngineWorkers, EngineDependencies, 
         self._serve_waiters(now)
         self._waiters.expire(now)
         heads = self._leases.heads()
-        for head in (self._waiters.next_deadline(), ready.next_due(), next_schedule):
+        for head in (self._waiters.next_deadline(), ready.next_due(), next_schedule, rate_wake):
             if head is not None:
                 heads.append(head)
         return min(heads) if heads else None

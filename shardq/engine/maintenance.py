@@ -56,6 +56,7 @@ class EngineMaintenance:
         def requeue(self, raw_id: bytes, now: int) -> Task: ...
         def _insight_reset(self) -> None: ...
         def _insight_loaded(self, task: Task) -> None: ...
+        def _controls_recount(self) -> None: ...
         def load_schedules(self, now: int) -> int: ...
         def _recover_options(self, task: Task, schedule: list[int], key_of: Any) -> None: ...
         def _load_unique(self) -> int: ...
@@ -112,6 +113,7 @@ class EngineMaintenance:
             self._leases.restore(task, task.worker_id or "", now + self.s.lease_ms,
                                  task.started_ms + task.timeout_seconds * 1000, now)
             restored += 1
+        self._controls_recount()
         # Correct the persisted counts to what was scanned *before* any dependent is
         # dead-lettered below: those moves adjust the counts themselves.
         corrected = [STATUS_NAMES[st] for st, ids in seen.items() if store.recount(st, ids)]
@@ -225,6 +227,7 @@ class EngineMaintenance:
             leases.restore(task, worker_id, expires, deadline, now)
             n_leases += 1
         self._leases = leases
+        self._controls_recount()  # restored leases count against caps (controls.py)
         store = self.store
         for task in with_deps:
             unmet = [d for d in task.depends_on if not store.owns(d) or store.status_of(d) != COMPLETED]

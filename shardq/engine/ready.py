@@ -14,6 +14,10 @@ Rules:
    also holds failed tasks waiting for their retry, which are not in that set.
 4. ``dirty`` says a task became ready since the waiting claims were last served;
    the engine clears it when it serves them.
+5. A type in ``blocked`` (paused, at its concurrency cap, out of rate tokens: engine/controls.py)
+   keeps its heap in ``held`` instead of ``heaps``: no claim, ready hint or waiting claim sees
+   it, and a type with no controls pays nothing for the feature (one dict miss when its heap is
+   made).
 """
 
 from __future__ import annotations
@@ -48,13 +52,15 @@ def _key_id(key: int) -> bytes:
 class ReadyQueue:
     """The ready heaps (one per type) and the schedule heap of one shard."""
 
-    __slots__ = ("heaps", "schedule", "scheduled", "dirty")
+    __slots__ = ("heaps", "schedule", "scheduled", "dirty", "held", "blocked")
 
     def __init__(self) -> None:
         self.heaps: dict[str, list[int]] = {}  # per type, of _ready_key
         self.schedule: list[int] = []  # of _schedule_key
         self.scheduled: set[bytes] = set()  # pending tasks not yet due
         self.dirty = False
+        self.held: dict[str, list[int]] = {}  # heaps of blocked types (rule 5)
+        self.blocked: set[str] = set()
 
     def enqueue(self, task: Task, now: int) -> None:
         """A pending task whose dependencies are met: ready now, or scheduled."""
@@ -64,6 +70,10 @@ class ReadyQueue:
         else:
             heap = self.heaps.get(task.type)
             if heap is None:
+                if task.type in self.blocked:
+                    heapq.heappush(self.held.setdefault(task.type, []),
+                                   _ready_key(task.priority, task.seq, task.id))
+                    return
                 heap = self.heaps[task.type] = []
             heapq.heappush(heap, _ready_key(task.priority, task.seq, task.id))
             self.dirty = True
@@ -102,7 +112,27 @@ class ReadyQueue:
 
     def push_back(self, task_type: str, entry: int) -> None:
         """Put back an entry from ``pop_best`` that the claim did not take."""
-        heapq.heappush(self.heaps.setdefault(task_type, []), entry)
+        target = self.held if task_type in self.blocked else self.heaps
+        heapq.heappush(target.setdefault(task_type, []), entry)
+
+    def block(self, task_type: str) -> None:
+        """Hide ``task_type``'s ready tasks from claims until ``unblock``."""
+        self.blocked.add(task_type)
+        heap = self.heaps.pop(task_type, None)
+        if heap:
+            self.held[task_type] = heap
+
+    def unblock(self, task_type: str) -> None:
+        """Make ``task_type``'s ready tasks claimable again (waiting claims are served)."""
+        self.blocked.discard(task_type)
+        heap = self.held.pop(task_type, None)
+        if heap:
+            self.heaps[task_type] = heap
+            self.dirty = True
+
+    def ready_count(self, task_type: str) -> int:
+        """Ready entries of ``task_type``, held or not (lazy entries included: an estimate)."""
+        return len(self.heaps.get(task_type) or self.held.get(task_type) or ())
 
     def pop_due(self, now: int) -> Iterator[tuple[int, bytes]]:
         """Pop the schedule entries due at ``now``: (scheduled_ms, task id) each."""
@@ -126,6 +156,7 @@ class ReadyQueue:
         yet due. The containers are adopted, not copied: recovery may hand over millions."""
         for heap in heaps.values():
             heapq.heapify(heap)
+        self.held = {t: heaps.pop(t) for t in self.blocked & heaps.keys()}
         self.heaps = heaps
         schedule.extend(self.schedule)
         heapq.heapify(schedule)

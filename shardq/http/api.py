@@ -32,6 +32,7 @@ from shardq.errors import BadRequest, Forbidden, NotFound, TooLarge, Unauthorize
 from shardq.http import schema as s
 from shardq.http.insight import InsightApi
 from shardq.http.insight_api import TriageApi
+from shardq.http.control_api import ApiControls
 from shardq.http.openapi import build_document
 from shardq.http.problems import problem
 from shardq.http.routes import ROUTES, Route, Router
@@ -150,7 +151,7 @@ def _split(tasks: list[dict[str, Any] | None], blob: bytes, key: str, name: str,
         at += n
 
 
-class Api(ScheduleApi, WorkerControlApi, InsightApi, TriageApi):  # insight routes: http/insight.py, insight_api.py
+class Api(ScheduleApi, WorkerControlApi, InsightApi, TriageApi, ApiControls):  # insight routes: http/insight.py, insight_api.py
     """One shard's HTTP API: ``handle`` is aiohttp's request handler (server.py)."""
 
     _payload_of = staticmethod(_bytes)  # for the mixins (schedule_api.py)

@@ -21,6 +21,7 @@ REF = "#/components/schemas/{name}"
 PATH_SCHEMAS: dict[str, Any] = {
     "id": {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"},
     "worker_id": {"type": "string", "minLength": 1, "maxLength": 255},
+    "task_type": {"type": "string", "minLength": 1, "maxLength": 255},
     "name": {"type": "string", "pattern": NAME_REGEX},  # a schedule's
 }
 RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}}

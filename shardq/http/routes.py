@@ -18,6 +18,7 @@ from urllib.parse import unquote
 from msgspec import UNSET, Meta, UnsetType
 
 from shardq.http import insight as ins
+from shardq.http import control_schema as cs
 from shardq.http import schedule_schema as ss
 from shardq.http import schema as s
 from shardq.http.insight_routes import ROUTE_ROWS as INSIGHT_ROUTE_ROWS
@@ -67,6 +68,7 @@ PARAM_DOCS = {
                 "UTF-8, else base64), `json`, `text` or `base64` (each falling back to base64).",
     "id": "The task's id.",
     "worker_id": "The worker's id (chosen by the worker; unique among live workers).",
+    "task_type": "The task type (a paused or limited type, or one to pause or limit).",
     "resolution": "`1s`: one point a second over the last 10 minutes; `10s`: one point per 10 s "
                   "over the last hour.",
     "name": "The schedule's name.",
@@ -148,6 +150,16 @@ ROUTES: tuple[Route, ...] = (
           body=s.Heartbeat, body_required=False),
     Route("DELETE", API + W, "deregister_worker", "workers",
           "The worker leaves: its leases go back to pending at once", s.Released),
+    # per-type controls (feature "type-controls": http/control_api.py)
+    Route("POST", API + "/controls/{task_type}/pause", "pause_type", "operators",
+          "Stop handing out tasks of a type, on every shard (submits go on)", cs.ControlChanged),
+    Route("POST", API + "/controls/{task_type}/resume", "resume_type", "operators",
+          "Hand out tasks of a paused type again", cs.ControlChanged, errors=(409,)),
+    Route("PATCH", API + "/controls/{task_type}/limits", "set_limits", "operators",
+          "Set or clear a type's broker-wide concurrency cap and rate", cs.ControlChanged, body=cs.Limits),
+    Route("GET", API + "/controls", "get_controls", "operators",
+          "Paused and limited types, with each shard's live numbers", cs.Controls,
+          query=cs.ControlsQuery, errors=(404,)),
     # schedules (server/schedule_ops.py); 409: a schedule of that name exists (add it with replace)
     Route("POST", API + "/schedules", "add_schedule", "schedules",
           "Add a periodic schedule: each tick submits one task", ss.ScheduleOut, 201,

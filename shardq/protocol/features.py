@@ -9,6 +9,7 @@ from __future__ import annotations
 
 FEATURES: tuple[str, ...] = (
     "dlq_groups", "delete", "bulk", "search", "type_stats",  # insight: triage, delete, search, types
+    "type-controls",  # PAUSE_TYPE, RESUME_TYPE, SET_LIMITS, GET_CONTROLS (pause, caps, rates)
     "query_payload",  # QUERY_STATUS with_payload (the dashboard's payload preview)
     "schedules",  # SCHEDULE_ADD / _LIST / _REMOVE / _PAUSE: periodic schedules in the broker
     "expiry",  # SUBMIT expires_at_ms / ttl_ms

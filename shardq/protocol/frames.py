@@ -55,6 +55,11 @@ class MsgType(IntEnum):
     BULK = 0x26
     SEARCH = 0x27
     TYPE_STATS = 0x28
+    # Per-type controls (feature "type-controls", protocol/controls.py): pause, resume, limits.
+    PAUSE_TYPE = 0x10
+    RESUME_TYPE = 0x11
+    SET_LIMITS = 0x12
+    GET_CONTROLS = 0x13
     # Periodic schedules (protocol/schedules.py, docs/protocol.md "Schedules").
     SCHEDULE_ADD = 0x1A
     SCHEDULE_LIST = 0x1B

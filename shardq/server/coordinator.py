@@ -32,6 +32,7 @@ from shardq.errors import ConfigError
 from shardq.metrics import BrokerCollector, on_loop, start_metrics_server, stop_metrics_server
 from shardq.process import EXIT_BIND, EXIT_CONFIG, start_child
 from shardq.protocol.frames import Message, MsgType
+from shardq.server.coordinator_controls import CoordinatorControls
 from shardq.server.history import RESOLUTIONS, BrokerHistory
 from shardq.server.mesh import Link, coordinator_path
 from shardq.server.worker_control import merge_reported, on_order, push_orders
@@ -46,7 +47,7 @@ WORKER_FIELDS = ("hostname", "pid", "types", "concurrency", "cpu_percent", "memo
                  "memory_percent", "state")
 
 
-class Coordinator:
+class Coordinator(CoordinatorControls):
     def __init__(self, broker: BrokerConfig, shards: int) -> None:
         self.host = broker.host  # /metrics listens beside the client port
         self.connection_timeout_s = broker.connection_timeout_ms / 1000
@@ -61,6 +62,7 @@ class Coordinator:
         self.started = time.monotonic()
         self.dead_declared = 0
         self._state_dirty = False
+        self._init_controls()  # per-type controls: records, slots, rate shares
         self.history = BrokerHistory()  # the dashboard's charts (history.py)
 
     # -- messages from shards ---------------------------------------------------
@@ -91,6 +93,7 @@ class Coordinator:
             self.links[shard] = link
             link.on_lost = lambda lk, i=shard: self._lost(i, lk)
             self._state_dirty = True  # a (re)connected shard needs the others' state
+            self.controls_link_new(shard)
             if self.orders:
                 push_orders(self.orders, [link])
         if "depth" in report and self.depths.get(shard) != report["depth"]:
@@ -109,6 +112,8 @@ class Coordinator:
             orders_changed = self.orders.pop(wid, None) is not None or orders_changed
         if orders_changed:
             push_orders(self.orders, list(self.links.values()))
+        if ("controls" in report or "usage" in report) and self.on_controls_report(shard, report):
+            self._state_dirty = True
         if self._state_dirty:
             self._push_state()
 
@@ -133,6 +138,7 @@ class Coordinator:
             if shard in self.reports:
                 self.reports[shard]["up"] = False
             log.warning("shard %d disconnected", shard)
+            self.controls_shard_lost()
             self._push_state()
 
     # -- pushing to shards --------------------------------------------------------
@@ -141,6 +147,7 @@ class Coordinator:
         self._state_dirty = False
         state = {"depths": {str(i): d for i, d in self.depths.items()},
                  "ready": {str(i): r for i, r in self.ready.items() if r}}
+        state.update(self.controls_state())
         for link in list(self.links.values()):
             link.send(MsgType.STATE, state)
 

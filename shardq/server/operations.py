@@ -37,6 +37,7 @@ from shardq.patterns import PatternError, TypePatterns
 from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.server import dep_results, insight, routing, taskopts, worker_control
 from shardq.server.claims import Caller, Claimed, Claims
+from shardq.server.control_ops import ControlOperations
 from shardq.server.history import RESOLUTIONS, SERIES
 from shardq.server.schedule_ops import ScheduleOperations
 from shardq.specs import ResultItem, TaskSpec
@@ -68,6 +69,8 @@ PERMISSION = {
     "dlq_groups": "read", "search": "read", "type_stats": "read", "bulk_dry_run": "read",
     "delete": "admin", "bulk": "admin",
 }
+PERMISSION["get_controls"] = "read"  # type controls; pause, resume and limits need admin
+
 # The operations whose tasks a key's task-type patterns limit (docs/security.md). The others
 # (stats, heartbeat, register, deregister) need the permission on any pattern: they carry no
 # task's type, id or payload, only counts and a worker's own leases.
@@ -151,7 +154,7 @@ class Page:
     cursor: str | None
 
 
-class Operations(ScheduleOperations):
+class Operations(ScheduleOperations, ControlOperations):
     def __init__(self, shard: ShardServer, forwarded: bool = False) -> None:
         self.shard = shard
         self.engine = shard.engine

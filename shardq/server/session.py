@@ -60,6 +60,7 @@ from shardq.server.claims import Caller
 from shardq.server.operations import Identity, Operations
 from shardq.server.session_auth import SessionAuth
 from shardq.server.session_insight import SessionInsight
+from shardq.server.session_controls import SessionControls
 from shardq.server.session_requests import SessionRequests
 from shardq.server.session_schedules import SessionSchedules
 from shardq.specs import ResultItem, TaskSpec
@@ -80,7 +81,8 @@ MAX_FRAME_BEFORE_HELLO = SMALL_FRAME
 # more than 20 ms without yielding a stall; PINGs of other clients wait for this much at most).
 SLICE_S = 0.002
 
-class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSchedules, SessionInsight):
+class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSchedules, SessionInsight,
+              SessionControls):
     def __init__(self, server: ShardServer, ops: Operations, peer: bool = False,
                  carried: bytes = b"") -> None:
         Caller.__init__(self)
@@ -117,6 +119,7 @@ class Session(asyncio.Protocol, Caller, SessionAuth, SessionRequests, SessionSch
             MsgType.EXPLAIN: self.on_explain,  # session_requests.py
             **self.insight_handlers(),
         }
+        self._handlers.update(self.control_handlers())  # session_controls.py
         self._handlers.update(self.schedule_handlers())
         self._typed: dict[MsgType, Callable[[Any], None]] = {
             MsgType.SUBMIT: self._submit, MsgType.CLAIM: self._claim, MsgType.RESULT: self._result}

@@ -42,6 +42,7 @@ from shardq.metrics import LoopLagProbe, shard_histograms
 from shardq.protocol.frames import MAX_FRAME, Message, MsgType
 from shardq.server.auth import Auth
 from shardq.server.budget import HeapTrimmer, InputBudget, OutputBudget
+from shardq.server.controls import ShardControls
 from shardq.server.handoff import (
     HandoffReceiver,
 )
@@ -98,7 +99,7 @@ def store_settings(cfg: Config) -> StoreSettings:
         block_cache_size=p.block_cache_size)
 
 
-class ShardServer(ShardConnections, ShardDisk, ShardStats):
+class ShardServer(ShardConnections, ShardDisk, ShardStats, ShardControls):
     """Owns the engine, the store and every session of this process."""
 
     def __init__(self, cfg: Config, data_dir: str, shards: int, index: int = 0,
@@ -173,12 +174,14 @@ class ShardServer(ShardConnections, ShardDisk, ShardStats):
         self._probe_timer: asyncio.TimerHandle | None = None
         self.flush_seq = 0  # _flush calls so far
         self.failed_flush_seq = -1  # the last _flush whose write failed
+        self._init_shard_controls()  # paused types, caps and rates (controls.py)
 
     # -- start / stop ----------------------------------------------------------
 
     def recover(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         summary = self.engine.recover(now_ms())
+        self.load_controls()
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         log.info("recovered %s", " ".join(f"{k}={v}" for k, v in summary.items()))
         return summary
@@ -313,7 +316,7 @@ class ShardServer(ShardConnections, ShardDisk, ShardStats):
                     session.send(frames[0])  # an HTTP answer (http/api.py Committed) is always one
                 else:
                     session.send_all(frames)
-        if self.coordinator is not None and self._ready_changed():
+        if self.coordinator is not None and (self._ready_changed() or self.controls_changed()):
             self._schedule_report()
 
     def _after_change(self) -> None:
@@ -423,6 +426,7 @@ class ShardServer(ShardConnections, ShardDisk, ShardStats):
             self.engine.remote_depth = sum(d for k, d in depths.items() if int(k) != self.index)
             self.others_ready = {int(k): dict(v) for k, v in (msg.header.get("ready") or {}).items()
                                  if int(k) != self.index}
+            self.on_state_controls(msg.header)
             if self.others_ready:
                 self.on_others_ready()
         elif msg.type is MsgType.WORKER_ORDERS:
@@ -507,6 +511,7 @@ class ShardServer(ShardConnections, ShardDisk, ShardStats):
         if full or now - getattr(self, "_stats_at", 0.0) >= STATS_PERIOD_S:
             self._stats_at = now
             report["stats"] = self.stats_row()
+        report.update(self.controls_report(full))
         self._reported_ready = ready
         self._report_at = now
         link.send(MsgType.REPORT, report)

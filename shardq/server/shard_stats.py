@@ -95,9 +95,11 @@ class ShardStats:
                               "unique_duplicates": (r.get("counters") or {}).get("unique_duplicates", 0),
                               "writable": r.get("writable", True), "disk_free_bytes": r.get("disk_free_bytes"),
                               "disk_alarm": r.get("disk_alarm", False)})
-        return {"totals": totals, "workers": workers,
-                "connections": sum(r.get("connections", 0) for r in rows.values()),
-                "shards": per_shard, "uptime_s": uptime}
+        out = {"totals": totals, "workers": workers,
+               "connections": sum(r.get("connections", 0) for r in rows.values()),
+               "shards": per_shard, "uptime_s": uptime}
+        out.update(self.controls_summary())  # type: ignore[attr-defined]  # server/controls.py
+        return out
 
 
 

@@ -24,6 +24,8 @@ VALID = {
     MsgType.WORKER_CONTROL: {"worker_id": "w", "action": "quiet"},
     MsgType.EXPLAIN: {"id": "0" * 8 + "-0000-4000-8000-" + "0" * 12},  # insight
 }
+VALID.update({MsgType.PAUSE_TYPE: {"type": "t"}, MsgType.RESUME_TYPE: {"type": "t"},  # type-controls
+              MsgType.SET_LIMITS: {"type": "t", "rate": 1}, MsgType.GET_CONTROLS: {}})
 
 
 def test_every_request_type_is_covered() -> None:

@@ -25,7 +25,7 @@ PURE_MODULES = ["shardq.protocol.frames", "shardq.protocol.requests", "shardq.en
                 "shardq.engine.states", "shardq.engine.storage", "shardq.engine.reads",
                 "shardq.engine.maintenance", "shardq.engine.settings", "shardq.task", "shardq.errors",
                 "shardq.specs", "shardq.schedule_specs", "shardq.engine.schedules", "shardq.engine.timing", "shardq.store.layout", "shardq.store.memory", "shardq.config",
-                "shardq.client.core"]
+                "shardq.client.core", "shardq.engine.controls", "shardq.protocol.controls"]
 IO_MODULES = {"asyncio", "socket", "rocksdict", "multiprocessing", "uvloop", "selectors",
               "subprocess", "psutil"}
 
@@ -185,6 +185,7 @@ LAZY_IMPORTS = {
     ("shardq.cli", "shardq.bench"): "`shardq --help` and the client commands do not load the benchmarks",
     ("shardq.cli", "shardq.cli_commands"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.cli_triage"): "`shardq serve` does not load the client commands",
+    ("shardq.cli", "shardq.cli_controls"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.schedules_cli"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.cli_workers"): "`shardq serve` does not load the client commands",
     ("shardq.cli", "shardq.cli_insight"): "`shardq serve` does not load the client commands",
