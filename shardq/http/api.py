@@ -30,9 +30,9 @@ from aiohttp import web
 
 from shardq.errors import BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, WireError
 from shardq.http import schema as s
+from shardq.http.control_api import ApiControls
 from shardq.http.insight import InsightApi
 from shardq.http.insight_api import TriageApi
-from shardq.http.control_api import ApiControls
 from shardq.http.openapi import build_document
 from shardq.http.problems import problem
 from shardq.http.routes import ROUTES, Route, Router

@@ -17,8 +17,8 @@ from urllib.parse import unquote
 
 from msgspec import UNSET, Meta, UnsetType
 
-from shardq.http import insight as ins
 from shardq.http import control_schema as cs
+from shardq.http import insight as ins
 from shardq.http import schedule_schema as ss
 from shardq.http import schema as s
 from shardq.http.insight_routes import ROUTE_ROWS as INSIGHT_ROUTE_ROWS

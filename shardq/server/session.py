@@ -59,8 +59,8 @@ from shardq.server.budget import SMALL_ANSWER_ESTIMATE, SMALL_FRAME, answer_esti
 from shardq.server.claims import Caller
 from shardq.server.operations import Identity, Operations
 from shardq.server.session_auth import SessionAuth
-from shardq.server.session_insight import SessionInsight
 from shardq.server.session_controls import SessionControls
+from shardq.server.session_insight import SessionInsight
 from shardq.server.session_requests import SessionRequests
 from shardq.server.session_schedules import SessionSchedules
 from shardq.specs import ResultItem, TaskSpec
