@@ -118,6 +118,34 @@ def delayed(f: Facts) -> Explanation | None:
                    f"{_seconds(f['scheduled_ms'] - f['now_ms'])}", due_ms=f["scheduled_ms"])
 
 
+def held_back(f: Facts) -> Explanation | None:
+    """Ready, but its type is paused, at its concurrency cap or out of rate tokens on this shard
+    (engine/controls.py ``control_view``)."""
+    c = f.get("control")
+    if f["status"] != "pending" or not c or not c.get("blocked_by"):
+        return None
+    t = f["type"]
+    why = c["blocked_by"]
+    ready = c.get("ready")
+    if why == "paused":
+        return _answer(f, "paused", f"type {t!r} is paused (since {format_ms(c['updated_ms'])}); "
+                       f"`shardq resume {t}` lets its {ready} ready task(s) run", paused_ms=c["updated_ms"],
+                       ready=ready)
+    if why == "concurrency":
+        return _answer(f, "concurrency_cap", f"type {t!r} is at its concurrency cap: {c['running']} running "
+                       f"here of this shard's {c['limit']} slot(s), {c['max_concurrency']} broker-wide; "
+                       f"it starts when one of them ends", running=c["running"], slots=c["limit"],
+                       max_concurrency=c["max_concurrency"], ready=ready)
+    if why == "rate":
+        share = c.get("rate_share") or 0
+        wait = f" (about {_seconds(int(1000 / share))} per task here)" if share > 0 else ""
+        return _answer(f, "rate_limited", f"type {t!r} is rate-limited to {c['rate']}/s broker-wide "
+                       f"(this shard's share {share:g}/s, burst {c['burst']}): waiting for a token{wait}",
+                       rate=c["rate"], rate_share=share, burst=c["burst"], tokens=c.get("tokens"), ready=ready)
+    return _answer(f, "controls_syncing", "this shard restarted and is still learning the per-type "
+                   "pauses and limits from the others; it hands out no task until it has them")
+
+
 def _capable(f: Facts) -> tuple[int, int]:
     """Live workers in all, and those that run this task's type (a worker that named no types
     runs every type)."""
@@ -168,11 +196,11 @@ def next_in_line(f: Facts) -> Explanation | None:
                    f"the next worker that claims this type gets it; {pace}", claims_last_minute=rate)
 
 
-# In order; the first that answers wins. Features that hold tasks back insert theirs before
-# ``no_live_worker`` (a paused type, a rate limit or concurrency cap); ``expired`` comes before
-# ``dead_lettered``, whose case it narrows.
+# In order; the first that answers wins: ``held_back`` (a paused type, a concurrency cap, a
+# rate limit) comes before ``no_live_worker``; ``expired`` before ``dead_lettered``, whose case
+# it narrows.
 CHECKS: list[Check] = [completed, cancelled, expired, dead_lettered, running, retry_backoff,
-                       waiting_for_dependency, delayed, no_live_worker, behind_others, next_in_line]
+                       waiting_for_dependency, delayed, held_back, no_live_worker, behind_others, next_in_line]
 
 
 def explain(facts: Facts) -> Explanation:

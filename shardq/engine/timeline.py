@@ -14,7 +14,7 @@ SUBMIT, CANCEL or REQUEUE when auth is on), recorded with those events. The ordi
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shardq.engine import history
 from shardq.engine.deps import Dependencies
@@ -22,7 +22,7 @@ from shardq.engine.leases import LeaseTable, Worker
 from shardq.engine.ready import ReadyQueue, _ready_key
 from shardq.engine.settings import EngineSettings
 from shardq.engine.storage import Store
-from shardq.task import IN_PROGRESS, PENDING, STATUS_NAMES, Task, id_to_str
+from shardq.task import FAILED, IN_PROGRESS, PENDING, STATUS_NAMES, Task, id_to_str
 
 # explain counts the ready tasks ahead of one in a scan of its type's heap of at most this many
 # entries (a few ms; the depth threshold keeps heaps below it by default), so "ahead" stops there.
@@ -39,6 +39,9 @@ class EngineTimeline:
     _leases: LeaseTable
     _ready: ReadyQueue
     _deps: Dependencies
+
+    if TYPE_CHECKING:  # defined by EngineControls (controls.py)
+        def control_view(self, task_type: str, now: int | None = None) -> dict[str, Any] | None: ...
 
     def _init_timeline(self) -> None:
         self.actor: str | None = None
@@ -165,6 +168,10 @@ class EngineTimeline:
             "scheduled_ms": task.scheduled_ms, "started_ms": task.started_ms, "attempt": task.attempt,
             "retry_count": task.retry_count, "max_retries": task.max_retries, "error": task.error,
             "result_len": task.result_len}
+        if task.status in (PENDING, FAILED):
+            control = self.control_view(task.type, now)  # paused, capped, rate-limited (controls.py)
+            if control is not None:
+                facts["control"] = control
         if task.extras and task.extras.get("expires_at_ms") is not None:
             facts["expires_at_ms"] = task.extras["expires_at_ms"]  # expiry (taskopts.py)
         if task.status == IN_PROGRESS:
