@@ -81,7 +81,7 @@ class Dashboard:
                 return await self._login(request)
             if path == "/logout" and request.method == "POST":
                 raise Redirect("/login", clear=True)
-            found = views.match(request.method, path)
+            found = views.match(request.method, request.rel_url.raw_path)
             if found is None:
                 raise NotFound(f"no page {path}")
             view, params = found

@@ -78,7 +78,11 @@ def _num(n: Any) -> str:
     return f"{n:,}" if isinstance(n, int) else str(n)
 
 
-FILTERS = {"ago": _ago, "when": _when, "size": _size, "num": _num}
+def _pathseg(text: Any) -> str:
+    return urllib.parse.quote(str(text), safe="")
+
+
+FILTERS = {"ago": _ago, "when": _when, "size": _size, "num": _num, "pathseg": _pathseg}
 
 
 def preview(data: bytes, total: int | None) -> dict[str, Any]:
@@ -254,7 +258,7 @@ async def schedules(d: Dashboard, who: Identity, request: web.BaseRequest, param
 
 def _schedule_action(done: str) -> Any:
     async def act(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
-        name = params["name"]  # (the path is decoded once, by aiohttp)
+        name = params["name"]
         if done == "removed":
             await _now_or_later(d.ops.schedule_remove(who, name))
         else:
@@ -279,9 +283,29 @@ async def delete(d: Dashboard, who: Identity, request: web.BaseRequest, params: 
 
 async def types(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     answer = await _now_or_later(insight_ops.type_stats(d.ops, who, None))
-    rows = sorted(answer.get("types") or [], key=lambda r: r["type"])
-    return d.render(request, "types.html", who=who, page="types", types=rows, window_s=answer.get("window_s"),
-                    missing=answer.get("shards_missing") or [])
+    controls = {c["type"]: c for c in
+                (await _now_or_later(d.ops.get_controls(who, None))).get("controls") or []}
+    rows = {r["type"]: r for r in answer.get("types") or []}
+    for t in controls:  # a paused or limited type shows even with no live task
+        rows.setdefault(t, {"type": t})
+    done = request.rel_url.query.get("done")
+    return d.render(request, "types.html", who=who, page="types", types=[rows[t] for t in sorted(rows)],
+                    controls=controls, window_s=answer.get("window_s"), missing=answer.get("shards_missing") or [],
+                    can_pause=can(who, "pause_type"), done=done if done in ("paused", "resumed") else None,
+                    type_done=request.rel_url.query.get("type"))
+
+
+def _type_action(action: str) -> Any:
+    async def act(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
+        name = params["task_type"]
+        if action == "paused":
+            await _now_or_later(d.ops.pause_type(who, name))
+        else:
+            await _now_or_later(d.ops.resume_type(who, name))
+        await d.committed()
+        return web.Response(status=303, headers={"Location": "/types?" + urllib.parse.urlencode(
+            {"done": action, "type": name})})
+    return act
 
 
 async def dead_letters(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
@@ -342,6 +366,8 @@ PAGES: tuple[tuple[str, str, Any], ...] = (
     ("POST", "/tasks/{id}/requeue", requeue),
     ("POST", "/tasks/{id}/delete", delete),
     ("GET", "/types", types),
+    ("POST", "/types/{task_type}/pause", _type_action("paused")),
+    ("POST", "/types/{task_type}/resume", _type_action("resumed")),
     ("GET", "/dlq", dead_letters),
     ("GET", "/dlq/{group}/{action}", group_confirm),
     ("POST", "/dlq/{group}/{action}", group_act),
@@ -359,11 +385,13 @@ _COMPILED = [(m, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", p) + "$
 
 
 def match(method: str, path: str) -> tuple[Any, dict[str, str]] | None:
-    """The view for ``method path`` and the path's parameters; None when no page matches."""
+    """The view for ``method path`` (the raw, still percent-encoded path) and the path's
+    parameters, decoded; None when no page matches. A parameter may hold any character (a task
+    type with a "/"): the templates encode it with ``pathseg``."""
     if method == "HEAD":
         method = "GET"
     for m, pattern, view in _COMPILED:
         found = pattern.match(path)
         if found is not None and m == method:
-            return view, found.groupdict()
+            return view, {k: urllib.parse.unquote(v) for k, v in found.groupdict().items()}
     return None

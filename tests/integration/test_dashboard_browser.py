@@ -108,7 +108,7 @@ def test_a_phone_gets_no_sideways_scrolling_and_dark_mode_follows_the_system(bro
                                   color_scheme="dark", is_mobile=True)
     try:
         pg = context.new_page()
-        for path in ("/", "/tasks", "/workers", "/shards"):
+        for path in ("/", "/types", "/tasks", "/dlq", "/workers", "/schedules", "/shards"):
             pg.goto(path)
             assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), path
         bg = pg.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -128,7 +128,7 @@ def test_find_a_task_open_it_and_cancel_it(page, client) -> None:
     tid = client.submit("browser.cancel", {"note": "<b>not bold</b>"})
     page.goto("/tasks")
     page.get_by_label("Task id").fill(tid)
-    page.get_by_role("button", name="Open").click()
+    page.get_by_role("button", name="Find").click()
     page.wait_for_url(f"**/tasks/{tid}")
     assert "<b>not bold</b>" in page.locator("pre.preview").inner_text()  # shown as text
     page.get_by_role("button", name="Cancel").click()

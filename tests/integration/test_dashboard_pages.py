@@ -120,7 +120,7 @@ def test_find_a_task_by_id_from_either_shard_and_list_by_status(srv, client) -> 
         shards.add(html.split("<dt>Shard</dt><dd>")[1].split("<")[0])
     assert shards == {"0", "1"}  # the client spreads submits: both owners answered through one port
     code, _, html = fetch(srv, "GET", "/tasks?id=not-an-id")
-    assert code == 400 and "is not a task id" in html
+    assert code == 400 and "id_prefix: must be the start of a task id" in html
     code, _, html = fetch(srv, "GET", "/tasks?status=pending&type=dash.find")
     assert code == 200 and sum(tid in html for tid in ids) == 6
     code, _, html = fetch(srv, "GET", "/tasks?status=nope")
@@ -339,3 +339,16 @@ def test_the_types_page_shows_each_types_figures(srv, client) -> None:
     assert code == 200 and "dash.types" in html
     row = html.split(">dash.types</a>")[1].split("</tr>")[0]
     assert '<td class="num">4</td>' in row
+
+
+def test_pause_and_resume_a_type_from_the_types_page(srv, client) -> None:
+    client.submit("dash/odd type")  # a "/" in a type travels as %2F in the page's paths
+    code, _, html = fetch(srv, "GET", "/types")
+    assert 'action="/types/dash%2Fodd%20type/pause"' in html
+    code, headers, _ = fetch(srv, "POST", "/types/dash%2Fodd%20type/pause")
+    assert code == 303 and headers["location"] == "/types?done=paused&type=dash%2Fodd+type"
+    assert [c["type"] for c in client.controls() if c["paused"]] == ["dash/odd type"]
+    code, _, html = fetch(srv, "GET", headers["location"])
+    assert "Type dash/odd type paused" in html and 'action="/types/dash%2Fodd%20type/resume"' in html
+    assert fetch(srv, "POST", "/types/dash%2Fodd%20type/resume")[0] == 303
+    assert not any(c["paused"] for c in client.controls())
