@@ -64,6 +64,7 @@ class Coordinator(CoordinatorControls):
         self._state_dirty = False
         self._init_controls()  # per-type controls: records, slots, rate shares
         self.history = BrokerHistory()  # the dashboard's charts (history.py)
+        self.connects: dict[int, int] = {}  # shard -> times it connected: restarts + 1
 
     # -- messages from shards ---------------------------------------------------
 
@@ -90,6 +91,7 @@ class Coordinator(CoordinatorControls):
             log.error("report with a bad shard %r ignored", shard)
             return
         if self.links.get(shard) is not link:
+            self.connects[shard] = self.connects.get(shard, 0) + 1  # a shard (re)started
             self.links[shard] = link
             link.on_lost = lambda lk, i=shard: self._lost(i, lk)
             self._state_dirty = True  # a (re)connected shard needs the others' state
@@ -172,7 +174,9 @@ class Coordinator(CoordinatorControls):
                 "workers": len(self.workers),
                 "worker_list": sorted(({**w, "command": self.orders.get(wid)} for wid, w in self.workers.items()),
                                       key=lambda w: w["worker_id"]),
-                "uptime_s": int(time.monotonic() - self.started)}
+                "uptime_s": int(time.monotonic() - self.started),
+                # restarts seen by this coordinator (since it started) per shard
+                "restarts": {str(i): n - 1 for i, n in self.connects.items()}}
 
     def snapshot(self) -> dict[str, Any]:
         """The per-shard reports and the worker registry (metrics.py reads this)."""

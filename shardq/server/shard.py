@@ -182,7 +182,8 @@ class ShardServer(ShardConnections, ShardDisk, ShardStats, ShardControls):
         t0 = time.perf_counter()
         summary = self.engine.recover(now_ms())
         self.load_controls()
-        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        summary["seconds"] = self.recovered_s = round(time.perf_counter() - t0, 3)
+        self.started_ms = now_ms()
         log.info("recovered %s", " ".join(f"{k}={v}" for k, v in summary.items()))
         return summary
 

@@ -33,6 +33,8 @@ class ShardStats:
         row["counts"] = {k: row[k] for k in ("pending", "in_progress", "completed", "failed",
                                              "dead_letter", "cancelled", "scheduled")}
         row["leases"] = {w.worker_id: len(w.leases) for w in self.engine.workers() if w.leases}
+        row["started_ms"] = getattr(self, "started_ms", None)  # when it last (re)started serving
+        row["recovered_s"] = getattr(self, "recovered_s", None)  # how long its recovery took
         row["writable"] = self.writable
         row["disk_free_bytes"] = self.disk_free_bytes
         row["disk_alarm"] = self.disk_alarm
@@ -94,7 +96,9 @@ class ShardStats:
                               "expired": (r.get("counters") or {}).get("expired", 0),
                               "unique_duplicates": (r.get("counters") or {}).get("unique_duplicates", 0),
                               "writable": r.get("writable", True), "disk_free_bytes": r.get("disk_free_bytes"),
-                              "disk_alarm": r.get("disk_alarm", False)})
+                              "disk_alarm": r.get("disk_alarm", False),
+                              "started_ms": r.get("started_ms"), "recovered_s": r.get("recovered_s"),
+                              "restarts": (others or {}).get("restarts", {}).get(str(i))})
         out = {"totals": totals, "workers": workers,
                "connections": sum(r.get("connections", 0) for r in rows.values()),
                "shards": per_shard, "uptime_s": uptime}

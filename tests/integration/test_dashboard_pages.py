@@ -9,6 +9,7 @@ import json
 import time
 import urllib.parse
 
+import psutil
 import pytest
 
 from shardq.client.models import Job
@@ -352,3 +353,25 @@ def test_pause_and_resume_a_type_from_the_types_page(srv, client) -> None:
     assert "Type dash/odd type paused" in html and 'action="/types/dash%2Fodd%20type/resume"' in html
     assert fetch(srv, "POST", "/types/dash%2Fodd%20type/resume")[0] == 303
     assert not any(c["paused"] for c in client.controls())
+
+
+def test_the_shards_page_counts_a_restart_and_shows_recovery(tmp_path) -> None:
+    s = ServerProcess(str(tmp_path / "data"), ["--shards", "2"])
+    s.start()
+    try:
+        code, _, html = fetch(s, "GET", "/shards")
+        assert code == 200 and html.count('<td class="num">0</td>\n    </tr>') == 2  # no restart yet
+        shard1 = next(p for p in psutil.Process(s.pid).children(recursive=True)
+                      if "shard-1" in " ".join(p.cmdline()) or p.name().endswith("shard-1"))
+        shard1.kill()
+        deadline = time.monotonic() + 30
+        while True:
+            code, _, html = fetch(s, "GET", "/shards")
+            rows = html.split("<tbody>")[1].split("</tr>")
+            if code == 200 and len(rows) > 2 and rows[1].rstrip().endswith('<td class="num">1</td>'):
+                break
+            assert time.monotonic() < deadline, html[-2000:]
+            time.sleep(0.2)
+        assert " s</td>" in rows[1]  # its recovery time
+    finally:
+        s.kill()
