@@ -106,6 +106,18 @@ def preview(data: bytes, total: int | None) -> dict[str, Any]:
     return out
 
 
+def sparkline(values: list[Any], top: float | None = None, width: int = 120, height: int = 24) -> str | None:
+    """An SVG polyline's points for ``values`` (None where a value is missing is skipped): a
+    small chart drawn by the page itself, no script. None with fewer than two values."""
+    ys = [float(v) for v in values if isinstance(v, (int, float))]
+    if len(ys) < 2:
+        return None
+    hi = top if top is not None else max(ys)
+    hi = hi or 1.0
+    step = width / (len(ys) - 1)
+    return " ".join(f"{i * step:.1f},{height - min(y, hi) / hi * (height - 2) - 1:.1f}" for i, y in enumerate(ys))
+
+
 # -- pages --------------------------------------------------------------------------------------------------
 
 async def overview(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
@@ -227,6 +239,11 @@ async def requeue(d: Dashboard, who: Identity, request: web.BaseRequest, params:
 async def workers(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     stats = await _now_or_later(d.ops.stats(who, True))
     rows = sorted(stats.get("worker_list") or [], key=lambda w: w.get("worker_id", ""))
+    usage = await _now_or_later(d.ops.worker_usage(who))
+    for w in rows:
+        points = usage.get(w.get("worker_id", "")) or []
+        w["cpu_line"] = sparkline([p[1] for p in points], top=100.0)
+        w["rss_line"] = sparkline([p[2] for p in points])
     done = request.rel_url.query.get("done")
     return d.render(request, "workers.html", who=who, page="workers", workers=rows,
                     can_control=can(who, "worker_control"),

@@ -33,7 +33,7 @@ from shardq.metrics import BrokerCollector, on_loop, start_metrics_server, stop_
 from shardq.process import EXIT_BIND, EXIT_CONFIG, start_child
 from shardq.protocol.frames import Message, MsgType
 from shardq.server.coordinator_controls import CoordinatorControls
-from shardq.server.history import RESOLUTIONS, BrokerHistory
+from shardq.server.history import RESOLUTIONS, BrokerHistory, record_usage
 from shardq.server.mesh import Link, coordinator_path
 from shardq.server.worker_control import merge_reported, on_order, push_orders
 from shardq.tls import ServerTLS
@@ -75,6 +75,8 @@ class Coordinator(CoordinatorControls):
             resolution = msg.header.get("history")
             if resolution in RESOLUTIONS:
                 link.answer(msg.rid, self.history.series(resolution))
+            elif msg.header.get("usage"):  # each worker's CPU and memory over time (history.py)
+                link.answer(msg.rid, {"usage": {wid: w.get("usage") or [] for wid, w in self.workers.items()}})
             else:
                 link.answer(msg.rid, self.stats_view())
         elif msg.type is MsgType.WORKER_ORDER:
@@ -131,6 +133,7 @@ class Coordinator(CoordinatorControls):
         for key in WORKER_FIELDS:
             if info.get(key) is not None:
                 w[key] = info[key]
+        record_usage(w, info)
 
     def _lost(self, shard: int, link: Link) -> None:
         if self.links.get(shard) is link:

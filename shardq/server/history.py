@@ -91,3 +91,20 @@ def _average(points: list[tuple[float, ...]]) -> tuple[float, ...]:
 
 
 RESOLUTIONS = ("1s", "10s")
+
+# A worker's CPU and memory over time, as its heartbeats reported them: at most one point per
+# USAGE_STEP_MS, the last USAGE_POINTS of them (an hour at the default 15 s heartbeat), kept in
+# the coordinator's worker registry entry under "usage" as [t_ms, cpu_percent, memory_rss].
+USAGE_POINTS = 240
+USAGE_STEP_MS = 5000
+
+
+def record_usage(worker: dict[str, Any], info: dict[str, Any]) -> None:
+    t, cpu, rss = info.get("last_seen_ms"), info.get("cpu_percent"), info.get("memory_rss")
+    if t is None or (cpu is None and rss is None):
+        return
+    usage: list[list[Any]] = worker.setdefault("usage", [])
+    if usage and t - usage[-1][0] < USAGE_STEP_MS:
+        return
+    usage.append([t, cpu, rss])
+    del usage[:-USAGE_POINTS]

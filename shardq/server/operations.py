@@ -442,6 +442,20 @@ class Operations(ScheduleOperations, ControlOperations):
             return {"resolution": resolution, "series": {name: [] for name in SERIES}}
         return self._history(coordinator, resolution)
 
+    def worker_usage(self, who: Identity) -> Result[dict[str, list[list[Any]]]]:
+        """Each live worker's CPU and memory over the last hour, as its heartbeats reported them
+        (the coordinator keeps them: server/history.py ``record_usage``); {} without a coordinator."""
+        who.require("history")
+        coordinator = self.shard.coordinator
+        if coordinator is None:
+            return {}
+        return self._usage(coordinator)
+
+    async def _usage(self, coordinator: Link) -> dict[str, list[list[Any]]]:
+        answer, _ = await coordinator.request(MsgType.GET_STATS, {"usage": True})
+        usage: dict[str, list[list[Any]]] = answer["usage"]
+        return usage
+
     async def _history(self, coordinator: Link, resolution: str) -> dict[str, Any]:
         answer, _ = await coordinator.request(MsgType.GET_STATS, {"history": resolution})
         return {"resolution": resolution, "series": answer["series"]}

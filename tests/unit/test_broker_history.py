@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from shardq.server.history import COARSE_POINTS, FINE_POINTS, BrokerHistory
+from shardq.dashboard.views import sparkline
+from shardq.server.history import (
+    COARSE_POINTS,
+    FINE_POINTS,
+    USAGE_POINTS,
+    USAGE_STEP_MS,
+    BrokerHistory,
+    record_usage,
+)
 
 
 def row(submitted: int, completed: int = 0, pending: int = 0, up: bool = True, **failures: int) -> dict:
@@ -42,3 +50,20 @@ def test_ten_second_points_average_the_rates_and_memory_is_bounded() -> None:
     for t in range(25, 25 + 10 * COARSE_POINTS + 100):
         h.sample(float(t), {0: row(t)})
     assert len(h.fine) == FINE_POINTS and len(h.coarse) == COARSE_POINTS
+
+
+def test_worker_usage_keeps_one_point_per_step_and_a_bounded_hour() -> None:
+    w: dict = {}
+    record_usage(w, {"last_seen_ms": 1000, "cpu_percent": 5.0, "memory_rss": 100})
+    record_usage(w, {"last_seen_ms": 1000 + USAGE_STEP_MS - 1, "cpu_percent": 9.0})  # too soon
+    record_usage(w, {"last_seen_ms": 2000 + USAGE_STEP_MS})  # no figures: nothing to draw
+    assert w["usage"] == [[1000, 5.0, 100]]
+    for i in range(1, USAGE_POINTS + 50):
+        record_usage(w, {"last_seen_ms": 1000 + i * USAGE_STEP_MS, "cpu_percent": float(i), "memory_rss": i})
+    assert len(w["usage"]) == USAGE_POINTS and w["usage"][-1][1] == float(USAGE_POINTS + 49)
+
+
+def test_sparkline_points_scale_into_the_box() -> None:
+    assert sparkline([5]) is None and sparkline([None, 3]) is None
+    pts = [tuple(map(float, p.split(","))) for p in sparkline([0, 50, 100], top=100.0).split()]
+    assert pts[0] == (0.0, 23.0) and pts[-1] == (120.0, 1.0) and pts[1][1] == 12.0
