@@ -12,14 +12,18 @@ Rules:
    tab is visible, so a tab in the background costs the server nothing.
 4. Signing in: with auth on, the key is given once on /login and kept in a cookie that scripts
    cannot read (HttpOnly), sent only to this site (SameSite=Strict) and only over TLS when the
-   server has it (Secure). Every action is a POST whose Origin, when the browser sends one, must be
-   this site (a second guard against cross-site requests after SameSite).
+   server has it (Secure). Every action is a POST whose form carries this browser's CSRF token
+   (a random value in a cookie of its own, echoed by the form: double submit) and whose Origin,
+   when the browser sends one, is this site: guards on top of SameSite.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
+import re
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -38,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardq.dashboard")
 
 COOKIE = "shardq_key"
+# Double-submit CSRF token: a random value in its own cookie, echoed by every form as "csrf". A
+# page of another site can neither read the cookie nor guess the value, so it cannot forge a form.
+CSRF_COOKIE = "shardq_csrf"
+_TOKEN = re.compile(r"[0-9a-f]{32}")
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 STATIC_FILES = {
     "htmx.min.js": "text/javascript", "uPlot.iife.min.js": "text/javascript",
@@ -73,6 +81,23 @@ class Dashboard:
     # -- the request --------------------------------------------------------------------------------
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        token = request.cookies.get(CSRF_COOKIE, "")
+        fresh = not _TOKEN.fullmatch(token)
+        request["csrf"] = token = secrets.token_hex(16) if fresh else token
+        response = await self._handle(request)
+        if fresh and not request.rel_url.path.startswith("/ui/static/"):
+            response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=self.tls, path="/")
+        return response
+
+    async def _checked_post(self, request: web.BaseRequest) -> None:
+        """Every action: a POST from this site whose form carries the CSRF token of this browser."""
+        self._same_origin(request)
+        form = await request.post()
+        sent = str(form.get("csrf") or "")
+        if not sent or not hmac.compare_digest(sent, request["csrf"]):
+            raise Forbidden("this form's CSRF token is missing or stale: reload the page and try again")
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.rel_url.path
         try:
             if path.startswith("/ui/static/"):
@@ -80,13 +105,14 @@ class Dashboard:
             if path == "/login":
                 return await self._login(request)
             if path == "/logout" and request.method == "POST":
+                await self._checked_post(request)
                 raise Redirect("/login", clear=True)
             found = views.match(request.method, request.rel_url.raw_path)
             if found is None:
                 raise NotFound(f"no page {path}")
             view, params = found
             if request.method == "POST":
-                self._same_origin(request)
+                await self._checked_post(request)
             who = self._identity(request)
             return await view(self, who, request, params)
         except Redirect as r:
@@ -130,6 +156,7 @@ class Dashboard:
         template = self.env.get_template(template_name)
         ctx.setdefault("auth_on", self.shard.cfg.auth.enabled)
         ctx["path"] = request.rel_url.path
+        ctx["csrf"] = request["csrf"]  # every form sends it back (_checked_post)
         if "HX-Request" in request.headers and "live" in template.blocks:
             body = "".join(template.blocks["live"](template.new_context(ctx)))
         else:
@@ -163,7 +190,7 @@ class Dashboard:
             return self.render(request, "login.html", next=nxt, message=None, who=None)
         if request.method != "POST":
             raise BadRequest(f"{request.method} is not allowed on /login")
-        self._same_origin(request)
+        await self._checked_post(request)
         form = await request.post()
         key = str(form.get("api_key") or "").strip()
         nxt = str(form.get("next") or nxt)

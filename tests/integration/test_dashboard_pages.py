@@ -20,10 +20,22 @@ KEY_ADMIN = "admin-key-0123456789abcdef"
 KEY_READ = "read-key-0123456789abcdef"
 
 
+def csrf(srv: ServerProcess, cookie: str | None = None) -> tuple[str, str]:
+    """The CSRF cookie a page sets and the token its forms carry (the same value)."""
+    _, headers, _ = fetch(srv, "GET", "/login", headers={"Cookie": cookie} if cookie else None, raw=True)
+    token = headers["set-cookie"].split("shardq_csrf=")[1].split(";")[0]
+    return f"shardq_csrf={token}", token
+
+
 def fetch(srv: ServerProcess, method: str, path: str, body: dict[str, str] | None = None,
-          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
-    conn = http.client.HTTPConnection(srv.host, srv.http_port, timeout=30)
+          headers: dict[str, str] | None = None, raw: bool = False) -> tuple[int, dict[str, str], str]:
+    """One request; a POST carries a valid CSRF cookie and token unless ``raw``."""
     h = dict(headers or {})
+    if method == "POST" and not raw:
+        pair, token = csrf(srv)
+        h["Cookie"] = "; ".join(c for c in (h.get("Cookie"), pair) if c)
+        body = {**(body or {}), "csrf": token}
+    conn = http.client.HTTPConnection(srv.host, srv.http_port, timeout=30)
     data = None
     if body is not None:
         data = urllib.parse.urlencode(body).encode()
@@ -31,7 +43,9 @@ def fetch(srv: ServerProcess, method: str, path: str, body: dict[str, str] | Non
     conn.request(method, path, body=data, headers=h)
     resp = conn.getresponse()
     text = resp.read().decode()
-    out = {k.lower(): v for k, v in resp.getheaders()}
+    out: dict[str, str] = {}
+    for k, v in resp.getheaders():  # two Set-Cookie headers are joined, as a browser would see both
+        out[k.lower()] = f"{out[k.lower()]}, {v}" if k.lower() in out else v
     conn.close()
     return resp.status, out, text
 
@@ -75,6 +89,8 @@ def test_the_overview_counts_and_its_live_fragment(srv, client) -> None:
     code, _, fragment = fetch(srv, "GET", "/", headers={"HX-Request": "true"})
     assert code == 200 and fragment.lstrip().startswith('<div id="overview-live"')
     assert "<html" not in fragment and 'data-total="pending">7<' in fragment
+    per_shard = fragment.split("Per shard")[1].split("</tbody>")[0]
+    assert per_shard.count("<tr><td") == 2  # one row per shard, live with the totals
 
 
 def test_the_broker_keeps_a_history_of_rates_and_depth(srv, client) -> None:
@@ -183,9 +199,23 @@ auth:
 def _sign_in(srv: ServerProcess, key: str, nxt: str = "/") -> str:
     code, headers, _ = fetch(srv, "POST", "/login", {"api_key": key, "next": nxt})
     assert code == 303 and headers["location"] == nxt
-    cookie = headers["set-cookie"]
+    cookie = next(c for c in headers["set-cookie"].split(", shardq") if "shardq_key=" in c)
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
-    return cookie.split(";")[0]
+    return "shardq_" + cookie.split("shardq_")[-1].split(";")[0]
+
+
+def test_a_post_without_this_browsers_csrf_token_is_refused(srv, client) -> None:
+    tid = client.submit("dash.csrf-token")
+    code, _, html = fetch(srv, "POST", f"/tasks/{tid}/cancel", raw=True)
+    assert code == 403 and "CSRF token" in html
+    pair, token = csrf(srv)
+    other_pair, _ = csrf(srv)  # another browser's cookie with this one's token
+    code, _, _ = fetch(srv, "POST", f"/tasks/{tid}/cancel", {"csrf": token}, headers={"Cookie": other_pair}, raw=True)
+    assert code == 403 and client.status(tid).status == "pending"
+    code, _, _ = fetch(srv, "POST", f"/tasks/{tid}/cancel", {"csrf": token}, headers={"Cookie": pair}, raw=True)
+    assert code == 303 and client.status(tid).status == "cancelled"
+    code, headers, html = fetch(srv, "GET", "/tasks", raw=True)
+    assert "shardq_csrf=" in headers["set-cookie"] and "HttpOnly" in headers["set-cookie"]
 
 
 def test_with_auth_on_pages_need_a_key_and_a_read_key_changes_nothing(secured) -> None:
