@@ -37,12 +37,17 @@ def client(srv) -> Client:
     c.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
+def chromium_browser():
+    """Debian's chromium under Playwright, for a module's tests (a fixture's body)."""
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from chromium_browser()
 
 
 @pytest.fixture

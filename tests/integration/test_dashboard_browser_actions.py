@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_dashboard_browser import CHROMIUM, sync_api
+from test_dashboard_browser import chromium_browser, sync_api
 from test_worker import WorkerProcess
 
 import shardq
@@ -56,10 +56,7 @@ def worker(srv, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
+    yield from chromium_browser()
 
 
 @pytest.fixture(scope="module")
