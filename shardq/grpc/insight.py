@@ -14,6 +14,7 @@ from shardq.client.aio import AsyncClient
 from shardq.client.models import TaskInfo
 from shardq.grpc import convert
 from shardq.grpc.calls import Gate, unary
+from shardq.protocol.frames import MsgType
 from shardq.v1 import insight_pb2 as ipb
 from shardq.v1 import insight_pb2_grpc
 
@@ -104,8 +105,10 @@ class InsightService(insight_pb2_grpc.InsightServicer):
     @unary
     async def TypeStats(self, request: ipb.TypeStatsRequest, client: AsyncClient,
                         context: Ctx) -> ipb.TypeStatsResponse:
-        rows = await client.type_stats(request.type or None)
-        return ipb.TypeStatsResponse(types=[convert.message(ipb.TypeStat, row) for row in rows])
+        # The whole answer (client.type_stats() keeps only the rows): window_s too.
+        answer = (await client.call(MsgType.TYPE_STATS, {"type": request.type} if request.type else {})).header
+        return ipb.TypeStatsResponse(types=[convert.message(ipb.TypeStat, row) for row in answer["types"]],
+                                     window_s=answer.get("window_s") or ())
 
 
 __all__ = ["InsightService", "bulk_filters", "delete_result", "history", "search_filters"]

@@ -17,6 +17,7 @@ from shardq.client.aio import AsyncClient
 from shardq.errors import BadRequest
 from shardq.grpc import convert
 from shardq.grpc.calls import Gate, unary
+from shardq.protocol.frames import MsgType
 from shardq.v1 import operators_pb2 as opb
 from shardq.v1 import operators_pb2_grpc
 
@@ -88,8 +89,10 @@ class OperatorsService(operators_pb2_grpc.OperatorsServicer):
     @unary
     async def GetControls(self, request: opb.GetControlsRequest, client: AsyncClient,
                           context: Ctx) -> opb.GetControlsResponse:
-        rows = await client.controls(request.type or None)
-        return opb.GetControlsResponse(controls=[control_state(row) for row in rows])
+        # The whole answer (client.controls() keeps only the rows): shards_down says it is partial.
+        answer = (await client.call(MsgType.GET_CONTROLS, {"type": request.type} if request.type else {})).header
+        return opb.GetControlsResponse(controls=[control_state(row) for row in answer["controls"]],
+                                       shards_down=answer.get("shards_down") or ())
 
     # -- schedules (SCHEDULE_ADD, SCHEDULE_LIST, SCHEDULE_REMOVE, SCHEDULE_PAUSE) -------------
 
@@ -103,8 +106,10 @@ class OperatorsService(operators_pb2_grpc.OperatorsServicer):
     @unary
     async def ListSchedules(self, request: opb.ListSchedulesRequest, client: AsyncClient,
                             context: Ctx) -> opb.ListSchedulesResponse:
-        return opb.ListSchedulesResponse(schedules=[convert.message(opb.Schedule, s)
-                                                    for s in await client.schedules()])
+        # The whole answer (client.schedules() keeps only the list): unavailable_shards says it is partial.
+        answer = (await client.call(MsgType.SCHEDULE_LIST, {})).header
+        return opb.ListSchedulesResponse(schedules=[convert.message(opb.Schedule, s) for s in answer["schedules"]],
+                                         unavailable_shards=answer.get("unavailable_shards") or ())
 
     @unary
     async def GetSchedule(self, request: opb.ScheduleName, client: AsyncClient, context: Ctx) -> opb.Schedule:

@@ -231,7 +231,9 @@ class TypeStat(_message.Message):
     def __init__(self, type: _Optional[str] = ..., pending: _Optional[int] = ..., in_progress: _Optional[int] = ..., failed: _Optional[int] = ..., dead_letter: _Optional[int] = ..., completed_last_minute: _Optional[int] = ..., oldest_pending_age_s: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., run_time_s: _Optional[_Union[Percentiles, _Mapping]] = ..., queue_wait_s: _Optional[_Union[Percentiles, _Mapping]] = ...) -> None: ...
 
 class TypeStatsResponse(_message.Message):
-    __slots__ = ("types",)
+    __slots__ = ("types", "window_s")
     TYPES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
     types: _containers.RepeatedCompositeFieldContainer[TypeStat]
-    def __init__(self, types: _Optional[_Iterable[_Union[TypeStat, _Mapping]]] = ...) -> None: ...
+    window_s: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, types: _Optional[_Iterable[_Union[TypeStat, _Mapping]]] = ..., window_s: _Optional[_Iterable[int]] = ...) -> None: ...

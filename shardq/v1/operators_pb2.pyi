@@ -82,10 +82,12 @@ class ControlState(_message.Message):
     def __init__(self, control: _Optional[_Union[TypeControl, _Mapping]] = ..., running: _Optional[int] = ..., ready: _Optional[int] = ..., shards: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GetControlsResponse(_message.Message):
-    __slots__ = ("controls",)
+    __slots__ = ("controls", "shards_down")
     CONTROLS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_DOWN_FIELD_NUMBER: _ClassVar[int]
     controls: _containers.RepeatedCompositeFieldContainer[ControlState]
-    def __init__(self, controls: _Optional[_Iterable[_Union[ControlState, _Mapping]]] = ...) -> None: ...
+    shards_down: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, controls: _Optional[_Iterable[_Union[ControlState, _Mapping]]] = ..., shards_down: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AddScheduleRequest(_message.Message):
     __slots__ = ("name", "type", "payload", "cron", "every_ms", "timezone", "priority", "max_retries", "timeout_seconds", "misfire", "misfire_grace_ms", "paused", "replace")
@@ -174,10 +176,12 @@ class ListSchedulesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListSchedulesResponse(_message.Message):
-    __slots__ = ("schedules",)
+    __slots__ = ("schedules", "unavailable_shards")
     SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_SHARDS_FIELD_NUMBER: _ClassVar[int]
     schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
-    def __init__(self, schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ...) -> None: ...
+    unavailable_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., unavailable_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ScheduleName(_message.Message):
     __slots__ = ("name",)

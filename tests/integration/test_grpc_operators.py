@@ -72,7 +72,9 @@ def test_pause_limits_and_controls(api: Ops) -> None:
     # A paused type is not handed out, and Explain says why.
     assert claim(api, "ops-w", "ops.p", wait_ms=300) == []
     assert api.i("Explain", ipb.TaskRef(id=tid)).reason == "paused"
-    rows = api.o("GetControls", opb.GetControlsRequest(type="ops.p")).controls
+    answer = api.o("GetControls", opb.GetControlsRequest(type="ops.p"))
+    rows = answer.controls
+    assert list(answer.shards_down) == []
     assert [r.control.paused for r in rows] == [True] and rows[0].ready == 1 and len(rows[0].shards) == 2
     limited = api.o("SetLimits", opb.SetLimitsRequest(type="ops.p", max_concurrency=1, rate=50.0))
     assert limited.control.max_concurrency == 1 and limited.control.rate == 50.0 and limited.control.paused
@@ -100,7 +102,9 @@ def test_schedules(api: Ops) -> None:
     assert added.timezone == "Europe/Paris" and not added.paused and added.payload_len == 7
     every = api.o("AddSchedule", opb.AddScheduleRequest(name="ops-often", type="ops.tick", every_ms=60000))
     assert every.every_ms == 60000 and every.cron == ""
-    listed = {s.name: s for s in api.o("ListSchedules", opb.ListSchedulesRequest()).schedules}
+    answer = api.o("ListSchedules", opb.ListSchedulesRequest())
+    assert list(answer.unavailable_shards) == []  # both shards answered
+    listed = {s.name: s for s in answer.schedules}
     assert {"ops-nightly", "ops-often"} <= set(listed) and listed["ops-nightly"].misfire == "once"
     one = api.o("GetSchedule", opb.ScheduleName(name="ops-nightly"))
     assert one.payload == b'{"f":1}' and one.type == "ops.report"
@@ -182,7 +186,9 @@ def test_triage_history_explain_bulk_search_delete(api: Ops) -> None:
         if not cursor:
             break
     assert sorted(seen) == sorted(ids)
-    stats = {s.type: s for s in api.i("TypeStats", ipb.TypeStatsRequest(type="ops.dlq")).types}
+    figures = api.i("TypeStats", ipb.TypeStatsRequest(type="ops.dlq"))
+    assert list(figures.window_s) == [60, 120]
+    stats = {s.type: s for s in figures.types}
     assert stats["ops.dlq"].pending == 3 and stats["ops.dlq"].dead_letter == 0
     # Delete: a pending task is refused per item; cancelled ones go.
     refused = api.i("DeleteTasks", ipb.DeleteTasksRequest(ids=[ids[0]]))
