@@ -3,9 +3,10 @@ no I/O. Checks the gateway makes itself name their field the way the protocol's 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from google.protobuf import struct_pb2
+from google.protobuf import message_factory, struct_pb2
+from google.protobuf.message import Message
 
 from shardq.client.models import Job, TaskInfo
 from shardq.errors import BadRequest
@@ -20,6 +21,8 @@ def job(spec: task_pb2.TaskSpec, where: str) -> Job:
         raise BadRequest(f"{where}.delay_ms: must be 0 or more, got {spec.delay_ms}")
     if spec.HasField("scheduled_ms") and spec.scheduled_ms < 0:
         raise BadRequest(f"{where}.scheduled_ms: must be 0 or more, got {spec.scheduled_ms}")
+    if spec.HasField("ttl_ms") and spec.HasField("expires_at_ms"):
+        raise BadRequest(f"{where}.ttl_ms: give ttl_ms or expires_at_ms, not both")
     return Job(
         type=spec.type,
         payload=bytes(spec.payload),
@@ -30,6 +33,10 @@ def job(spec: task_pb2.TaskSpec, where: str) -> Job:
         max_retries=spec.max_retries if spec.HasField("max_retries") else None,
         timeout=spec.timeout_seconds if spec.HasField("timeout_seconds") else None,
         id=spec.id or None,
+        ttl=spec.ttl_ms / 1000 if spec.HasField("ttl_ms") else None,
+        expires_at=spec.expires_at_ms / 1000 if spec.HasField("expires_at_ms") else None,
+        unique_key=spec.unique_key if spec.HasField("unique_key") else None,
+        unique_window=spec.unique_window_ms / 1000 if spec.HasField("unique_window_ms") else None,
     )
 
 
@@ -48,6 +55,10 @@ def task(info: TaskInfo) -> task_pb2.Task:
         out.payload = info.payload
     if info.result is not None:
         out.result = info.result
+    if info.expires_at_ms is not None:
+        out.expires_at_ms = info.expires_at_ms
+    if info.unique_key is not None:
+        out.unique_key = info.unique_key
     return out
 
 
@@ -55,6 +66,28 @@ def struct(data: dict[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(data)
     return out
+
+
+M = TypeVar("M", bound=Message)
+
+
+def message(cls: type[M], data: dict[str, Any]) -> M:
+    """A protocol answer's object as ``cls``: the fields the message has (a key it lacks is left
+    out: a later server's addition), a null as the field left unset, a nested object as its
+    message (a ``Struct`` field takes the object as it is)."""
+    fields = cls.DESCRIPTOR.fields_by_name
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        field = fields.get(name)
+        if field is None or value is None:
+            continue
+        nested = field.message_type
+        if nested is not None and nested.full_name == "google.protobuf.Struct":
+            value = struct(value)
+        elif nested is not None and isinstance(value, dict):
+            value = message(message_factory.GetMessageClass(nested), value)
+        kwargs[name] = value
+    return cls(**kwargs)
 
 
 WORKER_FIELDS = tuple(tasks_pb2.Worker.DESCRIPTOR.fields_by_name)
@@ -87,4 +120,4 @@ def result_answer(answer: dict[str, Any]) -> workers_pb2.ResultAnswer:
     return workers_pb2.ResultAnswer(id=answer.get("id", ""), ok=True, status=str(answer.get("status", "")))
 
 
-__all__ = ["job", "result_answer", "result_item", "struct", "task", "worker"]
+__all__ = ["job", "message", "result_answer", "result_item", "struct", "task", "worker"]

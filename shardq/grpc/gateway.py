@@ -33,16 +33,28 @@ from grpc_reflection.v1alpha import reflection
 from shardq.config import ApiConfig, Config
 from shardq.grpc.calls import Gate
 from shardq.grpc.handlers import TasksService, WorkersService
+from shardq.grpc.insight import InsightService
+from shardq.grpc.operators import OperatorsService
 from shardq.grpc.upstream import HEALTH_EVERY_S, Upstream, all_serve
 from shardq.process import EXIT_BIND, EXIT_CONFIG, start_child
 from shardq.protocol.frames import MAX_FRAME
-from shardq.v1 import tasks_pb2, tasks_pb2_grpc, workers_pb2, workers_pb2_grpc
+from shardq.v1 import (
+    insight_pb2,
+    insight_pb2_grpc,
+    operators_pb2,
+    operators_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
+)
 
 log = logging.getLogger("shardq.grpc")
 
 DRAIN_S = 10.0
 MESSAGE_MAX = MAX_FRAME + 64 * 1024  # a frame's worth, plus protobuf's field overhead
-SERVICES = tuple(s.full_name for m in (tasks_pb2, workers_pb2) for s in m.DESCRIPTOR.services_by_name.values())
+SERVICES = tuple(s.full_name for m in (tasks_pb2, workers_pb2, operators_pb2, insight_pb2)
+                 for s in m.DESCRIPTOR.services_by_name.values())
 
 
 class Certificates:
@@ -112,6 +124,8 @@ async def serve(cfg: Config, tcp_port: int, run_dir: str, shards: int, grpc_port
     ])
     tasks_pb2_grpc.add_TasksServicer_to_server(tasks, server)
     workers_pb2_grpc.add_WorkersServicer_to_server(workers, server)
+    operators_pb2_grpc.add_OperatorsServicer_to_server(OperatorsService(gate), server)
+    insight_pb2_grpc.add_InsightServicer_to_server(InsightService(gate), server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

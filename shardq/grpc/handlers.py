@@ -50,8 +50,8 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
 
     @unary
     async def Submit(self, request: tpb.SubmitRequest, client: AsyncClient, context: Ctx) -> tpb.SubmitResponse:
-        ids = await client.submit_many([convert.job(request.task, "task")])
-        return tpb.SubmitResponse(id=ids[0])
+        ids, duplicates = await client.submit_many_detailed([convert.job(request.task, "task")])
+        return tpb.SubmitResponse(id=ids[0], duplicate=bool(duplicates))
 
     @unary
     async def SubmitBatch(self, request: tpb.SubmitBatchRequest, client: AsyncClient,
@@ -59,7 +59,8 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
         if not request.tasks:
             raise BadRequest("tasks: give 1 or more tasks")
         jobs = [convert.job(spec, f"tasks[{i}]") for i, spec in enumerate(request.tasks)]
-        return tpb.SubmitBatchResponse(ids=await client.submit_many(jobs))
+        ids, duplicates = await client.submit_many_detailed(jobs)
+        return tpb.SubmitBatchResponse(ids=ids, duplicates=duplicates)
 
     @unary
     async def GetTasks(self, request: tpb.GetTasksRequest, client: AsyncClient, context: Ctx) -> tpb.GetTasksResponse:
@@ -251,9 +252,10 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
                         context: Ctx) -> wpb.HeartbeatResponse:
         info = {name: getattr(request, name) for name in ("cpu_percent", "memory_rss", "memory_percent")
                 if request.HasField(name)}
-        expires, lost = await client.heartbeat(request.worker_id, list(request.active) or None, **info)
-        self._forget(request.worker_id, lost)
-        return wpb.HeartbeatResponse(lease_expires_ms=expires, lost=lost)
+        beat = await client.beat(request.worker_id, list(request.active) or None, **info)
+        self._forget(request.worker_id, beat.lost)
+        return wpb.HeartbeatResponse(lease_expires_ms=beat.lease_expires_ms, lost=beat.lost,
+                                     cancelled=beat.cancelled, command=beat.command or "")
 
     @unary
     async def DeregisterWorker(self, request: wpb.DeregisterWorkerRequest, client: AsyncClient,

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TaskSpec(_message.Message):
-    __slots__ = ("type", "payload", "priority", "delay_ms", "scheduled_ms", "depends_on", "max_retries", "timeout_seconds", "id")
+    __slots__ = ("type", "payload", "priority", "delay_ms", "scheduled_ms", "depends_on", "max_retries", "timeout_seconds", "id", "expires_at_ms", "ttl_ms", "unique_key", "unique_window_ms")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,10 @@ class TaskSpec(_message.Message):
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_KEY_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
     type: str
     payload: bytes
     priority: int
@@ -26,10 +30,14 @@ class TaskSpec(_message.Message):
     max_retries: int
     timeout_seconds: int
     id: str
-    def __init__(self, type: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., delay_ms: _Optional[int] = ..., scheduled_ms: _Optional[int] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., timeout_seconds: _Optional[int] = ..., id: _Optional[str] = ...) -> None: ...
+    expires_at_ms: int
+    ttl_ms: int
+    unique_key: str
+    unique_window_ms: int
+    def __init__(self, type: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., delay_ms: _Optional[int] = ..., scheduled_ms: _Optional[int] = ..., depends_on: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., timeout_seconds: _Optional[int] = ..., id: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., unique_key: _Optional[str] = ..., unique_window_ms: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "type", "priority", "status", "created_ms", "updated_ms", "scheduled_ms", "max_retries", "retry_count", "timeout_seconds", "attempt", "worker_id", "lease_expires_ms", "depends_on", "error", "payload_len", "result_len", "shard", "payload", "result")
+    __slots__ = ("id", "type", "priority", "status", "created_ms", "updated_ms", "scheduled_ms", "max_retries", "retry_count", "timeout_seconds", "attempt", "worker_id", "lease_expires_ms", "depends_on", "error", "payload_len", "result_len", "shard", "payload", "result", "expires_at_ms", "unique_key")
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +58,8 @@ class Task(_message.Message):
     SHARD_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_KEY_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: str
     priority: int
@@ -70,4 +80,6 @@ class Task(_message.Message):
     shard: int
     payload: bytes
     result: bytes
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., priority: _Optional[int] = ..., status: _Optional[str] = ..., created_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., scheduled_ms: _Optional[int] = ..., max_retries: _Optional[int] = ..., retry_count: _Optional[int] = ..., timeout_seconds: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., lease_expires_ms: _Optional[int] = ..., depends_on: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., payload_len: _Optional[int] = ..., result_len: _Optional[int] = ..., shard: _Optional[int] = ..., payload: _Optional[bytes] = ..., result: _Optional[bytes] = ...) -> None: ...
+    expires_at_ms: int
+    unique_key: str
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., priority: _Optional[int] = ..., status: _Optional[str] = ..., created_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., scheduled_ms: _Optional[int] = ..., max_retries: _Optional[int] = ..., retry_count: _Optional[int] = ..., timeout_seconds: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., lease_expires_ms: _Optional[int] = ..., depends_on: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., payload_len: _Optional[int] = ..., result_len: _Optional[int] = ..., shard: _Optional[int] = ..., payload: _Optional[bytes] = ..., result: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ..., unique_key: _Optional[str] = ...) -> None: ...

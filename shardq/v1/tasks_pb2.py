@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from shardq.v1 import task_pb2 as shardq_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15shardq/v1/tasks.proto\x12\tshardq.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x14shardq/v1/task.proto\"2\n\rSubmitRequest\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.shardq.v1.TaskSpec\"\x1c\n\x0eSubmitResponse\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x12SubmitBatchRequest\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.shardq.v1.TaskSpec\"\"\n\x13SubmitBatchResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\"3\n\x0fGetTasksRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x13\n\x0bwith_result\x18\x02 \x01(\x08\";\n\x10GetTasksResponse\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.shardq.v1.TaskOrMissing\"I\n\rTaskOrMissing\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x1d\n\x04task\x18\x02 \x01(\x0b\x32\x0f.shardq.v1.Task\x12\n\n\x02id\x18\x03 \x01(\t\"\xab\x01\n\x10ListTasksRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x19\n\x0cmin_priority\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmax_priority\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x06 \x01(\tB\x0f\n\r_min_priorityB\x0f\n\r_max_priority\"H\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.shardq.v1.Task\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x1f\n\x11\x43\x61ncelTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x14\n\x12\x43\x61ncelTaskResponse\"^\n\x13RequeueTasksRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x12\n\x05limit\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_limit\"Q\n\x14RequeueTasksResponse\x12\x10\n\x08requeued\x18\x01 \x01(\x04\x12\'\n\x06\x64\x65tail\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"/\n\x10WatchTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07poll_ms\x18\x02 \x01(\r\"<\n\tTaskEvent\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.shardq.v1.Task\x12\x10\n\x08terminal\x18\x02 \x01(\x08\"\x11\n\x0fGetStatsRequest\":\n\x10GetStatsResponse\x12&\n\x05stats\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x14\n\x12ListWorkersRequest\"\xdb\x01\n\x06Worker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x03\x12\r\n\x05types\x18\x04 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\r\x12\x15\n\rfirst_seen_ms\x18\x06 \x01(\x03\x12\x14\n\x0clast_seen_ms\x18\x07 \x01(\x03\x12\x13\n\x0b\x63pu_percent\x18\x08 \x01(\x01\x12\x12\n\nmemory_rss\x18\t \x01(\x03\x12\x16\n\x0ememory_percent\x18\n \x01(\x01\x12\r\n\x05state\x18\x0b \x01(\t\"9\n\x13ListWorkersResponse\x12\"\n\x07workers\x18\x01 \x03(\x0b\x32\x11.shardq.v1.Worker2\x92\x05\n\x05Tasks\x12=\n\x06Submit\x12\x18.shardq.v1.SubmitRequest\x1a\x19.shardq.v1.SubmitResponse\x12L\n\x0bSubmitBatch\x12\x1d.shardq.v1.SubmitBatchRequest\x1a\x1e.shardq.v1.SubmitBatchResponse\x12\x43\n\x08GetTasks\x12\x1a.shardq.v1.GetTasksRequest\x1a\x1b.shardq.v1.GetTasksResponse\x12\x46\n\tListTasks\x12\x1b.shardq.v1.ListTasksRequest\x1a\x1c.shardq.v1.ListTasksResponse\x12I\n\nCancelTask\x12\x1c.shardq.v1.CancelTaskRequest\x1a\x1d.shardq.v1.CancelTaskResponse\x12O\n\x0cRequeueTasks\x12\x1e.shardq.v1.RequeueTasksRequest\x1a\x1f.shardq.v1.RequeueTasksResponse\x12@\n\tWatchTask\x12\x1b.shardq.v1.WatchTaskRequest\x1a\x14.shardq.v1.TaskEvent0\x01\x12\x43\n\x08GetStats\x12\x1a.shardq.v1.GetStatsRequest\x1a\x1b.shardq.v1.GetStatsResponse\x12L\n\x0bListWorkers\x12\x1d.shardq.v1.ListWorkersRequest\x1a\x1e.shardq.v1.ListWorkersResponseB4\n\rdev.shardq.v1P\x01Z!shardq.dev/gen/shardq/v1;shardqv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15shardq/v1/tasks.proto\x12\tshardq.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x14shardq/v1/task.proto\"2\n\rSubmitRequest\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.shardq.v1.TaskSpec\"/\n\x0eSubmitResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"8\n\x12SubmitBatchRequest\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.shardq.v1.TaskSpec\"6\n\x13SubmitBatchResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x12\n\nduplicates\x18\x02 \x03(\r\"3\n\x0fGetTasksRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x13\n\x0bwith_result\x18\x02 \x01(\x08\";\n\x10GetTasksResponse\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.shardq.v1.TaskOrMissing\"I\n\rTaskOrMissing\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x1d\n\x04task\x18\x02 \x01(\x0b\x32\x0f.shardq.v1.Task\x12\n\n\x02id\x18\x03 \x01(\t\"\xab\x01\n\x10ListTasksRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x19\n\x0cmin_priority\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmax_priority\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x06 \x01(\tB\x0f\n\r_min_priorityB\x0f\n\r_max_priority\"H\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.shardq.v1.Task\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x1f\n\x11\x43\x61ncelTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x14\n\x12\x43\x61ncelTaskResponse\"^\n\x13RequeueTasksRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x12\n\x05limit\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_limit\"Q\n\x14RequeueTasksResponse\x12\x10\n\x08requeued\x18\x01 \x01(\x04\x12\'\n\x06\x64\x65tail\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"/\n\x10WatchTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07poll_ms\x18\x02 \x01(\r\"<\n\tTaskEvent\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.shardq.v1.Task\x12\x10\n\x08terminal\x18\x02 \x01(\x08\"\x11\n\x0fGetStatsRequest\":\n\x10GetStatsResponse\x12&\n\x05stats\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x14\n\x12ListWorkersRequest\"\xec\x01\n\x06Worker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x03\x12\r\n\x05types\x18\x04 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\r\x12\x15\n\rfirst_seen_ms\x18\x06 \x01(\x03\x12\x14\n\x0clast_seen_ms\x18\x07 \x01(\x03\x12\x13\n\x0b\x63pu_percent\x18\x08 \x01(\x01\x12\x12\n\nmemory_rss\x18\t \x01(\x03\x12\x16\n\x0ememory_percent\x18\n \x01(\x01\x12\r\n\x05state\x18\x0b \x01(\t\x12\x0f\n\x07\x63ommand\x18\x0c \x01(\t\"9\n\x13ListWorkersResponse\x12\"\n\x07workers\x18\x01 \x03(\x0b\x32\x11.shardq.v1.Worker2\x92\x05\n\x05Tasks\x12=\n\x06Submit\x12\x18.shardq.v1.SubmitRequest\x1a\x19.shardq.v1.SubmitResponse\x12L\n\x0bSubmitBatch\x12\x1d.shardq.v1.SubmitBatchRequest\x1a\x1e.shardq.v1.SubmitBatchResponse\x12\x43\n\x08GetTasks\x12\x1a.shardq.v1.GetTasksRequest\x1a\x1b.shardq.v1.GetTasksResponse\x12\x46\n\tListTasks\x12\x1b.shardq.v1.ListTasksRequest\x1a\x1c.shardq.v1.ListTasksResponse\x12I\n\nCancelTask\x12\x1c.shardq.v1.CancelTaskRequest\x1a\x1d.shardq.v1.CancelTaskResponse\x12O\n\x0cRequeueTasks\x12\x1e.shardq.v1.RequeueTasksRequest\x1a\x1f.shardq.v1.RequeueTasksResponse\x12@\n\tWatchTask\x12\x1b.shardq.v1.WatchTaskRequest\x1a\x14.shardq.v1.TaskEvent0\x01\x12\x43\n\x08GetStats\x12\x1a.shardq.v1.GetStatsRequest\x1a\x1b.shardq.v1.GetStatsResponse\x12L\n\x0bListWorkers\x12\x1d.shardq.v1.ListWorkersRequest\x1a\x1e.shardq.v1.ListWorkersResponseB4\n\rdev.shardq.v1P\x01Z!shardq.dev/gen/shardq/v1;shardqv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,43 +37,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITREQUEST']._serialized_start=88
   _globals['_SUBMITREQUEST']._serialized_end=138
   _globals['_SUBMITRESPONSE']._serialized_start=140
-  _globals['_SUBMITRESPONSE']._serialized_end=168
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=170
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=226
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=228
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=262
-  _globals['_GETTASKSREQUEST']._serialized_start=264
-  _globals['_GETTASKSREQUEST']._serialized_end=315
-  _globals['_GETTASKSRESPONSE']._serialized_start=317
-  _globals['_GETTASKSRESPONSE']._serialized_end=376
-  _globals['_TASKORMISSING']._serialized_start=378
-  _globals['_TASKORMISSING']._serialized_end=451
-  _globals['_LISTTASKSREQUEST']._serialized_start=454
-  _globals['_LISTTASKSREQUEST']._serialized_end=625
-  _globals['_LISTTASKSRESPONSE']._serialized_start=627
-  _globals['_LISTTASKSRESPONSE']._serialized_end=699
-  _globals['_CANCELTASKREQUEST']._serialized_start=701
-  _globals['_CANCELTASKREQUEST']._serialized_end=732
-  _globals['_CANCELTASKRESPONSE']._serialized_start=734
-  _globals['_CANCELTASKRESPONSE']._serialized_end=754
-  _globals['_REQUEUETASKSREQUEST']._serialized_start=756
-  _globals['_REQUEUETASKSREQUEST']._serialized_end=850
-  _globals['_REQUEUETASKSRESPONSE']._serialized_start=852
-  _globals['_REQUEUETASKSRESPONSE']._serialized_end=933
-  _globals['_WATCHTASKREQUEST']._serialized_start=935
-  _globals['_WATCHTASKREQUEST']._serialized_end=982
-  _globals['_TASKEVENT']._serialized_start=984
-  _globals['_TASKEVENT']._serialized_end=1044
-  _globals['_GETSTATSREQUEST']._serialized_start=1046
-  _globals['_GETSTATSREQUEST']._serialized_end=1063
-  _globals['_GETSTATSRESPONSE']._serialized_start=1065
-  _globals['_GETSTATSRESPONSE']._serialized_end=1123
-  _globals['_LISTWORKERSREQUEST']._serialized_start=1125
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1145
-  _globals['_WORKER']._serialized_start=1148
-  _globals['_WORKER']._serialized_end=1367
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=1369
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=1426
-  _globals['_TASKS']._serialized_start=1429
-  _globals['_TASKS']._serialized_end=2087
+  _globals['_SUBMITRESPONSE']._serialized_end=187
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=189
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=245
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=247
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=301
+  _globals['_GETTASKSREQUEST']._serialized_start=303
+  _globals['_GETTASKSREQUEST']._serialized_end=354
+  _globals['_GETTASKSRESPONSE']._serialized_start=356
+  _globals['_GETTASKSRESPONSE']._serialized_end=415
+  _globals['_TASKORMISSING']._serialized_start=417
+  _globals['_TASKORMISSING']._serialized_end=490
+  _globals['_LISTTASKSREQUEST']._serialized_start=493
+  _globals['_LISTTASKSREQUEST']._serialized_end=664
+  _globals['_LISTTASKSRESPONSE']._serialized_start=666
+  _globals['_LISTTASKSRESPONSE']._serialized_end=738
+  _globals['_CANCELTASKREQUEST']._serialized_start=740
+  _globals['_CANCELTASKREQUEST']._serialized_end=771
+  _globals['_CANCELTASKRESPONSE']._serialized_start=773
+  _globals['_CANCELTASKRESPONSE']._serialized_end=793
+  _globals['_REQUEUETASKSREQUEST']._serialized_start=795
+  _globals['_REQUEUETASKSREQUEST']._serialized_end=889
+  _globals['_REQUEUETASKSRESPONSE']._serialized_start=891
+  _globals['_REQUEUETASKSRESPONSE']._serialized_end=972
+  _globals['_WATCHTASKREQUEST']._serialized_start=974
+  _globals['_WATCHTASKREQUEST']._serialized_end=1021
+  _globals['_TASKEVENT']._serialized_start=1023
+  _globals['_TASKEVENT']._serialized_end=1083
+  _globals['_GETSTATSREQUEST']._serialized_start=1085
+  _globals['_GETSTATSREQUEST']._serialized_end=1102
+  _globals['_GETSTATSRESPONSE']._serialized_start=1104
+  _globals['_GETSTATSRESPONSE']._serialized_end=1162
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1164
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1184
+  _globals['_WORKER']._serialized_start=1187
+  _globals['_WORKER']._serialized_end=1423
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=1425
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1482
+  _globals['_TASKS']._serialized_start=1485
+  _globals['_TASKS']._serialized_end=2143
 # @@protoc_insertion_point(module_scope)

@@ -15,10 +15,12 @@ class SubmitRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "duplicate")
     ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, id: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class SubmitBatchRequest(_message.Message):
     __slots__ = ("tasks",)
@@ -27,10 +29,12 @@ class SubmitBatchRequest(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.TaskSpec, _Mapping]]] = ...) -> None: ...
 
 class SubmitBatchResponse(_message.Message):
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "duplicates")
     IDS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    duplicates: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., duplicates: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetTasksRequest(_message.Message):
     __slots__ = ("ids", "with_result")
@@ -141,7 +145,7 @@ class ListWorkersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("worker_id", "hostname", "pid", "types", "concurrency", "first_seen_ms", "last_seen_ms", "cpu_percent", "memory_rss", "memory_percent", "state")
+    __slots__ = ("worker_id", "hostname", "pid", "types", "concurrency", "first_seen_ms", "last_seen_ms", "cpu_percent", "memory_rss", "memory_percent", "state", "command")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +157,7 @@ class Worker(_message.Message):
     MEMORY_RSS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_PERCENT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hostname: str
     pid: int
@@ -164,7 +169,8 @@ class Worker(_message.Message):
     memory_rss: int
     memory_percent: float
     state: str
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., types: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., first_seen_ms: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., memory_rss: _Optional[int] = ..., memory_percent: _Optional[float] = ..., state: _Optional[str] = ...) -> None: ...
+    command: str
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., types: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., first_seen_ms: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., memory_rss: _Optional[int] = ..., memory_percent: _Optional[float] = ..., state: _Optional[str] = ..., command: _Optional[str] = ...) -> None: ...
 
 class ListWorkersResponse(_message.Message):
     __slots__ = ("workers",)

@@ -128,12 +128,16 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., active: _Optional[_Iterable[str]] = ..., cpu_percent: _Optional[float] = ..., memory_rss: _Optional[int] = ..., memory_percent: _Optional[float] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("lease_expires_ms", "lost")
+    __slots__ = ("lease_expires_ms", "lost", "cancelled", "command")
     LEASE_EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
     lease_expires_ms: int
     lost: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, lease_expires_ms: _Optional[int] = ..., lost: _Optional[_Iterable[str]] = ...) -> None: ...
+    cancelled: _containers.RepeatedScalarFieldContainer[str]
+    command: str
+    def __init__(self, lease_expires_ms: _Optional[int] = ..., lost: _Optional[_Iterable[str]] = ..., cancelled: _Optional[_Iterable[str]] = ..., command: _Optional[str] = ...) -> None: ...
 
 class DeregisterWorkerRequest(_message.Message):
     __slots__ = ("worker_id",)

@@ -18,7 +18,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from shardq import keys as K
 from shardq.testing import ServerProcess
-from shardq.v1 import task_pb2, tasks_pb2, workers_pb2
+from shardq.v1 import insight_pb2 as ipb
+from shardq.v1 import insight_pb2_grpc, operators_pb2_grpc, task_pb2, tasks_pb2, workers_pb2
+from shardq.v1 import operators_pb2 as opb
 
 DEPTH = 2000  # the server's queue depth threshold: a batch over it is QueueFull
 SC = grpc.StatusCode
@@ -61,13 +63,14 @@ def spec(type: str = "mail.send", payload: bytes = b"{}", **kw) -> task_pb2.Task
 def test_ready_line_health_and_reflection(server, root: Api) -> None:
     srv, channel, _ = server
     assert grpc_port(srv) > 0
-    for service in ("", "shardq.v1.Tasks", "shardq.v1.Workers"):
+    for service in ("", "shardq.v1.Tasks", "shardq.v1.Workers", "shardq.v1.Operators", "shardq.v1.Insight"):
         assert serving(root, service)
     # Health needs no key (probes have none); an unknown service is NOT_FOUND.
     assert failure(lambda: root.health.Check(health_pb2.HealthCheckRequest(service="nope"))).code() is SC.NOT_FOUND
     db = ProtoReflectionDescriptorDatabase(channel)
     services = set(db.get_services())
-    assert {"shardq.v1.Tasks", "shardq.v1.Workers", "grpc.health.v1.Health"} <= services
+    assert {"shardq.v1.Tasks", "shardq.v1.Workers", "shardq.v1.Operators", "shardq.v1.Insight",
+            "grpc.health.v1.Health"} <= services
     submit = db.FindFileContainingSymbol("shardq.v1.Tasks")
     assert submit.package == "shardq.v1" and "shardq/v1/task.proto" in submit.dependency
 
@@ -341,3 +344,23 @@ def test_large_payloads_up_to_the_protocol_limit(root: Api) -> None:
     err = failure(lambda: root.t("Submit", tasks_pb2.SubmitRequest(
         task=spec(type="big.x", payload=b"x" * (10 * 1024 * 1024 + 1)))))
     assert err.code() is SC.INVALID_ARGUMENT and details(err)["ErrorInfo"].reason == "TooLarge", err.details()
+
+
+def test_operator_rpcs_keep_permissions_and_scopes(server) -> None:
+    """Operators and Insight (test_grpc_operators.py calls each) under the same keys as TCP: a
+    read key reads and counts but changes nothing; a scoped key sees only its types."""
+    _, channel, secrets = server
+    md = {name: (("authorization", f"Bearer {secrets[name]}"),) for name in secrets}
+    ops, ins = operators_pb2_grpc.OperatorsStub(channel), insight_pb2_grpc.InsightStub(channel)
+    err = failure(lambda: ops.PauseType(opb.PauseTypeRequest(type="mail.send"), metadata=md["reader"], timeout=10))
+    assert err.code() is SC.PERMISSION_DENIED and details(err)["ErrorInfo"].reason == "Forbidden"
+    assert ops.GetControls(opb.GetControlsRequest(), metadata=md["reader"], timeout=10) is not None
+    assert ins.Bulk(ipb.BulkRequest(action="requeue", dry_run=True), metadata=md["reader"], timeout=10).dry_run
+    err = failure(lambda: ins.Bulk(ipb.BulkRequest(action="requeue"), metadata=md["reader"], timeout=10))
+    assert err.code() is SC.PERMISSION_DENIED
+    err = failure(lambda: ops.GetControls(opb.GetControlsRequest(), timeout=10))  # no key
+    assert err.code() is SC.UNAUTHENTICATED
+    other = Api(channel, secrets["root"]).t("Submit", tasks_pb2.SubmitRequest(task=spec(type="mail.scoped"))).id
+    err = failure(lambda: ins.Explain(ipb.TaskRef(id=other), metadata=md["billing"], timeout=10))
+    assert err.code() is SC.NOT_FOUND  # another type's task is as if it did not exist
+    assert ins.Explain(ipb.TaskRef(id=other), metadata=md["root"], timeout=10).reason in ("next", "queued", "no_worker")

@@ -18,9 +18,20 @@ from shardq.errors import BadRequest, QueueFull
 from shardq.grpc import convert
 from shardq.grpc.calls import _loopback_peer
 from shardq.grpc.handlers import TasksService, WorkersService
+from shardq.grpc.insight import InsightService, search_filters
+from shardq.grpc.operators import OperatorsService, limits, schedule_options
 from shardq.grpc.process import grpc_missing
 from shardq.grpc.status import CODES, status_of, status_of_error
-from shardq.v1 import task_pb2, tasks_pb2_grpc, workers_pb2, workers_pb2_grpc
+from shardq.v1 import (
+    insight_pb2,
+    insight_pb2_grpc,
+    operators_pb2,
+    operators_pb2_grpc,
+    task_pb2,
+    tasks_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +51,9 @@ def test_committed_stubs_are_what_the_proto_files_make(tmp_path: Path) -> None:
 
 
 def test_every_rpc_has_a_handler() -> None:
-    for service, module, impl in (("Tasks", tasks_pb2_grpc, TasksService), ("Workers", workers_pb2_grpc, WorkersService)):
+    for service, module, impl in (("Tasks", tasks_pb2_grpc, TasksService), ("Workers", workers_pb2_grpc, WorkersService),
+                                  ("Operators", operators_pb2_grpc, OperatorsService),
+                                  ("Insight", insight_pb2_grpc, InsightService)):
         base = getattr(module, f"{service}Servicer")
         rpcs = [name for name in vars(base) if not name.startswith("_")]
         assert rpcs
@@ -114,6 +127,33 @@ def test_conversions_name_their_fields() -> None:
         convert.result_item(workers_pb2.TaskResult(id="x", attempt=1), "results[0]")
     item, blob = convert.result_item(workers_pb2.TaskResult(id="x", attempt=2, completed=b"r"), "r")
     assert item == {"id": "x", "attempt": 2, "status": "completed"} and blob == b"r"
+
+
+def test_task_options_and_answers_convert() -> None:
+    with pytest.raises(BadRequest, match=r"^task\.ttl_ms: "):
+        convert.job(task_pb2.TaskSpec(type="a", ttl_ms=5, expires_at_ms=10**13), "task")
+    job = convert.job(task_pb2.TaskSpec(type="a", ttl_ms=1500, unique_key="k", unique_window_ms=2000), "task")
+    assert (job.ttl, job.expires_at, job.unique_key, job.unique_window) == (1.5, None, "k", 2.0)
+    # An answer's null is the field left unset; a key a later server adds is left out.
+    control = convert.message(operators_pb2.TypeControl, {"type": "t", "paused": True, "rate": None,
+                                                          "burst": 3, "version": 2, "new_thing": 1})
+    assert control.paused and not control.HasField("rate") and control.burst == 3
+    stat = convert.message(insight_pb2.TypeStat, {"type": "t", "pending": 4, "oldest_pending_age_s": None,
+                                                  "run_time_s": {"p50": None, "p95": 0.2, "p99": 0.4, "count": 9}})
+    assert stat.run_time_s.count == 9 and not stat.run_time_s.HasField("p50") and not stat.HasField("oldest_pending_age_s")
+
+
+def test_operator_requests_convert() -> None:
+    assert limits(operators_pb2.SetLimitsRequest(type="t", max_concurrency=4, clear_rate=True)) == {
+        "max_concurrency": 4, "rate": None}
+    with pytest.raises(BadRequest, match=r"^rate: "):
+        limits(operators_pb2.SetLimitsRequest(type="t", rate=2.0, clear_rate=True))
+    options = schedule_options(operators_pb2.AddScheduleRequest(name="n", type="t", every_ms=1500,
+                                                                misfire_grace_ms=250, priority=0))
+    assert (options["every"], options["misfire_grace"], options["priority"], options["cron"]) == (1.5, 0.25, 0, None)
+    assert options["timezone"] == "UTC" and options["misfire"] == "skip"
+    found = search_filters(insight_pb2.SearchTasksRequest(status=["dead_letter"], min_priority=0))
+    assert found["status"] == ["dead_letter"] and found["min_priority"] == 0 and "max_priority" not in found
 
 
 def test_grpc_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
