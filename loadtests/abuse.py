@@ -222,7 +222,7 @@ def idle_busy(code: str, _seconds: float) -> None:
             t.join(5)
             conn = Connection.__new__(Connection)
             conn.sock = s
-            from shardq.protocol.frames import FrameDecoder, RESPONSE_TYPES
+            from shardq.protocol.frames import RESPONSE_TYPES, FrameDecoder
             conn.decoder = FrameDecoder(accept=RESPONSE_TYPES)
             s.setblocking(True)
             s.settimeout(10)
