@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument("--fill-seconds", type=float, default=600.0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="dash-bench-") as tmp:
-        srv = ServerProcess(str(Path(tmp) / "data"), ["--shards", "1"])
+        srv = ServerProcess(str(Path(tmp) / "data"), ["--shards", "1", "--queue-depth-threshold", str(args.tasks + 10_000)])
         srv.start()
         try:
             t0 = time.monotonic()
