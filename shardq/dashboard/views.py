@@ -10,9 +10,8 @@ import json
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -20,7 +19,7 @@ from shardq.engine.history import timeline
 from shardq.errors import BadRequest, InvalidState, NotFound
 from shardq.protocol.insight import parse_bulk, parse_search
 from shardq.server import insight, insight_ops
-from shardq.server.operations import PERMISSION, Identity
+from shardq.server.operations import Identity, settled
 from shardq.task import STATUS_CODES, STATUS_NAMES, id_to_bytes, is_canonical_id
 
 if TYPE_CHECKING:
@@ -30,19 +29,13 @@ PREVIEW_BYTES = 4096  # of a payload or result shown on a task's page
 PAGE_SIZE = 50
 STATUSES = STATUS_NAMES
 
-T = TypeVar("T")
 
 
-async def _now_or_later(result: T | Awaitable[T]) -> T:
-    if hasattr(result, "__await__"):
-        return await result  # type: ignore[no-any-return]
-    return result  # type: ignore[return-value]
 
 
 def can(who: Identity, operation: str) -> bool:
-    """Whether ``who``'s key has the permission ``operation`` needs (buttons show only then)."""
-    perm = PERMISSION.get(operation, "admin")
-    return perm in who.permissions or "admin" in who.permissions
+    """Whether ``who``'s key may run ``operation`` (buttons show only then)."""
+    return who.allows(operation)
 
 
 # -- filters the templates use ------------------------------------------------------------------------
@@ -121,13 +114,13 @@ def sparkline(values: list[Any], top: float | None = None, width: int = 120, hei
 # -- pages --------------------------------------------------------------------------------------------------
 
 async def overview(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
-    stats = await _now_or_later(d.ops.stats(who, False))
+    stats = await settled(d.ops.stats(who, False))
     return d.render(request, "overview.html", who=who, stats=stats, page="overview")
 
 
 async def history(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     resolution = request.rel_url.query.get("resolution", "1s")
-    return d.json(await _now_or_later(d.ops.history(who, resolution)))
+    return d.json(await settled(d.ops.history(who, resolution)))
 
 
 def _int_arg(q: Any, name: str, lo: int, hi: int, default: int) -> int:
@@ -160,7 +153,7 @@ async def tasks(d: Dashboard, who: Identity, request: web.BaseRequest, params: d
     if lo > hi:
         raise BadRequest(f"min_priority {lo} is above max_priority {hi}")
     cursor = q.get("cursor") or None
-    page = await _now_or_later(d.ops.list_tasks(who, STATUS_CODES[status], task_type, lo, hi, PAGE_SIZE, cursor))
+    page = await settled(d.ops.list_tasks(who, STATUS_CODES[status], task_type, lo, hi, PAGE_SIZE, cursor))
     deleted = q.get("deleted")
     return d.render(request, "tasks.html", who=who, page="tasks", tasks=page.tasks, cursor=page.cursor,
                     deleted=deleted if deleted and is_canonical_id(deleted) else None,
@@ -185,7 +178,7 @@ async def _search(d: Dashboard, who: Identity, request: web.BaseRequest, prefix:
     header["cursor"] = q.get("cursor") or None
     header["limit"] = PAGE_SIZE
     query, limit, cursor = parse_search(header)
-    page = await _now_or_later(insight_ops.search(d.ops, who, query, limit, cursor))
+    page = await settled(insight_ops.search(d.ops, who, query, limit, cursor))
     return d.render(request, "search.html", who=who, page="tasks", tasks=page["tasks"], cursor=page["cursor"],
                     prefix=prefix, error=error, status=status, type=q.get("type", "").strip(),
                     statuses=STATUSES)
@@ -200,11 +193,11 @@ def _raw_id(params: dict[str, str]) -> bytes:
 
 async def task(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     raw = _raw_id(params)
-    q = await _now_or_later(d.ops.query(who, [raw], True, True, True))
+    q = await settled(d.ops.query(who, [raw], True, True, True))
     t = q.tasks[0]
     if t is None:
         raise NotFound(f"no task has id {params['id']}")
-    why = await _now_or_later(insight.explain(d.ops, who, raw)) if can(who, "explain") else None
+    why = await settled(insight.explain(d.ops, who, raw)) if can(who, "explain") else None
     n_result = t.get("result_len") or 0
     result = preview(q.results[:n_result], n_result) if t.get("result_len") is not None else None
     payload = preview(q.results[n_result:], t.get("payload_len") or 0)
@@ -220,14 +213,14 @@ async def task(d: Dashboard, who: Identity, request: web.BaseRequest, params: di
 
 async def cancel(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     raw = _raw_id(params)
-    await _now_or_later(d.ops.cancel(who, raw))
+    await settled(d.ops.cancel(who, raw))
     await d.committed()
     return web.Response(status=303, headers={"Location": f"/tasks/{params['id'].lower()}?done=cancelled"})
 
 
 async def requeue(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     raw = _raw_id(params)
-    out = await _now_or_later(d.ops.requeue(who, [raw], STATUS_CODES["dead_letter"], None, 1))
+    out = await settled(d.ops.requeue(who, [raw], STATUS_CODES["dead_letter"], None, 1))
     item = (out.get("results") or [{}])[0]
     if item.get("error"):
         raise InvalidState(f"not requeued: {item['error'].get('message', item['error'])}"
@@ -237,9 +230,9 @@ async def requeue(d: Dashboard, who: Identity, request: web.BaseRequest, params:
 
 
 async def workers(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
-    stats = await _now_or_later(d.ops.stats(who, True))
+    stats = await settled(d.ops.stats(who, True))
     rows = sorted(stats.get("worker_list") or [], key=lambda w: w.get("worker_id", ""))
-    usage = await _now_or_later(d.ops.worker_usage(who))
+    usage = await settled(d.ops.worker_usage(who))
     for w in rows:
         points = usage.get(w.get("worker_id", "")) or []
         w["cpu_line"] = sparkline([p[1] for p in points], top=100.0)
@@ -252,19 +245,19 @@ async def workers(d: Dashboard, who: Identity, request: web.BaseRequest, params:
 
 def _worker_action(action: str) -> Any:
     async def act(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
-        await _now_or_later(d.ops.worker_control(who, params["worker_id"], action))
+        await settled(d.ops.worker_control(who, params["worker_id"], action))
         where = urllib.parse.urlencode({"done": action, "worker": params["worker_id"]})
         return web.Response(status=303, headers={"Location": f"/workers?{where}"})
     return act
 
 
 async def shards(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
-    stats = await _now_or_later(d.ops.stats(who, False))
+    stats = await settled(d.ops.stats(who, False))
     return d.render(request, "shards.html", who=who, page="shards", stats=stats)
 
 
 async def schedules(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
-    answer, _ = await _now_or_later(d.ops.schedule_list(who))
+    answer, _ = await settled(d.ops.schedule_list(who))
     rows = sorted(answer.get("schedules") or [], key=lambda s: s["name"])
     done = request.rel_url.query.get("done")
     return d.render(request, "schedules.html", who=who, page="schedules", schedules=rows,
@@ -277,9 +270,9 @@ def _schedule_action(done: str) -> Any:
     async def act(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
         name = params["name"]
         if done == "removed":
-            await _now_or_later(d.ops.schedule_remove(who, name))
+            await settled(d.ops.schedule_remove(who, name))
         else:
-            await _now_or_later(d.ops.schedule_pause(who, name, done == "paused"))
+            await settled(d.ops.schedule_pause(who, name, done == "paused"))
         await d.committed()
         where = urllib.parse.urlencode({"done": done, "name": name})
         return web.Response(status=303, headers={"Location": f"/schedules?{where}"})
@@ -288,7 +281,7 @@ def _schedule_action(done: str) -> Any:
 
 async def delete(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     raw = _raw_id(params)
-    out = await _now_or_later(insight_ops.delete(d.ops, who, [raw]))
+    out = await settled(insight_ops.delete(d.ops, who, [raw]))
     item = (out.get("results") or [{}])[0]
     if item.get("error"):
         err = item["error"]
@@ -299,9 +292,9 @@ async def delete(d: Dashboard, who: Identity, request: web.BaseRequest, params: 
 
 
 async def types(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
-    answer = await _now_or_later(insight_ops.type_stats(d.ops, who, None))
+    answer = await settled(insight_ops.type_stats(d.ops, who, None))
     controls = {c["type"]: c for c in
-                (await _now_or_later(d.ops.get_controls(who, None))).get("controls") or []}
+                (await settled(d.ops.get_controls(who, None))).get("controls") or []}
     rows = {r["type"]: r for r in answer.get("types") or []}
     for t in controls:  # a paused or limited type shows even with no live task
         rows.setdefault(t, {"type": t})
@@ -316,9 +309,9 @@ def _type_action(action: str) -> Any:
     async def act(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
         name = params["task_type"]
         if action == "paused":
-            await _now_or_later(d.ops.pause_type(who, name))
+            await settled(d.ops.pause_type(who, name))
         else:
-            await _now_or_later(d.ops.resume_type(who, name))
+            await settled(d.ops.resume_type(who, name))
         await d.committed()
         return web.Response(status=303, headers={"Location": "/types?" + urllib.parse.urlencode(
             {"done": action, "type": name})})
@@ -327,7 +320,7 @@ def _type_action(action: str) -> Any:
 
 async def dead_letters(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     task_type = request.rel_url.query.get("type", "").strip() or None
-    answer = await _now_or_later(insight_ops.dlq_groups(d.ops, who, task_type))
+    answer = await settled(insight_ops.dlq_groups(d.ops, who, task_type))
     done = request.rel_url.query
     return d.render(request, "dlq.html", who=who, page="dlq", groups=answer.get("groups") or [],
                     total=answer.get("total", 0), type=task_type or "",
@@ -347,8 +340,8 @@ async def group_confirm(d: Dashboard, who: Identity, request: web.BaseRequest, p
     if action not in ("requeue", "delete"):
         raise NotFound(f"no action {action}")
     act, flt, limit, _ = _group_filter(action, params["group"], dry_run=True)
-    counted = await _now_or_later(insight_ops.bulk(d.ops, who, act, flt, limit, True))
-    groups = await _now_or_later(insight_ops.dlq_groups(d.ops, who, None))
+    counted = await settled(insight_ops.bulk(d.ops, who, act, flt, limit, True))
+    groups = await settled(insight_ops.dlq_groups(d.ops, who, None))
     group = next((g for g in groups.get("groups") or [] if g["group"] == params["group"]), None)
     return d.render(request, "dlq_confirm.html", who=who, page="dlq", action=action, group=group,
                     group_id=params["group"], matched=counted.get("matched", 0))
@@ -367,7 +360,7 @@ async def group_act(d: Dashboard, who: Identity, request: web.BaseRequest, param
     if confirmed < 1:
         raise BadRequest("confirmed: nothing to do")
     act, flt, limit, _ = _group_filter(action, params["group"], limit=confirmed)
-    out = await _now_or_later(insight_ops.bulk(d.ops, who, act, flt, limit, False))
+    out = await settled(insight_ops.bulk(d.ops, who, act, flt, limit, False))
     await d.committed()
     n = out.get("requeued", out.get("deleted", 0))
     where = urllib.parse.urlencode({"done": "requeued" if action == "requeue" else "deleted", "n": n})

@@ -21,7 +21,7 @@ import base64
 import binascii
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -42,7 +42,7 @@ from shardq.protocol.frames import MAX_FRAME, MsgType
 from shardq.protocol.requests import parse_id
 from shardq.protocol.task_options import http_task_options
 from shardq.server.claims import Caller
-from shardq.server.operations import Identity, Operations
+from shardq.server.operations import Identity, Operations, settled
 from shardq.specs import ResultItem, TaskSpec
 from shardq.task import STATUS_CODES, id_to_bytes
 
@@ -379,19 +379,19 @@ class Api(ScheduleApi, WorkerControlApi, InsightApi, TriageApi, ApiControls):  #
 
     async def submit_task(self, who: Identity, params: dict[str, str], query: None, body: s.NewTask,
                           request: web.BaseRequest) -> s.Submitted:
-        ids = await _now_or_later(self.ops.submit(who, [self._spec(body, "")]))
+        ids = await settled(self.ops.submit(who, [self._spec(body, "")]))
         return s.Submitted(id=ids[0], duplicate=bool(getattr(ids, "duplicates", None)))
 
     async def submit_batch(self, who: Identity, params: dict[str, str], query: None, body: s.Batch,
                            request: web.BaseRequest) -> s.SubmittedBatch:
         specs = [self._spec(t, f"tasks[{i}].") for i, t in enumerate(body.tasks)]
-        ids = await _now_or_later(self.ops.submit(who, specs))
+        ids = await settled(self.ops.submit(who, specs))
         return s.SubmittedBatch(ids=ids, duplicates=list(getattr(ids, "duplicates", None) or ()))
 
     async def get_task(self, who: Identity, params: dict[str, str], query: Any, body: None,
                        request: web.BaseRequest) -> dict[str, Any]:
         raw = _task_id(params["id"])
-        q = await _now_or_later(self.ops.query(who, [raw], query.with_result))
+        q = await settled(self.ops.query(who, [raw], query.with_result))
         task = q.tasks[0]
         if task is None:
             raise NotFound(f"no task has id {params['id']}")
@@ -401,7 +401,7 @@ class Api(ScheduleApi, WorkerControlApi, InsightApi, TriageApi, ApiControls):  #
 
     async def query_tasks(self, who: Identity, params: dict[str, str], query: None, body: s.Query,
                           request: web.BaseRequest) -> dict[str, Any]:
-        q = await _now_or_later(self.ops.query(who, [id_to_bytes(i) for i in body.ids], body.with_result))
+        q = await settled(self.ops.query(who, [id_to_bytes(i) for i in body.ids], body.with_result))
         if body.with_result:
             _split(q.tasks, q.results, "result_len", "result", body.encoding)
         return {"tasks": q.tasks}
@@ -410,7 +410,7 @@ class Api(ScheduleApi, WorkerControlApi, InsightApi, TriageApi, ApiControls):  #
                          request: web.BaseRequest) -> dict[str, Any]:
         if query.min_priority > query.max_priority:
             raise BadRequest(f"min_priority {query.min_priority} is above max_priority {query.max_priority}")
-        page = await _now_or_later(self.ops.list_tasks(
+        page = await settled(self.ops.list_tasks(
             who, STATUS_CODES[query.status], _opt(query.type), query.min_priority, query.max_priority,
             query.limit, _opt(query.cursor)))
         return {"tasks": page.tasks, "cursor": page.cursor}
@@ -418,26 +418,26 @@ class Api(ScheduleApi, WorkerControlApi, InsightApi, TriageApi, ApiControls):  #
     async def cancel_task(self, who: Identity, params: dict[str, str], query: None, body: None,
                           request: web.BaseRequest) -> s.Cancelled:
         raw = _task_id(params["id"])
-        status = await _now_or_later(self.ops.cancel(who, raw))
+        status = await settled(self.ops.cancel(who, raw))
         return s.Cancelled(id=params["id"], status=status)
 
     async def requeue(self, who: Identity, params: dict[str, str], query: None, body: s.Requeue,
                       request: web.BaseRequest) -> dict[str, Any]:
         ids = None if body.ids is None else [id_to_bytes(i) for i in body.ids]
-        return await _now_or_later(self.ops.requeue(who, ids, STATUS_CODES[body.status], body.type,
+        return await settled(self.ops.requeue(who, ids, STATUS_CODES[body.status], body.type,
                                                     body.limit))
 
     async def stats(self, who: Identity, params: dict[str, str], query: None, body: None,
                     request: web.BaseRequest) -> dict[str, Any]:
-        return await _now_or_later(self.ops.stats(who, False))
+        return await settled(self.ops.stats(who, False))
 
     async def stats_history(self, who: Identity, params: dict[str, str], query: Any, body: None,
                             request: web.BaseRequest) -> dict[str, Any]:
-        return await _now_or_later(self.ops.history(who, query.resolution))
+        return await settled(self.ops.history(who, query.resolution))
 
     async def list_workers(self, who: Identity, params: dict[str, str], query: None, body: None,
                            request: web.BaseRequest) -> dict[str, Any]:
-        stats = await _now_or_later(self.ops.stats(who, True))
+        stats = await settled(self.ops.stats(who, True))
         return {"workers": stats.get("worker_list") or []}
 
     # -- workers -------------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ class Api(ScheduleApi, WorkerControlApi, InsightApi, TriageApi, ApiControls):  #
                     raise BadRequest(f"{where}error: required when status is failed")
                 item.error, item.retry = r.error, r.retry
             items.append(item)
-        out = await _now_or_later(self.ops.result(who, _worker_id(params), items))
+        out = await settled(self.ops.result(who, _worker_id(params), items))
         return {"results": out}
 
     async def heartbeat(self, who: Identity, params: dict[str, str], query: None, body: s.Heartbeat,
@@ -498,7 +498,7 @@ class Api(ScheduleApi, WorkerControlApi, InsightApi, TriageApi, ApiControls):  #
         info = {"cpu_percent": body.cpu_percent, "memory_rss": body.memory_rss,
                 "memory_percent": body.memory_percent, "state": body.state}
         active = None if body.active is None else [id_to_bytes(i) for i in body.active]
-        beat = await _now_or_later(self.ops.heartbeat(who, _worker_id(params), info, active))
+        beat = await settled(self.ops.heartbeat(who, _worker_id(params), info, active))
         out: dict[str, Any] = {"lease_expires_ms": beat.expires}
         if beat.lost:
             out["lost"] = beat.lost
@@ -510,7 +510,7 @@ class Api(ScheduleApi, WorkerControlApi, InsightApi, TriageApi, ApiControls):  #
 
     async def deregister_worker(self, who: Identity, params: dict[str, str], query: None, body: None,
                                 request: web.BaseRequest) -> s.Released:
-        return s.Released(released=await _now_or_later(self.ops.deregister(who, _worker_id(params))))
+        return s.Released(released=await settled(self.ops.deregister(who, _worker_id(params))))
 
 
 class _HttpError(Exception):
@@ -529,8 +529,6 @@ class _Answer(Exception):
         self.status, self.body = status, body
 
 
-async def _now_or_later(result: Any) -> Any:
-    return await result if isinstance(result, Awaitable) else result
 
 
 def _opt(value: Any) -> Any:

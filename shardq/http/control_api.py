@@ -11,6 +11,7 @@ from msgspec import UNSET
 from shardq.errors import BadRequest
 from shardq.http.control_schema import ControlsQuery, Limits
 from shardq.protocol.controls import UNSET as KEEP
+from shardq.server.operations import settled
 
 if TYPE_CHECKING:
     from shardq.server.operations import Identity, Operations
@@ -23,8 +24,6 @@ def _type(params: dict[str, str]) -> str:
     return t
 
 
-async def _done(result: Any) -> Any:
-    return await result if hasattr(result, "__await__") else result
 
 
 class ApiControls:
@@ -32,11 +31,11 @@ class ApiControls:
 
     async def pause_type(self, who: Identity, params: dict[str, str], query: None, body: None,
                          request: web.BaseRequest) -> dict[str, Any]:
-        return dict(await _done(self.ops.pause_type(who, _type(params))))
+        return dict(await settled(self.ops.pause_type(who, _type(params))))
 
     async def resume_type(self, who: Identity, params: dict[str, str], query: None, body: None,
                           request: web.BaseRequest) -> dict[str, Any]:
-        return dict(await _done(self.ops.resume_type(who, _type(params))))
+        return dict(await settled(self.ops.resume_type(who, _type(params))))
 
     async def set_limits(self, who: Identity, params: dict[str, str], query: None, body: Limits,
                          request: web.BaseRequest) -> dict[str, Any]:
@@ -44,9 +43,9 @@ class ApiControls:
         if all(v is UNSET for v in given.values()):
             raise BadRequest("body: give at least one of max_concurrency, rate, burst (null clears one)")
         cap, rate, burst = (KEEP if v is UNSET else v for v in given.values())
-        return dict(await _done(self.ops.set_limits(who, _type(params), cap, rate, burst)))
+        return dict(await settled(self.ops.set_limits(who, _type(params), cap, rate, burst)))
 
     async def get_controls(self, who: Identity, params: dict[str, str], query: ControlsQuery, body: None,
                            request: web.BaseRequest) -> dict[str, Any]:
         t = None if query.type is UNSET else query.type
-        return dict(await _done(self.ops.get_controls(who, t)))
+        return dict(await settled(self.ops.get_controls(who, t)))

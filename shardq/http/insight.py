@@ -7,7 +7,6 @@ answers' Structs are here too, for the OpenAPI document.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET, UnsetType
@@ -16,6 +15,7 @@ from shardq.errors import NotFound
 from shardq.http.schema import Status, Struct, TaskId
 from shardq.protocol.requests import parse_id
 from shardq.server import insight
+from shardq.server.operations import settled
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -67,8 +67,6 @@ class Explanation(Struct):
     details: dict[str, Any]
 
 
-async def _now_or_later(result: Any) -> Any:
-    return await result if isinstance(result, Awaitable) else result
 
 
 class InsightApi:
@@ -77,7 +75,7 @@ class InsightApi:
     async def task_history(self, who: Identity, params: dict[str, str], query: None, body: None,
                            request: web.BaseRequest) -> dict[str, Any]:
         raw = parse_id(params["id"], "id")
-        q = await _now_or_later(self.ops.query(who, [raw], False, with_history=True))
+        q = await settled(self.ops.query(who, [raw], False, with_history=True))
         task = q.tasks[0]
         if task is None:
             raise NotFound(f"no task has id {params['id']}")
@@ -86,5 +84,5 @@ class InsightApi:
     async def explain_task(self, who: Identity, params: dict[str, str], query: None, body: None,
                            request: web.BaseRequest) -> dict[str, Any]:
         raw = parse_id(params["id"], "id")
-        answer: dict[str, Any] = await _now_or_later(insight.explain(self.ops, who, raw))
+        answer: dict[str, Any] = await settled(insight.explain(self.ops, who, raw))
         return answer

@@ -4,7 +4,6 @@ the TCP protocol checks them (protocol/insight.py), so that both transports refu
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -13,6 +12,7 @@ from shardq.http import insight_routes as r
 from shardq.protocol import insight as iq
 from shardq.protocol.requests import parse_id
 from shardq.server import insight_ops
+from shardq.server.operations import settled
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from shardq.server.operations import Identity, Operations
 
 
-async def _later(result: Any) -> Any:
-    return await result if isinstance(result, Awaitable) else result
 
 
 def _fields(body: msgspec.Struct) -> dict[str, Any]:
@@ -34,23 +32,23 @@ class TriageApi:
 
     async def dlq_groups(self, who: Identity, params: dict[str, str], query: r.TypeQuery, body: None,
                          request: web.BaseRequest) -> dict[str, Any]:
-        return await _later(insight_ops.dlq_groups(self.ops, who, iq.parse_type_only(_fields(query))))
+        return await settled(insight_ops.dlq_groups(self.ops, who, iq.parse_type_only(_fields(query))))
 
     async def delete_tasks(self, who: Identity, params: dict[str, str], query: None, body: r.Delete,
                            request: web.BaseRequest) -> dict[str, Any]:
         ids = [parse_id(i, f"ids[{n}]") for n, i in enumerate(body.ids)]
-        return await _later(insight_ops.delete(self.ops, who, ids))
+        return await settled(insight_ops.delete(self.ops, who, ids))
 
     async def bulk(self, who: Identity, params: dict[str, str], query: None, body: r.Bulk,
                    request: web.BaseRequest) -> dict[str, Any]:
         action, flt, limit, dry_run = iq.parse_bulk(_fields(body))
-        return await _later(insight_ops.bulk(self.ops, who, action, flt, limit, dry_run))
+        return await settled(insight_ops.bulk(self.ops, who, action, flt, limit, dry_run))
 
     async def search(self, who: Identity, params: dict[str, str], query: None, body: r.Search | None,
                      request: web.BaseRequest) -> dict[str, Any]:
         q, limit, cursor = iq.parse_search({} if body is None else _fields(body))
-        return await _later(insight_ops.search(self.ops, who, q, limit, cursor))
+        return await settled(insight_ops.search(self.ops, who, q, limit, cursor))
 
     async def type_stats(self, who: Identity, params: dict[str, str], query: r.TypeQuery, body: None,
                          request: web.BaseRequest) -> dict[str, Any]:
-        return await _later(insight_ops.type_stats(self.ops, who, iq.parse_type_only(_fields(query))))
+        return await settled(insight_ops.type_stats(self.ops, who, iq.parse_type_only(_fields(query))))

@@ -4,7 +4,6 @@ session_schedules.py does for TCP: a body becomes a ScheduleSpec, the operation 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -14,13 +13,12 @@ from shardq.errors import BadRequest
 from shardq.http import schedule_schema as ss
 from shardq.protocol.schedules import parse_name
 from shardq.schedule_specs import ScheduleSpec
+from shardq.server.operations import settled
 
 if TYPE_CHECKING:
     from shardq.server.operations import Identity, Operations
 
 
-async def _now_or_later(result: Any) -> Any:
-    return await result if isinstance(result, Awaitable) else result
 
 
 def _name(params: dict[str, str]) -> str:
@@ -47,31 +45,31 @@ class ScheduleApi:
             misfire_grace_ms=body.misfire_grace_ms, paused=body.paused, replace=body.replace)
         if (spec.cron is None) == (spec.every_ms is None):
             raise BadRequest("body: cron, every_ms: give exactly one of them")
-        return dict(await _now_or_later(self.ops.schedule_add(who, spec)))
+        return dict(await settled(self.ops.schedule_add(who, spec)))
 
     async def list_schedules(self, who: Identity, params: dict[str, str], query: None, body: None,
                              request: web.BaseRequest) -> dict[str, Any]:
-        answer, _ = await _now_or_later(self.ops.schedule_list(who))
+        answer, _ = await settled(self.ops.schedule_list(who))
         return dict(answer)
 
     async def get_schedule(self, who: Identity, params: dict[str, str], query: None, body: None,
                            request: web.BaseRequest) -> dict[str, Any]:
-        answer, payload = await _now_or_later(self.ops.schedule_show(who, _name(params)))
+        answer, payload = await settled(self.ops.schedule_show(who, _name(params)))
         out = dict(answer["schedules"][0])
         self._render(payload, "auto", "payload", out)
         return out
 
     async def remove_schedule(self, who: Identity, params: dict[str, str], query: None, body: None,
                               request: web.BaseRequest) -> dict[str, Any]:
-        return dict(await _now_or_later(self.ops.schedule_remove(who, _name(params))))
+        return dict(await settled(self.ops.schedule_remove(who, _name(params))))
 
     async def pause_schedule(self, who: Identity, params: dict[str, str], query: None, body: None,
                              request: web.BaseRequest) -> dict[str, Any]:
-        return dict(await _now_or_later(self.ops.schedule_pause(who, _name(params), True)))
+        return dict(await settled(self.ops.schedule_pause(who, _name(params), True)))
 
     async def resume_schedule(self, who: Identity, params: dict[str, str], query: None, body: None,
                               request: web.BaseRequest) -> dict[str, Any]:
-        return dict(await _now_or_later(self.ops.schedule_pause(who, _name(params), False)))
+        return dict(await settled(self.ops.schedule_pause(who, _name(params), False)))
 
 
 def _opt(value: Any) -> Any:

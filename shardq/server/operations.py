@@ -56,6 +56,12 @@ _REFUSALS = {"disabled": "this API key is disabled", "expired": "this API key ha
 T = TypeVar("T")
 Result = T | Awaitable[T]  # an answer now, or one to await (routed, or waiting)
 
+
+async def settled(result: T | Awaitable[T]) -> T:
+    """An operation's answer, awaited when it is one (rule 2): for HTTP and the dashboard."""
+    return await result if isinstance(result, Awaitable) else result
+
+
 ALL_PERMISSIONS = frozenset(PERMISSIONS)
 # The permission each operation needs (``admin`` grants every one). An operation missing here
 # needs ``admin``: a new operation is closed until it is given its row.
@@ -96,9 +102,12 @@ class Identity:
     key_id: str | None = None
     secret_hash: str = ""
 
+    def allows(self, operation: str) -> bool:  # has the permission ``operation`` needs (or admin)
+        return PERMISSION.get(operation, "admin") in self.permissions or "admin" in self.permissions
+
     def require(self, operation: str) -> None:
-        perm = PERMISSION.get(operation, "admin")
-        if perm not in self.permissions and "admin" not in self.permissions:
+        if not self.allows(operation):
+            perm = PERMISSION.get(operation, "admin")
             raise Forbidden(f"this API key lacks the '{perm}' permission for {operation}")
 
     def scope(self, operation: str) -> TypePatterns | None:
