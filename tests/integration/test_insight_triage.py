@@ -56,6 +56,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv.kill()
 
 
+@pytest.fixture(scope="module")
+def seeded(server: ServerProcess) -> dict[str, list[str]]:
+    """The module server's dead letters of ERRORS, two per text: made once, by whichever test
+    of the module needs them first on this pytest-xdist worker (each worker has its own server)."""
+    with Client(server.url) as c:
+        return _fail_all(c, ERRORS, rounds=2)
+
+
 def _fail_all(c: Client, errors: dict[str, list[str]], rounds: int) -> dict[str, list[str]]:
     """Submit ``rounds`` tasks per error text (no retries) and fail each with its text; the ids
     by error text."""
@@ -80,9 +88,9 @@ def _full_scan(c: Client) -> Counter[str]:
     return Counter(t["status"] for t in c.search_all(page=500))
 
 
-def test_dead_letters_group_by_type_and_normalised_error(server: ServerProcess) -> None:
+def test_dead_letters_group_by_type_and_normalised_error(server: ServerProcess, seeded: dict) -> None:
     with Client(server.url) as c:
-        by_error = _fail_all(c, ERRORS, rounds=2)
+        by_error = seeded
         groups = {(g["type"], g["error"]): g for g in c.dlq_groups()["groups"]}
         assert groups[("fetch", "TimeoutError: timeout after <n> s on <ip>")]["count"] == 6
         assert groups[("fetch", "HTTPError: <n> Service Unavailable for url <str>")]["count"] == 4
@@ -97,7 +105,7 @@ def test_dead_letters_group_by_type_and_normalised_error(server: ServerProcess) 
         assert c.dlq_groups(type="db")["total"] == 8
 
 
-def test_group_requeue_and_delete_with_dry_run_counts(server: ServerProcess) -> None:
+def test_group_requeue_and_delete_with_dry_run_counts(server: ServerProcess, seeded: dict) -> None:
     with Client(server.url) as c:
         groups = {g["error"]: g for g in c.dlq_groups()["groups"]}
         keyerr = groups["KeyError: <str>"]
@@ -189,6 +197,8 @@ def test_type_figures_are_plausible(server: ServerProcess) -> None:
 
 def test_purge_needs_yes_and_empties_the_dead_letter_queue(server: ServerProcess) -> None:
     with Client(server.url) as c:
+        # Its own dead letters: under pytest-xdist this test may get a server of its own.
+        _fail_all(c, {"purge-me": ["ValueError: bad input 7"]}, rounds=2)
         assert c.stats()["totals"]["dead_letter"] > 0
         refused = cli(server.url, "dlq", "purge")
         assert refused.returncode == 2 and "--yes" in refused.stderr
@@ -277,6 +287,7 @@ def test_groups_and_figures_are_rebuilt_after_a_restart(server: ServerProcess) -
         return sorted((g["group"], g["count"], g["first_ms"], g["last_ms"]) for g in groups)
 
     with Client(server.url) as c:
+        _fail_all(c, {"restart-me": ["OSError: disk 3 gone"]}, rounds=2)  # its own, whatever ran before
         before = c.dlq_groups()["groups"]
         depth = {t["type"]: (t["pending"], t["dead_letter"]) for t in c.type_stats()}
         assert before
