@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -124,6 +125,7 @@ class Dashboard:
                 response.del_cookie(COOKIE, path="/")
             return response
         except Unauthorized as err:
+            await _throttled(err)
             if request.method == "GET" and "HX-Request" not in request.headers:
                 location = "/login?next=" + quote(str(request.rel_url), safe="")
                 return web.Response(status=303, headers={"Location": location, **SECURITY_HEADERS})
@@ -203,8 +205,17 @@ class Dashboard:
                 raise Unauthorized("enter an API key")
             self.ops.authenticate(key, peer=request.remote, tls=tls)
         except Unauthorized as err:
+            await _throttled(err)
             return self.render(request, "login.html", http_status=401, next=nxt, message=str(err), who=None)
         raise Redirect(nxt, cookie=key)
+
+
+async def _throttled(err: Unauthorized) -> None:
+    """Repeated failed sign-ins from one address are answered later, as on every interface
+    (docs/security.md): this request waits, the shard's loop does not."""
+    delay = getattr(err, "delay_s", 0.0)
+    if delay:
+        await asyncio.sleep(delay)
 
 
 __all__ = ["Dashboard", "Redirect", "COOKIE"]

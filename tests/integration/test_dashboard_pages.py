@@ -408,3 +408,17 @@ def test_the_shards_page_counts_a_restart_and_shows_recovery(tmp_path) -> None:
         assert " s</td>" in rows[1]  # its recovery time
     finally:
         s.kill()
+
+
+def test_repeated_failed_sign_ins_are_slowed_like_on_every_interface(secured) -> None:
+    took = []
+    # Each shard counts the failures it saw from an address (3 free, then 0.25 s doubling): in
+    # 7 tries on 2 shards, one of them sees its 4th at the latest.
+    for _ in range(7):
+        t = time.monotonic()
+        code, _, _ = fetch(secured, "POST", "/login", {"api_key": "wrong-key-0123456789", "next": "/"})
+        took.append(time.monotonic() - t)
+        assert code == 401
+        if took[-1] >= 0.2:
+            break
+    assert max(took) >= 0.2, took
