@@ -221,10 +221,7 @@ async def cancel(d: Dashboard, who: Identity, request: web.BaseRequest, params: 
 async def requeue(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     raw = _raw_id(params)
     out = await settled(d.ops.requeue(who, [raw], STATUS_CODES["dead_letter"], None, 1))
-    item = (out.get("results") or [{}])[0]
-    if item.get("error"):
-        raise InvalidState(f"not requeued: {item['error'].get('message', item['error'])}"
-                           if isinstance(item["error"], dict) else f"not requeued: {item['error']}")
+    _refused(out, "requeued")
     await d.committed()
     return web.Response(status=303, headers={"Location": f"/tasks/{params['id'].lower()}?done=requeued"})
 
@@ -279,13 +276,17 @@ def _schedule_action(done: str) -> Any:
     return act
 
 
+def _refused(out: dict[str, Any], verb: str) -> None:
+    """The error of the one item of a per-id answer (REQUEUE, DELETE: ``{"results": [...]}``)."""
+    err = (out.get("results") or [{}])[0].get("error")
+    if err:
+        raise InvalidState(f"not {verb}: {err.get('message', err) if isinstance(err, dict) else err}")
+
+
 async def delete(d: Dashboard, who: Identity, request: web.BaseRequest, params: dict[str, str]) -> web.Response:
     raw = _raw_id(params)
     out = await settled(insight_ops.delete(d.ops, who, [raw]))
-    item = (out.get("results") or [{}])[0]
-    if item.get("error"):
-        err = item["error"]
-        raise InvalidState(f"not deleted: {err.get('message', err) if isinstance(err, dict) else err}")
+    _refused(out, "deleted")
     await d.committed()
     return web.Response(status=303, headers={"Location": "/tasks?" + urllib.parse.urlencode(
         {"deleted": params["id"].lower()})})
